@@ -1,0 +1,72 @@
+"""Small validators used at the public boundary.
+
+Each returns what it checks, so a call site reads ``lam = check_positive("lam", lam)``.
+Errors name the argument in backticks, show the value and say what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def check_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
+    """Return ``float(value)`` if it is a finite real number > 0, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a positive real number, got {value!r} "
+                        f"of type {type(value).__name__}.")
+    v = float(value)
+    if math.isnan(v) or v <= 0 or (math.isinf(v) and not allow_inf):
+        accepted = "a number > 0" + (" (inf allowed)" if allow_inf else ", finite")
+        raise ValueError(f"`{name}` must be {accepted}, got {value!r}.")
+    return v
+
+
+def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
+    """Return ``int(value)`` if it is an integer >= ``minimum``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r} "
+                        f"of type {type(value).__name__}.")
+    v = int(value)
+    if v < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {v}.")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise listing them."""
+    choices = list(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
+
+
+def as_tensor(name: str, value: Any, *, dtype: torch.dtype | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor:
+    """Convert arrays and sequences to a tensor; reject objects that are not array-like."""
+    if isinstance(value, torch.Tensor):
+        t = value
+    elif isinstance(value, (np.ndarray, list, tuple, numbers.Number)):
+        t = torch.as_tensor(np.asarray(value))
+    else:
+        raise TypeError(f"`{name}` must be a torch.Tensor or array-like, got "
+                        f"{type(value).__name__}.")
+    if dtype is not None or device is not None:
+        t = t.to(dtype=dtype if dtype is not None else t.dtype, device=device)
+    return t
+
+
+def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Raise if a floating tensor holds NaN or inf (the first bad index is reported)."""
+    if t.is_floating_point() or t.is_complex():
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            first = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"`{name}` must be finite; found {t[first].item()} at index "
+                             f"{first} ({int(bad.sum())} non-finite entries in all).")
+    return t

@@ -1,0 +1,161 @@
+r"""The clipped mean field ``H(theta)`` and the stochastic update it averages (SPEC section 4).
+
+.. math:: H(\theta) = \frac1N \sum_{i=1}^N \frac{g_i(\theta)}{c_i(\theta)},
+          \qquad g_i = \nabla_\theta\, l_i(\theta),
+
+with ``c_i`` the clipping factors of the rule (per group for layer- and unit-wise rules). The
+limiting ODE of clipped SGD is ``d theta / d tau = -H(theta)``.
+
+Per-sample gradients come from ``torch.func`` (``vmap(grad(.))``) in chunks of samples, so
+memory stays bounded; ``K`` parameter vectors (shape ``(K, P)``) are one batched computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import grad, jacfwd, vmap
+
+from ._validate import check_choice, check_nonneg_int
+from .clipping import ClipRule, make_rule
+from .problem import Problem, iter_chunks
+
+METHODS = ("auto", "vmap")
+CLIP_PER = ("sample", "batch")
+
+
+@dataclass(frozen=True)
+class ClipStats:
+    """How much clipping happens at a ``theta``.
+
+    Attributes
+    ----------
+    factors : tensor ``(N, G)`` or ``(K, N, G)``
+        Clipping factor ``c >= 1`` of each sample and group (``G = 1`` for global rules).
+    fraction : tensor ``()`` or ``(K,)``
+        Fraction of samples with some factor ``> 1`` (clipped somewhere).
+    """
+
+    factors: torch.Tensor
+    fraction: torch.Tensor
+
+
+class MeanField:
+    """``H(theta)``, the mean of the clipped per-sample gradients over the data set.
+
+    Main arguments
+    --------------
+    problem : Problem
+    rule : ClipRule or a registry name such as ``"none"``
+
+    Other arguments
+    ---------------
+    method : ``"auto"`` | ``"vmap"``
+        How per-sample gradients are obtained (``"auto"`` picks the fastest that applies).
+    chunk_size : int, optional
+        Samples per chunk. Default: as many as keep ``K * chunk * P`` below ``max_elements``.
+    max_elements : int
+        Memory budget, in numbers, of one chunk's per-sample gradients.
+
+    Calling ``field(theta)`` with ``theta`` of shape ``(P,)`` returns ``(P,)``; with ``(K, P)``
+    it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector).
+
+    Example
+    -------
+    >>> import torch, sa_clip as sc
+    >>> X = torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]; y = 3 * X[:, 0]
+    >>> p = sc.Problem(torch.nn.Linear(1, 1, bias=False), X, y, loss="mse")
+    >>> field = sc.MeanField(p, sc.NormClip(0.5))
+    >>> field(torch.zeros(1)).shape
+    torch.Size([1])
+    """
+
+    def __init__(self, problem: Problem, rule: ClipRule | str, *, method: str = "auto",
+                 chunk_size: int | None = None, max_elements: int = 2 ** 24):
+        if not isinstance(problem, Problem):
+            raise TypeError(f"`problem` must be a sa_clip.Problem, got {type(problem).__name__}.")
+        self.problem = problem
+        self.rule = make_rule(rule) if isinstance(rule, str) else rule
+        if not isinstance(self.rule, ClipRule):
+            raise TypeError(f"`rule` must be a ClipRule or a rule name, got {rule!r}.")
+        self.method = check_choice("method", method, METHODS)
+        self.chunk_size = None if chunk_size is None else check_nonneg_int(
+            "chunk_size", chunk_size, minimum=1)
+        self.max_elements = check_nonneg_int("max_elements", max_elements, minimum=1)
+        self.nfev = 0
+
+    def __repr__(self) -> str:
+        return f"MeanField({self.problem.name!r}, {self.rule!r}, method={self.method!r})"
+
+    # ------------------------------------------------------------------ helpers
+    def _chunk(self, k: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(1, min(self.problem.N, self.max_elements // max(1, k * self.problem.P)))
+
+    def _grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               shared_data: bool) -> torch.Tensor:
+        """Per-sample gradients ``(K, B, P)`` for ``theta (K, P)``."""
+        in_dims = (0, None, None) if shared_data else (0, 0, 0)
+        return vmap(self.problem.per_sample_grads, in_dims=in_dims)(theta, x, y)
+
+    # ------------------------------------------------------------------ the field
+    def _h(self, theta: torch.Tensor) -> torch.Tensor:
+        """``H`` for ``theta (K, P)``, differentiable in ``theta``."""
+        p, rule = self.problem, self.rule
+        total = torch.zeros_like(theta)
+        for s in iter_chunks(p.N, self._chunk(theta.shape[0])):
+            g = self._grads(theta, p.X[s], p.y[s], shared_data=True)
+            total = total + rule.clip(g, theta.unsqueeze(1), p.layout).sum(1)
+        return total / p.N
+
+    def __call__(self, theta: Any) -> torch.Tensor:
+        """``H(theta)``: ``(P,) -> (P,)``, ``(K, P) -> (K, P)``."""
+        t, batched = self.problem.check_theta(theta)
+        self.nfev += t.shape[0]
+        with torch.no_grad():
+            h = self._h(t)
+        return h if batched else h[0]
+
+    def jacobian(self, theta: Any) -> torch.Tensor:
+        """``DH(theta)``, shape ``(P, P)`` (or ``(K, P, P)``), by forward-mode autodiff.
+
+        Exact away from the clipping switch ``||g_i|| = tau``, where ``H`` has a kink: there
+        it returns the derivative of the branch that is active at ``theta``.
+        """
+        t, batched = self.problem.check_theta(theta)
+        jac = vmap(jacfwd(lambda th: self._h(th.unsqueeze(0))[0]))(t)
+        return jac if batched else jac[0]
+
+    def clip_stats(self, theta: Any) -> ClipStats:
+        """Clipping factors of every sample and the fraction of samples clipped."""
+        p, rule = self.problem, self.rule
+        t, batched = p.check_theta(theta)
+        parts = []
+        with torch.no_grad():
+            for s in iter_chunks(p.N, self._chunk(t.shape[0])):
+                g = self._grads(t, p.X[s], p.y[s], shared_data=True)
+                parts.append(rule.group_factors(g, t.unsqueeze(1), p.layout))
+        c = torch.cat(parts, 1)
+        frac = (c > 1).any(-1).to(t.dtype).mean(-1)
+        return ClipStats(c, frac) if batched else ClipStats(c[0], frac[0])
+
+    # ------------------------------------------------------------------ stochastic updates
+    def directions(self, theta: torch.Tensor, index: torch.Tensor, clip_per: str = "sample"
+                   ) -> torch.Tensor:
+        """The stochastic update directions ``u(theta_k; batch_k)``, shape ``(K, P)``.
+
+        ``theta`` is ``(K, P)`` and ``index`` ``(K, B)`` holds each row's batch of sample
+        indices. ``clip_per="sample"`` averages the clipped per-sample gradients (the paper,
+        DP-SGD); ``"batch"`` clips the batch-mean gradient (``clip_grad_norm_``).
+        """
+        check_choice("clip_per", clip_per, CLIP_PER)
+        p = self.problem
+        x, y = p.X[index], p.y[index]
+        if clip_per == "sample":
+            g = self._grads(theta, x, y, shared_data=False)
+            return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
+        gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
+        return self.rule.clip(gb, theta, p.layout)

@@ -1,0 +1,26 @@
+"""Names for the ready-made problems, as the command line uses them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..problem import Problem
+from .datasets import DATASETS
+from .networks import real_problem
+from .toys import logistic2d, tanh_regression
+
+PROBLEMS: dict[str, Callable[..., Problem]] = {
+    "tanh": tanh_regression,
+    "logistic2d": logistic2d,
+    **{name: (lambda name=name, **kw: real_problem(name, **kw)) for name in DATASETS},
+}
+
+
+def make_problem(name: str, **kwargs: Any) -> Problem:
+    """Build a ready-made problem by name: ``"tanh"``, ``"logistic2d"`` or a data set name
+    (``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"digits"``, ``"diabetes"``), the latter with
+    the paper's sigmoid network (keywords go to :func:`real_problem`)."""
+    if name not in PROBLEMS:
+        raise ValueError(f"`problem` must be one of {sorted(PROBLEMS)}, got {name!r}.")
+    return PROBLEMS[name](**kwargs)

@@ -1,0 +1,93 @@
+"""Two-parameter toys, whose phase portraits are the plane itself, and 1-D closed forms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..problem import Problem
+
+
+class TanhToy(nn.Module):
+    """``f(w, x) = w2 * tanh(w1 * x)`` with two 0-d parameters ``w1``, ``w2``."""
+
+    def __init__(self, w1: float = 0.5, w2: float = -0.5, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.tensor(w1, dtype=dtype))
+        self.w2 = nn.Parameter(torch.tensor(w2, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2 * torch.tanh(self.w1 * x.reshape(-1))
+
+
+class Logistic2D(nn.Module):
+    """Two-weight logistic regression without bias: logits ``[0, w . x]`` for classes 0 and 1,
+    so cross-entropy is exactly the binary logistic loss."""
+
+    def __init__(self, w: Sequence[float] = (0.0, 0.0), dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(list(w), dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x @ self.w
+        return torch.stack([torch.zeros_like(z), z], -1)
+
+
+class Scalar(nn.Module):
+    """``f(theta, x) = theta`` for every input: one 0-d parameter (location problems)."""
+
+    def __init__(self, theta: float = 0.0, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self.theta = nn.Parameter(torch.tensor(theta, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.theta.expand(x.shape[0])
+
+
+def tanh_regression(n: int = 64, *, w_true: tuple[float, float] = (1.5, 2.0), noise: float = 0.3,
+                    seed: int = 0, dtype: torch.dtype = torch.float64) -> Problem:
+    """Regression ``y = w2 tanh(w1 x) + noise`` fitted by ``w2 * tanh(w1 * x)``, squared loss.
+
+    The landscape is symmetric under ``w -> -w``: two minima, a saddle at the origin.
+
+    >>> tanh_regression().P
+    2
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=gen, dtype=dtype) * 1.5
+    y = w_true[1] * torch.tanh(w_true[0] * x) + noise * torch.randn(n, generator=gen, dtype=dtype)
+    return Problem(TanhToy(dtype=dtype), x[:, None], y, "mse", name="tanh")
+
+
+def logistic2d(n: int = 100, *, seed: int = 0, separation: float = 1.0,
+               dtype: torch.dtype = torch.float64) -> Problem:
+    """Two Gaussian classes at ``+-separation * (1, 0.5)``, fitted by 2-weight logistic
+    regression (cross-entropy on logits ``[0, w . x]``).
+
+    >>> logistic2d().P
+    2
+    """
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    centre = torch.tensor([1.0, 0.5], dtype=dtype) * separation
+    x = torch.randn(n, 2, generator=gen, dtype=dtype) + (2 * labels[:, None] - 1) * centre
+    return Problem(Logistic2D(dtype=dtype), x, labels, "cross_entropy", name="logistic2d")
+
+
+def half_squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(output - target)^2 / 2`` for one sample: gradient ``theta - x`` in location problems."""
+    return 0.5 * (output - target) ** 2
+
+
+def location_problem(data: Sequence[float], *, theta0: float = 0.0,
+                     dtype: torch.dtype = torch.float64) -> Problem:
+    """Mean estimation ``l_i = (theta - x_i)^2 / 2``: with classic per-sample clipping at ``lam``
+    the equilibrium is the Huber location estimate with threshold ``lam`` (SPEC section 6).
+
+    >>> location_problem([-3.0, -3.0, 9.0]).P
+    1
+    """
+    x = torch.as_tensor(list(data), dtype=dtype)
+    return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, half_squared, name="location")
