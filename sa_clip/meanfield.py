@@ -101,15 +101,27 @@ class MeanField:
         in_dims = (0, None, None) if shared_data else (0, 0, 0)
         return vmap(self.problem.per_sample_grads, in_dims=in_dims)(theta, x, y)
 
+    def _slices(self, k: int):
+        """The chunks of samples this process evaluates (all of them, in one process)."""
+        return iter_chunks(self.problem.N, self._chunk(k))
+
+    def _reduce(self, total: torch.Tensor) -> torch.Tensor:
+        """Combine the partial sums of the processes (identity in one process)."""
+        return total
+
+    def _chunk_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+                   ) -> torch.Tensor:
+        """``sum_i u_i`` over one chunk of samples, ``(K, P)``, for ``theta (K, P)``."""
+        g = self._grads(theta, x, y, shared_data=True)
+        return self.rule.clip(g, theta.unsqueeze(1), self.problem.layout).sum(1)
+
     # ------------------------------------------------------------------ the field
     def _h(self, theta: torch.Tensor) -> torch.Tensor:
         """``H`` for ``theta (K, P)``, differentiable in ``theta``."""
-        p, rule = self.problem, self.rule
         total = torch.zeros_like(theta)
-        for s in iter_chunks(p.N, self._chunk(theta.shape[0])):
-            g = self._grads(theta, p.X[s], p.y[s], shared_data=True)
-            total = total + rule.clip(g, theta.unsqueeze(1), p.layout).sum(1)
-        return total / p.N
+        for s in self._slices(theta.shape[0]):
+            total = total + self._chunk_sum(theta, *self.problem.data(s))
+        return self._reduce(total) / self.problem.N
 
     def __call__(self, theta: Any) -> torch.Tensor:
         """``H(theta)``: ``(P,) -> (P,)``, ``(K, P) -> (K, P)``."""
@@ -136,7 +148,7 @@ class MeanField:
         parts = []
         with torch.no_grad():
             for s in iter_chunks(p.N, self._chunk(t.shape[0])):
-                g = self._grads(t, p.X[s], p.y[s], shared_data=True)
+                g = self._grads(t, *p.data(s), shared_data=True)
                 parts.append(rule.group_factors(g, t.unsqueeze(1), p.layout))
         c = torch.cat(parts, 1)
         frac = (c > 1).any(-1).to(t.dtype).mean(-1)
@@ -153,7 +165,7 @@ class MeanField:
         """
         check_choice("clip_per", clip_per, CLIP_PER)
         p = self.problem
-        x, y = p.X[index], p.y[index]
+        x, y = p.take(index)
         if clip_per == "sample":
             g = self._grads(theta, x, y, shared_data=False)
             return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)

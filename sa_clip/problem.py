@@ -286,6 +286,21 @@ class Problem:
         """The model's named tensors as views of a flat ``theta`` (shape ``(P,)``)."""
         return self.layout.unflatten(theta)
 
+    # ------------------------------------------------------------------ data access
+    def data(self, s: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``s`` (a contiguous slice) as ``(x, y)`` tensors on the problem's device.
+
+        Every full-data computation reads the data through this method, chunk by chunk, so a
+        problem whose data live elsewhere (memory-mapped files, shards) overrides only this and
+        :meth:`take`.
+        """
+        return self.X[s], self.y[s]
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples at an integer ``index`` tensor of any shape: ``x`` of shape
+        ``index.shape + X.shape[1:]`` and ``y`` likewise (minibatches of SGD chains)."""
+        return self.X[index], self.y[index]
+
     # ------------------------------------------------------------------ per-sample maths
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Model outputs ``f(theta, x)`` for a batch ``x`` and one ``theta`` of shape (P,)."""
@@ -320,7 +335,7 @@ class Problem:
     def _mean_loss_single(self, theta: torch.Tensor) -> torch.Tensor:
         total = theta.new_zeros(())
         for s in iter_chunks(self.N, self._chunk(1, 2 ** 26)):
-            total = total + self.sample_losses(theta, self.X[s], self.y[s]).sum()
+            total = total + self.sample_losses(theta, *self.data(s)).sum()
         return total / self.N
 
     def loss(self, theta: Any) -> torch.Tensor:
