@@ -15,8 +15,11 @@ from .clipping import (
     ValueClip,
     make_rule,
 )
+from .equilibria import ClippingBias, Equilibrium, clipping_bias, find_equilibria
+from .fluctuations import clt_covariance, empirical_covariance, noise_covariance, scaled_errors
 from .meanfield import ClipStats, MeanField
 from .problem import Block, Layout, Problem
+from .stability import azuma_log_bound, claim2_ratio, exceedance_frequency
 
 __version__ = "0.1.0"
 
@@ -25,4 +28,7 @@ __all__ = [
     "ClipRule", "NoClip", "NormClip", "AdaptiveClip", "LayerwiseAdaptiveClip", "UnitwiseAGC",
     "ValueClip", "RULES", "make_rule",
     "MeanField", "ClipStats", "problems",
+    "find_equilibria", "Equilibrium", "clipping_bias", "ClippingBias",
+    "noise_covariance", "clt_covariance", "scaled_errors", "empirical_covariance",
+    "azuma_log_bound", "exceedance_frequency", "claim2_ratio",
 ]
