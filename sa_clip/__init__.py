@@ -3,7 +3,7 @@
 Public names are re-exported here; see ``SPEC.md`` for the mathematics.
 """
 
-from . import problems
+from . import distributed, problems
 from .clipping import (
     RULES,
     AdaptiveClip,
@@ -17,6 +17,7 @@ from .clipping import (
 )
 from .meanfield import ClipStats, MeanField
 from .problem import Block, Layout, Problem
+from .streamed import ArrayData, ChunkedData, DataSource, NpyData, StreamedProblem
 
 __version__ = "0.1.0"
 
@@ -25,4 +26,5 @@ __all__ = [
     "ClipRule", "NoClip", "NormClip", "AdaptiveClip", "LayerwiseAdaptiveClip", "UnitwiseAGC",
     "ValueClip", "RULES", "make_rule",
     "MeanField", "ClipStats", "problems",
+    "StreamedProblem", "DataSource", "ArrayData", "NpyData", "ChunkedData", "distributed",
 ]
