@@ -265,7 +265,7 @@ class Problem:
             warnings.warn("the model uses a piecewise-linear activation (e.g. ReLU), which "
                           "violates assumption (A1) (twice continuously differentiable): "
                           "allowed, but the ODE limit is not covered by the theorem.",
-                          UserWarning, stacklevel=4)
+                          UserWarning, stacklevel=3)
 
     def _label_range(self) -> tuple[int, int]:
         """Smallest and largest class label (cross-entropy only)."""
