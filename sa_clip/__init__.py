@@ -3,7 +3,7 @@
 Public names are re-exported here; see ``SPEC.md`` for the mathematics.
 """
 
-from . import problems
+from . import distributed, problems
 from .clipping import (
     RULES,
     AdaptiveClip,
@@ -20,6 +20,7 @@ from .fluctuations import clt_covariance, empirical_covariance, noise_covariance
 from .meanfield import ClipStats, MeanField
 from .problem import Block, Layout, Problem
 from .stability import azuma_log_bound, claim2_ratio, exceedance_frequency
+from .streamed import ArrayData, ChunkedData, DataSource, NpyData, StreamedProblem
 
 __version__ = "0.1.0"
 
@@ -31,4 +32,5 @@ __all__ = [
     "find_equilibria", "Equilibrium", "clipping_bias", "ClippingBias",
     "noise_covariance", "clt_covariance", "scaled_errors", "empirical_covariance",
     "azuma_log_bound", "exceedance_frequency", "claim2_ratio",
+    "StreamedProblem", "DataSource", "ArrayData", "NpyData", "ChunkedData", "distributed",
 ]
