@@ -32,8 +32,8 @@ def test_default_settings_agree_with_fine_rk4_across_kinks():
     assert float((ref.theta - half.theta).abs().max()) < 1e-6
     err = float((sol.theta - ref.theta).abs().max())
     scale = float(p.theta0.abs().max())
-    # measured ~1.5e-5 on a path of length 8 (2e-6 relative): the kinks blind the error
-    # estimator somewhat (the docs say what to do); tighter tolerances do reduce it
+    # measured 5.4e-5 on a path of length 8 (7e-6 relative): the kinks partly blind the error
+    # estimator (the docs say what to do); tighter tolerances do reduce it (2.1e-6)
     assert err < 1e-4 * scale
     tight = sc.solve_ode(field, p.theta0, t, rtol=1e-9, atol=1e-11)
     assert float((tight.theta - ref.theta).abs().max()) < err / 3
@@ -55,8 +55,8 @@ def test_closed_form_unclipped_location():
 
 
 def test_batched_starts_are_one_solve_time_first():
-    p = sc.problems.logistic2d(n=40)
-    field = sc.MeanField(p, sc.NormClip(0.5))
+    p = sc.problems.logistic2d(n=20)
+    field = sc.MeanField(p, sc.NormClip(2.0))
     starts = torch.tensor([[0.0, 0.0], [2.0, -1.0], [-3.0, 1.0]], dtype=D)
     t = torch.linspace(0, 2, 5, dtype=D)
     sol = sc.solve_ode(field, starts, t)
