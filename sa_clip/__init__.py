@@ -4,6 +4,7 @@ Public names are re-exported here; see ``SPEC.md`` for the mathematics.
 """
 
 from . import distributed, problems
+from .batchfield import batch_mean_field
 from .clipping import (
     RULES,
     AdaptiveClip,
@@ -18,9 +19,22 @@ from .clipping import (
 from .equilibria import ClippingBias, Equilibrium, clipping_bias, find_equilibria
 from .fluctuations import clt_covariance, empirical_covariance, noise_covariance, scaled_errors
 from .meanfield import ClipStats, MeanField
+from .ode import OdeSolution, solve_ode
 from .problem import Block, Layout, Problem
+from .schedules import (
+    Constant,
+    FunctionSchedule,
+    Harmonic,
+    PowerLaw,
+    Schedule,
+    make_schedule,
+    schedule_from_dict,
+)
+from .sgd import simulate_sgd
 from .stability import azuma_log_bound, claim2_ratio, exceedance_frequency
 from .streamed import ArrayData, ChunkedData, DataSource, NpyData, StreamedProblem
+from .tracking import TrackingResult, tracking_distance
+from .trajectory import Trajectory
 
 __version__ = "0.1.0"
 
@@ -33,4 +47,7 @@ __all__ = [
     "noise_covariance", "clt_covariance", "scaled_errors", "empirical_covariance",
     "azuma_log_bound", "exceedance_frequency", "claim2_ratio",
     "StreamedProblem", "DataSource", "ArrayData", "NpyData", "ChunkedData", "distributed",
+    "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
+    "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
+    "batch_mean_field", "tracking_distance", "TrackingResult",
 ]

@@ -221,3 +221,23 @@ class MeanField:
             return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
         gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
         return self.rule.clip(gb, theta, p.layout)
+
+    def directions_stats(self, theta: torch.Tensor, index: torch.Tensor,
+                         clip_per: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`directions` and the fraction of each row's batch that was clipped, from one
+        gradient pass: ``(u (K, P), fraction (K,))``.
+
+        ``clip_per="sample"``: the fraction of the ``B`` samples with some factor ``c > 1``;
+        ``"batch"``: 1.0 when the batch-mean gradient was clipped, else 0.0.
+        """
+        check_choice("clip_per", clip_per, CLIP_PER)
+        p, rule = self.problem, self.rule
+        x, y = p.take(index)
+        if clip_per == "sample":
+            g = self._grads(theta, x, y, shared_data=False)
+            c = rule.group_factors(g, theta.unsqueeze(1), p.layout)
+            u = rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
+            return u, (c > 1).any(-1).to(theta.dtype).mean(-1)
+        gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
+        c = rule.group_factors(gb, theta, p.layout)
+        return rule.clip(gb, theta, p.layout), (c > 1).any(-1).to(theta.dtype)

@@ -91,3 +91,25 @@ def location_problem(data: Sequence[float], *, theta0: float = 0.0,
     """
     x = torch.as_tensor(list(data), dtype=dtype)
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, half_squared, name="location")
+
+
+def quartic_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(output^2 - target)^2 / 4`` for one sample: gradient ``theta (theta^2 - x_i)``."""
+    return 0.25 * (output ** 2 - target) ** 2
+
+
+def quartic(n: int = 16, *, theta0: float = 0.5, seed: int = 0,
+            dtype: torch.dtype = torch.float64) -> Problem:
+    """A scalar double well built to explode without clipping: ``l_i = (theta^2 - x_i)^2 / 4``
+    with ``x_i = 1 + 0.1 z_i``, minima near ``theta = +-1``.
+
+    The gradient grows like ``theta^3``, so plain SGD with step ``a`` diverges (in a few steps,
+    faster than exponentially) from any ``|theta| > sqrt(2 / a + 1)``; near the minima it
+    converges for ``a < 1``. Norm clipping bounds every step by ``a * lam`` and never explodes.
+
+    >>> quartic().P
+    1
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = 1.0 + 0.1 * torch.randn(n, generator=gen, dtype=dtype)
+    return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, quartic_loss, name="quartic")
