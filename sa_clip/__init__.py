@@ -17,7 +17,13 @@ from .clipping import (
     make_rule,
 )
 from .equilibria import ClippingBias, Equilibrium, clipping_bias, find_equilibria
-from .fluctuations import clt_covariance, empirical_covariance, noise_covariance, scaled_errors
+from .fluctuations import (
+    clt_covariance,
+    empirical_covariance,
+    noise_covariance,
+    scaled_errors,
+    trajectory_scaled_errors,
+)
 from .meanfield import ClipStats, MeanField
 from .ode import OdeSolution, solve_ode
 from .problem import Block, Layout, Problem
@@ -31,7 +37,14 @@ from .schedules import (
     schedule_from_dict,
 )
 from .sgd import simulate_sgd
-from .stability import azuma_log_bound, claim2_ratio, exceedance_frequency
+from .stability import (
+    BlowupResult,
+    azuma_log_bound,
+    blowup_frequency,
+    claim2_ratio,
+    exceedance_frequency,
+    update_directions,
+)
 from .streamed import ArrayData, ChunkedData, DataSource, NpyData, StreamedProblem
 from .tracking import TrackingResult, tracking_distance
 from .trajectory import Trajectory
@@ -45,7 +58,9 @@ __all__ = [
     "MeanField", "ClipStats", "problems",
     "find_equilibria", "Equilibrium", "clipping_bias", "ClippingBias",
     "noise_covariance", "clt_covariance", "scaled_errors", "empirical_covariance",
-    "azuma_log_bound", "exceedance_frequency", "claim2_ratio",
+    "trajectory_scaled_errors",
+    "azuma_log_bound", "exceedance_frequency", "claim2_ratio", "update_directions",
+    "blowup_frequency", "BlowupResult",
     "StreamedProblem", "DataSource", "ArrayData", "NpyData", "ChunkedData", "distributed",
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",

@@ -97,3 +97,34 @@ def empirical_covariance(x: torch.Tensor) -> np.ndarray:
     if len(x) < 2:
         raise ValueError(f"need at least 2 finite chains for a covariance, got {len(x)}.")
     return np.atleast_2d(np.cov(x, rowvar=False))
+
+
+def trajectory_scaled_errors(run, theta_star: torch.Tensor, record: int = -1,
+                             schedule=None) -> torch.Tensor:
+    """``(theta_k(n) - theta*) / sqrt(a(n))`` for every chain of a :class:`~sa_clip.Trajectory`
+    at one record (``n = run.steps[record]``), shape ``(chains, P)``.
+
+    The step size ``a(n)`` comes from the run's own schedule (``run.meta["schedule"]``) unless
+    ``schedule`` is given (needed for a ``FunctionSchedule``). Blown-up chains are NaN rows;
+    :func:`empirical_covariance` drops them.
+
+    >>> import sa_clip as sc
+    >>> p = sc.problems.location_problem([-1.0, 1.0])
+    >>> run = sc.simulate_sgd(p, sc.NoClip(), sc.Harmonic(1.0), steps=3, chains=2, seed=0)
+    >>> trajectory_scaled_errors(run, torch.zeros(1)).shape
+    torch.Size([2, 1])
+    """
+    from .schedules import Schedule, make_schedule, schedule_from_dict
+
+    if schedule is None:
+        if "schedule" not in run.meta:
+            raise ValueError("`run` has no schedule in its meta data: pass `schedule`.")
+        sched: Schedule = schedule_from_dict(run.meta["schedule"])
+    else:
+        sched = make_schedule(schedule)
+    r = int(record)
+    if not -run.records <= r < run.records:
+        raise ValueError(f"`record` must index one of the {run.records} records, got {record}.")
+    n = int(run.steps[r])
+    theta_star = torch.as_tensor(theta_star, dtype=run.theta.dtype, device=run.theta.device)
+    return scaled_errors(run.theta[:, r], theta_star.reshape(-1), float(sched(n)))

@@ -13,6 +13,7 @@ from .toys import (
     Logistic2D,
     Scalar,
     TanhToy,
+    linear1d,
     location_problem,
     logistic2d,
     quartic,
@@ -21,4 +22,4 @@ from .toys import (
 
 __all__ = ["DATASETS", "load_dataset", "paper_network", "real_problem", "TanhToy", "Logistic2D",
            "Scalar", "tanh_regression", "logistic2d", "location_problem", "PROBLEMS",
-           "make_problem", "quartic", "logistic_regression"]
+           "make_problem", "quartic", "logistic_regression", "linear1d"]
