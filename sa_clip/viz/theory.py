@@ -163,7 +163,8 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     ----------
     a, b : ``(na,)``, ``(nb,)`` grid coordinates. ``labels``: integer ``(nb, na)``, the index
         into ``equilibria`` reached from each grid point, ``-1`` for none.
-    equilibria : list of :class:`sa_clip.Equilibrium` (2-D), to name the colours and mark them.
+    equilibria : list of :class:`sa_clip.Equilibrium` (2-D) or None placeholders, indexed like
+        ``labels``, to name the colours and mark them.
 
     Draw it over a phase portrait (pass the same ``ax``) to see basins and flow together.
 
@@ -189,6 +190,8 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     if (L < 0).any():
         handles.append(Patch(color=cols[0], alpha=alpha + 0.2, label="no equilibrium reached"))
     for k, e in enumerate(equilibria or ()):
+        if e is None:                      # a placeholder keeps the numbering of the labels
+            continue
         xy = _np(e.theta)
         style = dict(KIND_STYLE.get(e.kind, KIND_STYLE["degenerate"]))
         style.pop("label")
