@@ -21,16 +21,19 @@ In float32, tolerances below about ``1e-6`` are below round-off: pass ``rtol=1e-
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 from tqdm.auto import tqdm
 
 from ._validate import as_tensor, check_positive
+from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField
 
 
@@ -61,6 +64,29 @@ class OdeSolution:
     @property
     def success(self) -> bool:
         return self.status == 0
+
+    def save(self, path: str | os.PathLike, config: dict[str, Any] | None = None) -> None:
+        """Write to ``path`` (``.npz`` + JSON metadata, atomic, no pickle; ``docs/format.md``),
+        with an optional JSON-serialisable ``config`` describing the solve."""
+        save_npz(path, {"t": self.t, "theta": self.theta},
+                 {"kind": "OdeSolution", "nfev": self.nfev, "status": self.status,
+                  "message": self.message, "config": config or {}})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OdeSolution:
+        """Read a file written by :meth:`save` (otherwise a ``ValueError`` naming the file)."""
+        arrays, meta = load_npz(path, kind="OdeSolution")
+        t = check_array(path, arrays, "t", shape=(None,))
+        theta = check_array(path, arrays, "theta")
+        if theta.ndim not in (2, 3) or theta.shape[0] != t.shape[0]:
+            raise ValueError(f"{os.fspath(path)!r}: array 'theta' has shape {theta.shape}, "
+                             f"expected ({t.shape[0]}, P) or ({t.shape[0]}, K, P).")
+        for key, typ in (("nfev", int), ("status", int), ("message", str)):
+            if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool):
+                raise ValueError(f"{os.fspath(path)!r}: metadata {key!r} is "
+                                 f"{meta.get(key)!r}, expected {typ.__name__}.")
+        return cls(t=torch.from_numpy(np.array(t)), theta=torch.from_numpy(np.array(theta)),
+                   nfev=meta["nfev"], status=meta["status"], message=meta["message"])
 
 
 def check_times(t: Any, dtype: torch.dtype = torch.float64, device: Any = None,
