@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._validate import as_tensor, check_choice, check_nonneg_int, check_positive
+from ._validate import as_tensor, check_choice, check_memory, check_nonneg_int, check_positive
 from .clipping import ClipRule, make_rule
 from .io import load_npz, save_npz
 from .meanfield import CLIP_PER, MeanField
@@ -305,6 +305,14 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         raise ValueError(f"`field` uses the rule {field.rule!r} but `rule` is {rule!r}.")
     n_data, dev, dt = problem.N, problem.device, problem.dtype
 
+    n_rec = len(range(0, steps + 1, record_every)) + (steps % record_every != 0)
+    check_memory(f"`chains` = {chains}, `batch_size` = {batch_size}, `steps` = {steps} and "
+                 f"`record_every` = {record_every} (P = {problem.P})",
+                 chains * (n_rec * (problem.P + 1) * (1 + 2 * record_noise)
+                           + batch_size * (problem.P + 1)
+                           + (2 * n_data if sampling == "epoch" and indices is None else 0)
+                           + (steps * batch_size if record_indices else 0)),
+                 torch.empty((), dtype=dt).element_size(), dev)
     if theta0 is None:
         theta = problem.theta0.expand(chains, -1).clone()
     else:
@@ -344,6 +352,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         batches = _EpochSampler(gen, n_data, chains, batch_size)
 
     rates = schedule.rates(steps)
+    tau_all = schedule.tau(steps)
     warn_if_not_a2(schedule, stacklevel=3)
     rec_steps = sorted(set(range(0, steps + 1, record_every)) | {steps})
     slot = torch.full((steps + 1,), -1, dtype=torch.long)
@@ -444,7 +453,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         save_state(steps)
 
     return Trajectory(
-        theta=theta_rec, tau=schedule.tau(steps)[rec_steps].to(dev),
+        theta=theta_rec, tau=tau_all[rec_steps].to(dev),
         steps=torch.tensor(rec_steps, dtype=torch.int64, device=dev), blowup_step=blowup,
         clip_fraction=clip_rec, indices=idx_rec,
         xi=xi_rec if record_noise else None,
