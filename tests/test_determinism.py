@@ -6,12 +6,14 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 import torch
 
 import sa_clip as sc
 
 SCRIPT = r'''
 import hashlib, warnings
+import pytest
 import torch
 import sa_clip as sc
 
@@ -74,6 +76,7 @@ def test_different_seeds_differ():
     assert torch.equal(r1.theta, r3.theta)  # an int seed is a Generator seeded with it
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_across_fresh_processes(tmp_path):
     script = tmp_path / "det.py"
     script.write_text(SCRIPT)
