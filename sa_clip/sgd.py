@@ -241,7 +241,8 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         Show a tqdm progress bar.
     checkpoint : path, optional
         Write a checkpoint to this ``.npz`` file every ``checkpoint_every`` steps and at the end
-        (replacing an existing file unless ``resume=True`` resumes from it; atomically: temporary file then ``os.replace``; format in ``docs/format.md``, kind
+        (replacing an existing file unless ``resume=True`` resumes from it; atomically:
+        temporary file then ``os.replace``; format in ``docs/format.md``, kind
         ``"SgdCheckpoint"``). It holds the state of all chains, the step, the sampler's
         generator state (``torch.Generator.get_state()``), the records so far and the
         configuration.
