@@ -3,7 +3,7 @@
 Public names are re-exported here; see ``SPEC.md`` for the mathematics.
 """
 
-from . import distributed, problems
+from . import distributed, io, problems
 from .batchfield import batch_mean_field
 from .clipping import (
     RULES,
@@ -64,5 +64,5 @@ __all__ = [
     "StreamedProblem", "DataSource", "ArrayData", "NpyData", "ChunkedData", "distributed",
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
-    "batch_mean_field", "tracking_distance", "TrackingResult",
+    "batch_mean_field", "tracking_distance", "TrackingResult", "io",
 ]

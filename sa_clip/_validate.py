@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,3 +71,27 @@ def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"`{name}` must be finite; found {t[first].item()} at index "
                              f"{first} ({int(bad.sum())} non-finite entries in all).")
     return t
+
+
+def device_memory(device: Any) -> int | None:
+    """Bytes of memory of ``device`` (physical RAM for the CPU), or None when unknown."""
+    dev = torch.device(device if device is not None else "cpu")
+    try:
+        if dev.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if dev.type == "cuda":
+            return int(torch.cuda.get_device_properties(dev).total_memory)
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def check_memory(what: str, elements: int, itemsize: int, device: Any) -> None:
+    """Raise a ValueError before allocating when ``elements`` numbers of ``itemsize`` bytes
+    cannot fit in the memory of ``device`` (instead of the allocator's RuntimeError)."""
+    total = device_memory(device)
+    need = int(elements) * int(itemsize)
+    if total is not None and need > total:
+        raise ValueError(f"{what} need about {need / 2 ** 30:.4g} GiB, more than the "
+                         f"{total / 2 ** 30:.4g} GiB of memory of {torch.device(device or 'cpu')}"
+                         "; reduce them.")

@@ -98,7 +98,6 @@ def batch_mean_field(problem: Problem, rule: ClipRule | str, theta: Any, batch_s
     rows = max(1, min(k * samples, max_elements // max(1, m * p)))
     total = torch.zeros_like(th)
     total_sq = torch.zeros_like(th)
-    owner = torch.arange(k, device=problem.device).repeat_interleave(samples)
     with torch.no_grad():
         for start in range(0, k * samples, rows):
             stop = min(start + rows, k * samples)
@@ -106,7 +105,7 @@ def batch_mean_field(problem: Problem, rule: ClipRule | str, theta: Any, batch_s
                 idx = torch.randint(n, (stop - start, m), generator=gen)
             else:
                 idx = torch.argsort(torch.rand(stop - start, n, generator=gen), dim=1)[:, :m]
-            who = owner[start:stop]
+            who = torch.arange(start, stop, device=problem.device) // samples
             u = field.directions(th[who], idx.to(problem.device), "batch")
             total.index_add_(0, who, u)
             total_sq.index_add_(0, who, u * u)

@@ -66,7 +66,12 @@ class ClipRule(ABC):  # noqa: B024 - abstract by intent, concrete rules are data
             return torch.ones_like(grad_norms)
         if self.relative and theta_norms is None:
             raise ValueError(f"`theta_norms` is required by the relative rule {self!r}.")
-        return torch.clamp(grad_norms / self.thresholds(theta_norms), min=1.0)
+        tau = self.thresholds(theta_norms)
+        # not clamp(g / tau, 1): a threshold that underflows to 0 (tiny lam * eps) would give
+        # 0 / 0 = NaN for a zero gradient; here that factor is 1 (and inf, u = 0, otherwise).
+        # At ||g|| = tau the clipped branch is taken, as clamp did (the Jacobian at a kink).
+        clipped = (grad_norms >= tau) & (grad_norms > 0)
+        return torch.where(clipped, grad_norms / tau, torch.ones_like(grad_norms))
 
     def clip(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout) -> torch.Tensor:
         """Clipped directions ``u`` for gradients ``g`` of shape ``(..., P)``.

@@ -17,13 +17,14 @@ per-sample clipping that is false in general: :func:`clipping_bias` measures how
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
 import torch
 
-from ._validate import check_nonneg_int, check_positive
+from ._validate import check_finite, check_nonneg_int, check_positive
 from .clipping import NoClip
 from .meanfield import MeanField
 from .problem import group_norms, iter_chunks
@@ -105,7 +106,7 @@ def _starts(field: MeanField, starts, n_starts: int, scale: float, seed: int | N
     p = field.problem
     if starts is not None:
         t, _ = p.check_theta(starts, "starts")
-        return t
+        return check_finite("starts", t)
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
     noise = torch.randn(n_starts, p.P, generator=gen, dtype=torch.float64).to(p.dtype)
     return p.theta0 + scale * noise
@@ -126,6 +127,10 @@ def find_equilibria(field: MeanField, starts: torch.Tensor | None = None, *, n_s
 
     Other arguments
     ---------------
+    n_starts : int >= 1; scale : float >= 0
+        Number and spread of the default random starts.
+    seed : int >= 0 or None
+        Seeds the generator of the default starts (None: seed 0); same seed, same result.
     tol : a start has converged when ``||H|| <= tol * max(1, ||H(start)||)``.
     merge_tol : roots closer than ``merge_tol * max(1, ||theta||)`` are the same equilibrium.
     method : any ``scipy.optimize.root`` method that uses a Jacobian (``"hybr"``, ``"lm"``).
@@ -144,8 +149,18 @@ def find_equilibria(field: MeanField, starts: torch.Tensor | None = None, *, n_s
     >>> round(float(eq[0].theta), 6), eq[0].kind
     (-2.5, 'stable')
     """
+    if not isinstance(field, MeanField):
+        raise TypeError(f"`field` must be a sa_clip.MeanField, got {type(field).__name__}.")
     n_starts = check_nonneg_int("n_starts", n_starts, minimum=1)
     check_positive("tol", tol)
+    check_positive("merge_tol", merge_tol)
+    max_iter = check_nonneg_int("max_iter", max_iter, minimum=1)
+    if seed is not None:
+        seed = check_nonneg_int("seed", seed)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+            math.isfinite(scale) and scale >= 0):
+        raise (TypeError if not isinstance(scale, (int, float)) or isinstance(scale, bool)
+               else ValueError)(f"`scale` must be a finite number >= 0, got {scale!r}.")
     p = field.problem
     x0s = _starts(field, starts, n_starts, scale, seed)
 

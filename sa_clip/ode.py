@@ -21,17 +21,25 @@ In float32, tolerances below about ``1e-6`` are below round-off: pass ``rtol=1e-
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 from tqdm.auto import tqdm
 
-from ._validate import as_tensor, check_positive
+from ._validate import as_tensor, check_nonneg_int, check_positive
+from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField
+
+
+class _TooManyEvaluations(RuntimeError):
+    """Raised inside a solve that exceeds ``max_nfev`` (reported as ``status = -1``)."""
 
 
 @dataclass
@@ -47,7 +55,9 @@ class OdeSolution:
     nfev : int
         Number of right-hand-side evaluations (each evaluates all ``K`` starts at once).
     status : int
-        0 on success, -1 on failure (solver error or a non-finite solution).
+        0 on success, -1 on failure (solver error, more than ``max_nfev`` evaluations, or a
+        non-finite solution); the values computed before the failure are kept (see
+        :func:`solve_ode`).
     message : str
         What happened.
     """
@@ -61,6 +71,29 @@ class OdeSolution:
     @property
     def success(self) -> bool:
         return self.status == 0
+
+    def save(self, path: str | os.PathLike, config: dict[str, Any] | None = None) -> None:
+        """Write to ``path`` (``.npz`` + JSON metadata, atomic, no pickle; ``docs/format.md``),
+        with an optional JSON-serialisable ``config`` describing the solve."""
+        save_npz(path, {"t": self.t, "theta": self.theta},
+                 {"kind": "OdeSolution", "nfev": self.nfev, "status": self.status,
+                  "message": self.message, "config": config or {}})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OdeSolution:
+        """Read a file written by :meth:`save` (otherwise a ``ValueError`` naming the file)."""
+        arrays, meta = load_npz(path, kind="OdeSolution")
+        t = check_array(path, arrays, "t", shape=(None,))
+        theta = check_array(path, arrays, "theta")
+        if theta.ndim not in (2, 3) or theta.shape[0] != t.shape[0]:
+            raise ValueError(f"{os.fspath(path)!r}: array 'theta' has shape {theta.shape}, "
+                             f"expected ({t.shape[0]}, P) or ({t.shape[0]}, K, P).")
+        for key, typ in (("nfev", int), ("status", int), ("message", str)):
+            if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool):
+                raise ValueError(f"{os.fspath(path)!r}: metadata {key!r} is "
+                                 f"{meta.get(key)!r}, expected {typ.__name__}.")
+        return cls(t=torch.from_numpy(np.array(t)), theta=torch.from_numpy(np.array(theta)),
+                   nfev=meta["nfev"], status=meta["status"], message=meta["message"])
 
 
 def check_times(t: Any, dtype: torch.dtype = torch.float64, device: Any = None,
@@ -82,7 +115,8 @@ def check_times(t: Any, dtype: torch.dtype = torch.float64, device: Any = None,
 
 def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0: Any, t: Any,
               *, method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
-              options: dict[str, Any] | None = None, progress: bool = False) -> OdeSolution:
+              options: dict[str, Any] | None = None, progress: bool = False,
+              max_nfev: int | None = 1_000_000) -> OdeSolution:
     r"""Integrate ``d theta / d tau = -H(theta)`` from ``theta0`` and report ``theta(t)``.
 
     Main arguments
@@ -110,17 +144,33 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
         Passed to ``torchdiffeq.odeint``.
     progress : bool
         A tqdm bar over ODE time.
+    max_nfev : int or None
+        Give up (``status = -1``) after this many evaluations of ``H``, so that a field the
+        adaptive solver cannot get past (a discontinuity makes it take ever smaller steps)
+        never hangs; ``None``: no limit.
 
     Returns
     -------
     OdeSolution
         ``t``, ``theta`` (time first: ``(T, P)`` or ``(T, K, P)``), ``nfev``, ``status``,
-        ``message``. A solver failure is reported (``status = -1``, NaN ``theta``), not raised.
+        ``message``. A failure is reported, not raised, and keeps what was computed:
+
+        * the solver fails (step-size underflow, e.g. where ``H`` is not finite or jumps;
+          more than ``max_nfev`` evaluations): the solve is redone output interval by output
+          interval (``[t_i, t_{i+1}]``, each from the end of the previous one, adaptive
+          steps landing on ``t_{i+1}`` instead of passing it) up to the
+          interval that fails; ``theta`` holds those values (within the tolerances of the
+          one-shot solve, not bit-equal to it) and NaN from the first time not reached,
+          ``status = -1`` and ``message`` says which interval failed and why;
+        * the solution becomes non-finite without an error (fixed-step methods): ``theta`` is
+          returned as computed, ``status = -1``, and ``message`` gives the first time where it
+          is not finite.
 
     Raises
     ------
     TypeError, ValueError
-        For a field that is not callable, an unknown method, non-positive tolerances, a
+        For a field that is not callable, an unknown method, non-positive tolerances or
+        ``max_nfev``, a
         ``theta0`` of the wrong shape or not finite, or times that are not 1-D, finite and
         strictly monotone.
 
@@ -170,17 +220,59 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
                              f"{tuple(th.shape)}.")
         return -h
 
+    if max_nfev is not None:
+        max_nfev = check_nonneg_int("max_nfev", max_nfev, minimum=1)
+    budget = [max_nfev]
+
+    def limited(tau: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
+        if budget[0] is not None:
+            if budget[0] <= 0:
+                raise _TooManyEvaluations(f"more than max_nfev = {max_nfev} evaluations")
+            budget[0] -= 1
+        return rhs(tau, th)
+
+    def solve(ts: torch.Tensor, y0: torch.Tensor, segment: bool = False) -> torch.Tensor:
+        opts = options
+        if segment and issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver) and not (
+                options and ("step_t" in options or "jump_t" in options)):
+            # adaptive steps may run past the end and interpolate back: land on it instead
+            opts = {**(options or {}), "step_t": ts[-1:]}
+        return odeint(limited, y0, ts, method=method, rtol=rtol, atol=atol, options=opts)
+
     status, message = 0, "success"
     try:
         with torch.no_grad():
-            theta = odeint(rhs, th0, times, method=method, rtol=rtol, atol=atol,
-                           options=options)
-        if not bool(torch.isfinite(theta).all()):
-            status, message = -1, "the solution became non-finite"
-    except (AssertionError, RuntimeError) as exc:
-        theta = torch.full((len(times), *th0.shape), float("nan"), dtype=th0.dtype,
-                           device=th0.device)
-        status, message = -1, f"solver failed: {type(exc).__name__}: {exc}"
+            try:
+                theta = solve(times, th0)
+            except (AssertionError, RuntimeError) as exc:
+                # keep what can be computed: redo interval by interval up to the failing one
+                status = -1
+                theta = torch.full((len(times), *th0.shape), float("nan"), dtype=th0.dtype,
+                                   device=th0.device)
+                theta[0] = th0
+                budget[0] = max_nfev
+                reached, why = 0, exc
+                for i in range(len(times) - 1):
+                    try:
+                        y = solve(times[i:i + 2], theta[i], segment=True)[-1]
+                    except (AssertionError, RuntimeError) as seg_exc:
+                        why = seg_exc
+                        break
+                    theta[i + 1] = y
+                    reached = i + 1
+                    if not bool(torch.isfinite(y).all()):
+                        break
+                message = (f"solver failed ({type(why).__name__}: {why}) between t = "
+                           f"{float(times[reached]):.6g} and t = "
+                           f"{float(times[min(reached + 1, len(times) - 1)]):.6g}; theta kept "
+                           f"at the first {reached + 1} of {len(times)} output times, NaN after")
+        if status == 0:
+            bad = ~torch.isfinite(theta.reshape(len(times), -1)).all(1)
+            if bool(bad.any()):
+                first = int(torch.nonzero(bad)[0])
+                status, message = -1, (f"the solution became non-finite at t = "
+                                       f"{float(times[first]):.6g} (output {first} of "
+                                       f"{len(times)}); the values before are kept")
     finally:
         bar.close()
     return OdeSolution(t=times, theta=theta, nfev=count[0], status=status, message=message)

@@ -88,7 +88,11 @@ class Schedule(ABC):
     def tau(self, steps: int) -> torch.Tensor:
         """ODE times ``tau_0 = 0, ..., tau_steps``: float64 tensor of shape ``(steps + 1,)``."""
         a = self.rates(steps)
-        return torch.cat([a.new_zeros(1), torch.cumsum(a, 0)])
+        tau = torch.cat([a.new_zeros(1), torch.cumsum(a, 0)])
+        if bool(torch.isinf(tau[-1])):  # increasing: the last is the largest
+            raise ValueError(f"the ODE time tau = sum of a(n) overflows float64 for schedule "
+                             f"{self!r} over {steps} steps; use smaller step sizes.")
+        return tau
 
     def to_dict(self) -> dict[str, Any]:
         """``{"schedule": kind, **parameters}`` (JSON-ready), inverse of
@@ -144,6 +148,7 @@ class Harmonic(Schedule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "a0", check_positive("a0", self.a0))
         object.__setattr__(self, "n0", _check_n0(self.n0))
+        self._checked(torch.zeros(1, dtype=torch.int64))  # a(0) = a0 / n0 finite
 
     def _eval(self, n: torch.Tensor) -> torch.Tensor:
         return self.a0 / (n.to(torch.float64) + self.n0)
@@ -171,6 +176,7 @@ class PowerLaw(Schedule):
         object.__setattr__(self, "a0", check_positive("a0", self.a0))
         object.__setattr__(self, "alpha", check_positive("alpha", self.alpha))
         object.__setattr__(self, "n0", _check_n0(self.n0, self.alpha))
+        self._checked(torch.zeros(1, dtype=torch.int64))  # a(0) = a0 / n0^alpha finite
 
     def _eval(self, n: torch.Tensor) -> torch.Tensor:
         return self.a0 / (n.to(torch.float64) + self.n0) ** self.alpha

@@ -11,15 +11,19 @@ the optional projection onto the ball of radius ``R`` (scheme (9)). All chains a
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._validate import as_tensor, check_choice, check_nonneg_int, check_positive
+from ._validate import as_tensor, check_choice, check_memory, check_nonneg_int, check_positive
 from .clipping import ClipRule, make_rule
+from .io import load_npz, save_npz
 from .meanfield import CLIP_PER, MeanField
 from .problem import Problem
 from .schedules import Schedule, make_schedule, warn_if_not_a2
@@ -54,26 +58,128 @@ def _check_indices(indices: Any, steps: int, chains: int, batch_size: int, n: in
     return idx.to(device=device, dtype=torch.long)
 
 
-def _iid_batches(gen: torch.Generator, n: int, chains: int, b: int, steps: int
-                 ) -> Iterator[torch.Tensor]:
+class _Sampler:
+    """Batch indices drawn in buffers from ``gen``; its state (the generator state before the
+    current buffer and the position in it) is enough to redraw the buffer exactly, so a resumed
+    run draws the same batches as an uninterrupted one."""
+
+    def __init__(self, gen: torch.Generator) -> None:
+        self.gen = gen
+        self.buf: torch.Tensor | None = None
+        self.pos = 0
+        self.done = 0  # rows drawn before the current buffer
+        self.before = gen.get_state()
+
+    def _draw(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __next__(self) -> torch.Tensor:
+        if self.buf is None or self.pos == len(self.buf):
+            self.done += 0 if self.buf is None else len(self.buf)
+            self.before = self.gen.get_state()
+            self.buf, self.pos = self._draw(), 0
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def state(self) -> tuple[torch.Tensor, int, bool]:
+        """``(generator state before the current buffer, position, whether drawn)``."""
+        if self.buf is None or self.pos == len(self.buf):
+            return self.gen.get_state(), 0, False
+        return self.before, self.pos, True
+
+    def restore(self, rng: torch.Tensor, pos: int, drawn: bool, step: int) -> None:
+        """Back to the state :meth:`state` returned at step ``step``."""
+        self.gen.set_state(rng)
+        self.buf, self.pos, self.done = None, 0, step - (pos if drawn else 0)
+        if drawn:
+            self.before = self.gen.get_state()
+            self.buf, self.pos = self._draw(), pos
+
+
+class _IidSampler(_Sampler):
     """Uniform with replacement, drawn in blocks of steps (block size fixed by the sizes)."""
-    block = max(1, min(steps, 2 ** 20 // max(1, chains * b)))
-    done = 0
-    while done < steps:
-        k = min(block, steps - done)
-        draw = torch.randint(n, (k, chains, b), generator=gen)
-        yield from draw
-        done += k
+
+    def __init__(self, gen: torch.Generator, n: int, chains: int, b: int, steps: int) -> None:
+        super().__init__(gen)
+        self.n, self.shape, self.steps = n, (chains, b), steps
+        self.block = max(1, min(steps, 2 ** 20 // max(1, chains * b)))
+
+    def _draw(self) -> torch.Tensor:
+        k = min(self.block, self.steps - self.done)
+        return torch.randint(self.n, (k, *self.shape), generator=self.gen)
 
 
-def _epoch_batches(gen: torch.Generator, n: int, chains: int, b: int) -> Iterator[torch.Tensor]:
+class _EpochSampler(_Sampler):
     """Without replacement: each chain walks through its own random permutation of the data in
     batches of ``b``; the last ``n mod b`` samples of every epoch are dropped (``drop_last``), so
     a batch never holds a sample twice."""
-    nb = n // b
-    while True:
-        perm = torch.argsort(torch.rand(chains, n, generator=gen), dim=1)
-        yield from perm[:, :nb * b].reshape(chains, nb, b).transpose(0, 1)
+
+    def __init__(self, gen: torch.Generator, n: int, chains: int, b: int) -> None:
+        super().__init__(gen)
+        self.n, self.chains, self.b = n, chains, b
+
+    def _draw(self) -> torch.Tensor:
+        nb = self.n // self.b
+        perm = torch.argsort(torch.rand(self.chains, self.n, generator=self.gen), dim=1)
+        return perm[:, :nb * self.b].reshape(self.chains, nb, self.b).transpose(0, 1)
+
+
+class _ReplaySampler(_Sampler):
+    def __init__(self, gen: torch.Generator, replay: torch.Tensor) -> None:
+        super().__init__(gen)
+        self.replay = replay
+
+    def _draw(self) -> torch.Tensor:
+        return self.replay.transpose(0, 1)
+
+
+def _digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (identifies a start or a replayed batch list
+    in a checkpoint's configuration)."""
+    a = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{a.dtype}{tuple(a.shape)}".encode())
+    h.update(a.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _load_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    arrays, meta = load_npz(path, kind="SgdCheckpoint")
+    for key in ("config", "step", "sampler"):
+        if key not in meta:
+            raise ValueError(f"{path!r} is not a complete simulate_sgd checkpoint (no {key!r}).")
+    return arrays, meta
+
+
+def _restore(path: str, state: tuple[dict[str, Any], dict[str, Any]], config: dict[str, Any],
+             s: dict[str, torch.Tensor], sampler: _Sampler) -> int:
+    """Load a checkpoint into the run state ``s`` and ``sampler``; returns its step."""
+    arrays, meta = state
+    saved = meta["config"]
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this call {config.get(k)!r}"
+            for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+    if diff:
+        raise ValueError(f"cannot resume from {path!r}: its configuration differs from this "
+                         "call's (" + "; ".join(diff) + ").")
+    step = meta["step"]
+    if not isinstance(step, int) or not 0 <= step <= config["steps"]:
+        raise ValueError(f"{path!r} holds an invalid step {step!r}.")
+    for name, t in s.items():
+        a = arrays.get(name)
+        if a is None or tuple(a.shape) != tuple(t.shape) or str(a.dtype) != \
+                str(t.dtype).replace("torch.", ""):
+            got = None if a is None else f"{a.dtype} {tuple(a.shape)}"
+            raise ValueError(f"{path!r}: array {name!r} is {got}, expected "
+                             f"{t.dtype} {tuple(t.shape)}.")
+        s[name] = torch.from_numpy(np.array(a)).to(t.device)
+    rng = arrays.get("rng")
+    if rng is None or rng.dtype != np.uint8 or rng.ndim != 1:
+        raise ValueError(f"{path!r}: the generator state 'rng' is missing or not uint8 1-D.")
+    sm = meta["sampler"]
+    try:
+        sampler.restore(torch.from_numpy(np.array(rng)), int(sm["pos"]), bool(sm["drawn"]), step)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path!r}: cannot restore the generator state ({exc}).") from exc
+    return step
 
 
 def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | str | Callable,
@@ -82,7 +188,9 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                  indices: Any = None, record_every: int = 1, sampling: str = "iid",
                  project_radius: float | None = None, blowup_radius: float = 1e6,
                  record_indices: bool = False, record_noise: bool = False,
-                 field: MeanField | None = None, progress: bool = False) -> Trajectory:
+                 field: MeanField | None = None, progress: bool = False,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1000,
+                 resume: bool = False) -> Trajectory:
     r"""Run ``chains`` independent clipped-SGD chains for ``steps`` steps, all at once.
 
     Main arguments
@@ -131,6 +239,23 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         The engine to use (e.g. one built with a chosen ``method``); its rule must be ``rule``.
     progress : bool
         Show a tqdm progress bar.
+    checkpoint : path, optional
+        Write a checkpoint to this ``.npz`` file every ``checkpoint_every`` steps and at the end
+        (replacing an existing file unless ``resume=True`` resumes from it; atomically:
+        temporary file then ``os.replace``; format in ``docs/format.md``, kind
+        ``"SgdCheckpoint"``). It holds the state of all chains, the step, the sampler's
+        generator state (``torch.Generator.get_state()``), the records so far and the
+        configuration.
+    checkpoint_every : int >= 1
+        Steps between checkpoints (each one costs a write of the records so far).
+    resume : bool
+        Continue from ``checkpoint`` if that file exists (else start from step 0 and write it,
+        so ``resume=True`` is safe on a first run). The result is bit-for-bit the Trajectory of
+        an uninterrupted run with the same arguments (same device, dtype and ``field``
+        method). The checkpoint's configuration (problem name, N, P, dtype, device, rule,
+        schedule, steps, chains, batch size, clip_per, seed, sampling, record options, radii,
+        and digests of the start and of replayed ``indices``) must equal this call's, else a
+        ``ValueError`` lists what differs. With ``seed=None`` the checkpoint's seed is used.
 
     Returns
     -------
@@ -145,7 +270,8 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
     TypeError, ValueError
         For a bad problem, rule, schedule, ``steps <= 0``, ``chains < 1``, ``batch_size < 1``,
         an unknown ``clip_per`` or ``sampling``, badly shaped or out-of-range ``indices``, a
-        ``theta0`` of the wrong shape, or a ``field`` for another problem or rule.
+        ``theta0`` of the wrong shape, or a ``field`` for another problem or rule; a
+        ``checkpoint`` file that is unreadable or whose configuration differs (``resume``).
 
     Example
     -------
@@ -180,6 +306,14 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         raise ValueError(f"`field` uses the rule {field.rule!r} but `rule` is {rule!r}.")
     n_data, dev, dt = problem.N, problem.device, problem.dtype
 
+    n_rec = len(range(0, steps + 1, record_every)) + (steps % record_every != 0)
+    check_memory(f"`chains` = {chains}, `batch_size` = {batch_size}, `steps` = {steps} and "
+                 f"`record_every` = {record_every} (P = {problem.P})",
+                 chains * (n_rec * (problem.P + 1) * (1 + 2 * record_noise)
+                           + batch_size * (problem.P + 1)
+                           + (2 * n_data if sampling == "epoch" and indices is None else 0)
+                           + (steps * batch_size if record_indices else 0)),
+                 torch.empty((), dtype=dt).element_size(), dev)
     if theta0 is None:
         theta = problem.theta0.expand(chains, -1).clone()
     else:
@@ -194,19 +328,32 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         if not bool(torch.isfinite(theta).all()):
             raise ValueError("`theta0` must be finite.")
 
+    if checkpoint is not None:
+        checkpoint = os.fspath(checkpoint)
+        checkpoint_every = check_nonneg_int("checkpoint_every", checkpoint_every, minimum=1)
+    elif resume:
+        raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
+    if not isinstance(resume, bool):
+        raise TypeError(f"`resume` must be a bool, got {resume!r}.")
+    state = None
+    if resume and os.path.exists(checkpoint):
+        state = _load_checkpoint(checkpoint)
+        if seed is None:  # the run being resumed drew a fresh seed: keep it
+            seed = state[1]["config"]["seed"]
     gen, used_seed = _check_seed(seed)
     if indices is not None:
         replay = _check_indices(indices, steps, chains, batch_size, n_data, dev)
-        batches: Iterator[torch.Tensor] = (replay[:, n] for n in range(steps))
+        batches: _Sampler = _ReplaySampler(gen, replay)
     elif sampling == "iid":
-        batches = _iid_batches(gen, n_data, chains, batch_size, steps)
+        batches = _IidSampler(gen, n_data, chains, batch_size, steps)
     else:
         if batch_size > n_data:
             raise ValueError(f"`batch_size` = {batch_size} exceeds N = {n_data}: sampling='epoch'"
                              " draws batches of distinct samples.")
-        batches = _epoch_batches(gen, n_data, chains, batch_size)
+        batches = _EpochSampler(gen, n_data, chains, batch_size)
 
     rates = schedule.rates(steps)
+    tau_all = schedule.tau(steps)
     warn_if_not_a2(schedule, stacklevel=3)
     rec_steps = sorted(set(range(0, steps + 1, record_every)) | {steps})
     slot = torch.full((steps + 1,), -1, dtype=torch.long)
@@ -215,24 +362,60 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
     n_rec = len(rec_steps)
     nan = float("nan")
 
-    theta_rec = torch.full((chains, n_rec, problem.P), nan, dtype=dt, device=dev)
-    clip_rec = torch.full((chains, n_rec), nan, dtype=dt, device=dev)
-    theta_rec[:, 0] = theta
-    idx_rec = (torch.empty((chains, steps, batch_size), dtype=torch.long)
-               if record_indices else None)
-    if record_noise:
-        xi = torch.zeros_like(theta)
-        qv = theta.new_zeros(chains)
-        xi_rec = torch.full_like(theta_rec, nan)
-        qv_rec = torch.full_like(clip_rec, nan)
-        nn_rec = torch.full_like(clip_rec, nan)
-        xi_rec[:, 0] = 0.0
-        qv_rec[:, 0] = 0.0
-    alive = torch.ones(chains, dtype=torch.bool, device=dev)
-    blowup = torch.full((chains,), -1, dtype=torch.long, device=dev)
+    meta = {"rule": rule.to_dict(), "schedule": schedule.to_dict(), "problem": problem.name,
+            "steps": steps, "chains": chains, "batch_size": batch_size, "clip_per": clip_per,
+            "seed": used_seed, "sampling": "replay" if indices is not None else sampling,
+            "record_every": record_every, "project_radius": project_radius,
+            "blowup_radius": blowup_radius, "dtype": str(dt).replace("torch.", ""),
+            "N": n_data, "P": problem.P, "sa_clip_version": __version__}
+    # what a checkpoint must match to be resumed (digests of the start and the replayed batches)
+    config = {**{k: v for k, v in meta.items() if k != "sa_clip_version"},
+              "record_indices": bool(record_indices), "record_noise": bool(record_noise),
+              "device": str(dev), "theta0": _digest(theta),
+              "indices": None if indices is None else _digest(replay)}
 
+    # the run's state: everything the loop reads and writes
+    s: dict[str, torch.Tensor] = {
+        "theta": theta,
+        "theta_rec": torch.full((chains, n_rec, problem.P), nan, dtype=dt, device=dev),
+        "clip_rec": torch.full((chains, n_rec), nan, dtype=dt, device=dev),
+        "alive": torch.ones(chains, dtype=torch.bool, device=dev),
+        "blowup": torch.full((chains,), -1, dtype=torch.long, device=dev)}
+    s["theta_rec"][:, 0] = theta
+    if record_indices:
+        s["idx_rec"] = torch.zeros((chains, steps, batch_size), dtype=torch.long)
+    if record_noise:
+        s["xi"] = torch.zeros_like(theta)
+        s["qv"] = theta.new_zeros(chains)
+        s["xi_rec"] = torch.full_like(s["theta_rec"], nan)
+        s["qv_rec"] = torch.full_like(s["clip_rec"], nan)
+        s["nn_rec"] = torch.full_like(s["clip_rec"], nan)
+        s["xi_rec"][:, 0] = 0.0
+        s["qv_rec"][:, 0] = 0.0
+    first = 0
+    if state is not None:
+        first = _restore(checkpoint, state, config, s, batches)
+
+    def save_state(step: int) -> None:
+        rng, pos, drawn = batches.state()
+        arrays = {**s, "rng": rng}
+        save_npz(checkpoint, arrays, {"kind": "SgdCheckpoint", "config": config, "step": step,
+                                      "sampler": {"pos": pos, "drawn": drawn},
+                                      "seed": used_seed})
+
+    theta, alive, blowup = s["theta"], s["alive"], s["blowup"]
+    theta_rec, clip_rec, idx_rec = s["theta_rec"], s["clip_rec"], s.get("idx_rec")
+    if record_noise:
+        xi, qv, xi_rec, qv_rec, nn_rec = (s[k] for k in ("xi", "qv", "xi_rec", "qv_rec",
+                                                          "nn_rec"))
     with torch.no_grad():
-        for n in tqdm(range(steps), disable=not progress, desc="simulate_sgd"):
+        for n in tqdm(range(first, steps), disable=not progress, desc="simulate_sgd",
+                      initial=first, total=steps):
+            if checkpoint is not None and n > first and n % checkpoint_every == 0:
+                s.update(theta=theta, alive=alive, blowup=blowup)
+                if record_noise:
+                    s.update(xi=xi, qv=qv)
+                save_state(n)
             idx = next(batches).to(dev)
             if idx_rec is not None:
                 idx_rec[:, n] = idx.cpu()
@@ -264,15 +447,14 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                 if record_noise:
                     xi_rec[:, r1] = torch.where(alive[:, None], xi, nan)
                     qv_rec[:, r1] = torch.where(alive, qv, nan)
+    if checkpoint is not None and first < steps:
+        s.update(theta=theta, alive=alive, blowup=blowup)
+        if record_noise:
+            s.update(xi=xi, qv=qv)
+        save_state(steps)
 
-    meta = {"rule": rule.to_dict(), "schedule": schedule.to_dict(), "problem": problem.name,
-            "steps": steps, "chains": chains, "batch_size": batch_size, "clip_per": clip_per,
-            "seed": used_seed, "sampling": "replay" if indices is not None else sampling,
-            "record_every": record_every, "project_radius": project_radius,
-            "blowup_radius": blowup_radius, "dtype": str(dt).replace("torch.", ""),
-            "N": n_data, "P": problem.P, "sa_clip_version": __version__}
     return Trajectory(
-        theta=theta_rec, tau=schedule.tau(steps)[rec_steps].to(dev),
+        theta=theta_rec, tau=tau_all[rec_steps].to(dev),
         steps=torch.tensor(rec_steps, dtype=torch.int64, device=dev), blowup_step=blowup,
         clip_fraction=clip_rec, indices=idx_rec,
         xi=xi_rec if record_noise else None,

@@ -10,14 +10,17 @@ paper): ``D_T(s) -> 0`` as ``s -> inf`` for every fixed ``T`` under (A2).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torchdiffeq import odeint
 
 from ._validate import check_nonneg_int, check_positive
+from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField
 from .ode import check_times
 from .trajectory import Trajectory
@@ -55,6 +58,28 @@ class TrackingResult:
     def median(self) -> torch.Tensor:
         """Median over chains of ``D_T(s)``, ignoring NaN (blown-up chains): shape ``(S,)``."""
         return torch.nanmedian(self.distance, dim=0).values
+
+    def save(self, path: str | os.PathLike, config: dict[str, Any] | None = None) -> None:
+        """Write to ``path`` (``.npz`` + JSON metadata, atomic, no pickle; ``docs/format.md``)."""
+        save_npz(path, {"start": self.start, "distance": self.distance, "h": self.h},
+                 {"kind": "TrackingResult", "horizon": self.horizon, "nfev": self.nfev,
+                  "status": self.status, "message": self.message, "config": config or {}})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrackingResult:
+        """Read a file written by :meth:`save` (otherwise a ``ValueError`` naming the file)."""
+        arrays, meta = load_npz(path, kind="TrackingResult")
+        start = check_array(path, arrays, "start", shape=(None,))
+        dist = check_array(path, arrays, "distance", shape=(None, start.shape[0]))
+        h = check_array(path, arrays, "h", shape=(None,))
+        for key, typ in (("horizon", float), ("nfev", int), ("status", int), ("message", str)):
+            v = meta.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float) if typ is float else typ):
+                raise ValueError(f"{os.fspath(path)!r}: metadata {key!r} is {v!r}, expected "
+                                 f"{typ.__name__}.")
+        return cls(start=torch.from_numpy(np.array(start)), distance=torch.from_numpy(
+            np.array(dist)), horizon=float(meta["horizon"]), h=torch.from_numpy(np.array(h)),
+            nfev=meta["nfev"], status=meta["status"], message=meta["message"])
 
     def quantile(self, q: float) -> torch.Tensor:
         """``q``-quantile over chains (NaN ignored), shape ``(S,)``."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import load_npz, save_npz
+from .io import check_array, load_npz, save_npz
 
 _OPTIONAL = ("indices", "xi", "quadratic_variation", "noise_norm")
 
@@ -122,20 +122,35 @@ class Trajectory:
         arrays = {"theta": self.theta, "tau": self.tau, "steps": self.steps,
                   "blowup_step": self.blowup_step, "clip_fraction": self.clip_fraction}
         arrays.update({k: getattr(self, k) for k in _OPTIONAL})
-        save_npz(path, arrays, {"kind": "Trajectory", "meta": self.meta})
+        save_npz(path, arrays, {"kind": "Trajectory", "config": self.meta,
+                                "seed": self.meta.get("seed")})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trajectory:
-        """Read a file written by :meth:`save` (otherwise a ``ValueError`` naming the file)."""
+        """Read a file written by :meth:`save`; a truncated or tampered file (arrays missing or
+        of the wrong dtype or shape) gets a ``ValueError`` naming the file and the problem."""
         arrays, meta = load_npz(path, kind="Trajectory")
-        missing = [k for k in ("theta", "tau", "steps", "blowup_step", "clip_fraction")
-                   if k not in arrays]
-        if missing:
-            raise ValueError(f"{os.fspath(path)!r} is missing the arrays {missing}.")
-        t = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-        return cls(**{k: t.get(k) for k in ("theta", "tau", "steps", "blowup_step",
-                                             "clip_fraction", *_OPTIONAL)},
-                   meta=meta.get("meta", {}))
+        theta = check_array(path, arrays, "theta", shape=(None, None, None))
+        c, r, p = theta.shape
+        if r < 1:
+            raise ValueError(f"{os.fspath(path)!r}: array 'theta' has no records.")
+        got = {"theta": theta,
+               "tau": check_array(path, arrays, "tau", shape=(r,)),
+               "steps": check_array(path, arrays, "steps", kinds="iu", shape=(r,)),
+               "blowup_step": check_array(path, arrays, "blowup_step", kinds="iu", shape=(c,)),
+               "clip_fraction": check_array(path, arrays, "clip_fraction", shape=(c, r)),
+               "indices": check_array(path, arrays, "indices", kinds="iu",
+                                      shape=(c, None, None), optional=True),
+               "xi": check_array(path, arrays, "xi", shape=(c, r, p), optional=True),
+               "quadratic_variation": check_array(path, arrays, "quadratic_variation",
+                                                  shape=(c, r), optional=True),
+               "noise_norm": check_array(path, arrays, "noise_norm", shape=(c, r),
+                                         optional=True)}
+        config = meta.get("config", meta.get("meta", {}))
+        if not isinstance(config, dict):
+            raise ValueError(f"{os.fspath(path)!r}: its 'config' is not a JSON object.")
+        t = {k: None if v is None else torch.from_numpy(np.array(v)) for k, v in got.items()}
+        return cls(**t, meta=config)
 
     def __repr__(self) -> str:
         return (f"Trajectory(chains={self.chains}, records={self.records}, P={self.theta.shape[-1]}"

@@ -117,3 +117,15 @@ def test_registry():
         sc.make_rule("clipz", lam=1.0)
     with pytest.raises(ValueError, match="`lam` is required"):
         sc.make_rule("norm")
+
+
+def test_regression_tiny_threshold_gives_no_nan():
+    # found by tests/test_fuzz_api.py: AdaptiveClip(5e-324) has threshold lam*eps = 0 (float64),
+    # and clamp(0 / 0, min=1) made the factor of a zero gradient NaN
+    rule = sc.AdaptiveClip(5e-324, eps=0.5)
+    c = rule.factors(torch.tensor([0.0, 2.0], dtype=torch.float64),
+                     torch.tensor([0.0, 0.0], dtype=torch.float64))
+    assert c.tolist() == [1.0, float("inf")]
+    p = sc.problems.location_problem([0.0, 0.5, 2.0], theta0=0.5)  # sample 0.5: zero gradient
+    h = sc.MeanField(p, rule)(p.theta0)
+    assert torch.equal(h, torch.zeros(1, dtype=torch.float64))

@@ -1,0 +1,193 @@
+"""The result file format: round trips, metadata, atomic writes, and refusal of bad files."""
+
+import json
+import os
+import platform
+
+import numpy as np
+import pytest
+import torch
+
+import sa_clip as sc
+from sa_clip import io
+
+META = "__sa_clip_meta__"
+
+
+@pytest.fixture(scope="module")
+def run():
+    p = sc.problems.logistic2d(n=12)
+    return sc.simulate_sgd(p, sc.NormClip(0.4), "harmonic:0.5", steps=8, chains=3, seed=2,
+                           record_noise=True, record_indices=True, record_every=3)
+
+
+def raw_write(path, meta=None, **arrays):
+    """Write an archive by hand (no checks): how a tampered file is made."""
+    if meta is not None:
+        arrays[META] = np.array(meta if isinstance(meta, str) else json.dumps(meta))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def good_meta(**kw):
+    return {"format": "sa_clip", "format_version": 1, "kind": "Trajectory", **kw}
+
+
+def test_trajectory_round_trip_and_metadata(tmp_path, run):
+    path = tmp_path / "run.npz"
+    run.save(path)
+    back = sc.Trajectory.load(path)
+    for k in ("theta", "tau", "steps", "blowup_step", "clip_fraction", "indices", "xi",
+              "quadratic_variation", "noise_norm"):
+        a, b = getattr(run, k), getattr(back, k)
+        assert a.dtype == b.dtype and torch.equal(a.nan_to_num(5.0), b.nan_to_num(5.0)), k
+    assert back.meta == run.meta
+    _, meta = io.load_npz(path)
+    assert meta["format"] == "sa_clip" and meta["format_version"] == io.FORMAT_VERSION
+    assert meta["kind"] == "Trajectory" and meta["seed"] == 2 and meta["config"] == run.meta
+    assert meta["versions"] == {"sa_clip": sc.__version__, "torch": torch.__version__,
+                                "numpy": np.__version__, "python": platform.python_version()}
+    assert meta["created"].endswith("+00:00") and meta["created"][:2] == "20"
+    with np.load(path, allow_pickle=False) as z:  # plain npz: readable without sa_clip
+        assert z["theta"].shape == (3, 4, 2)
+
+
+def test_ode_solution_and_tracking_round_trip(tmp_path, run):
+    p = sc.problems.logistic2d(n=12)
+    f = sc.MeanField(p, sc.NormClip(0.4))
+    sol = sc.solve_ode(f, torch.zeros(2, 2, dtype=torch.float64), [0.0, 0.5, 1.0])
+    sol.save(tmp_path / "ode.npz", config={"rule": "norm:0.4"})
+    back = sc.OdeSolution.load(tmp_path / "ode.npz")
+    assert torch.equal(back.theta, sol.theta) and torch.equal(back.t, sol.t)
+    assert (back.nfev, back.status, back.message) == (sol.nfev, sol.status, sol.message)
+    assert io.load_npz(tmp_path / "ode.npz")[1]["config"] == {"rule": "norm:0.4"}
+    res = sc.tracking_distance(run, f, horizon=0.5, starts=[0.0, 0.3])
+    res.save(tmp_path / "tr.npz")
+    back = sc.TrackingResult.load(tmp_path / "tr.npz")
+    assert torch.equal(back.distance, res.distance) and torch.equal(back.h, res.h)
+    assert torch.equal(back.start, res.start) and back.horizon == res.horizon
+    assert (back.nfev, back.status, back.message) == (res.nfev, res.status, res.message)
+    with pytest.raises(ValueError, match=r"tr\.npz.* holds a 'TrackingResult' result, not a "
+                                         "'OdeSolution'"):
+        sc.OdeSolution.load(tmp_path / "tr.npz")
+
+
+def test_failure_mid_write_leaves_the_old_file_and_no_temporary(tmp_path, run, monkeypatch):
+    path = tmp_path / "run.npz"
+    run.save(path)
+    before = path.read_bytes()
+
+    def half_then_crash(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io.np, "savez", half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        run.save(path)
+    with pytest.raises(KeyboardInterrupt):  # an interruption is cleaned up too
+        monkeypatch.setattr(io.np, "savez", lambda f, **a: (_ for _ in ()).throw(
+            KeyboardInterrupt()))
+        run.save(tmp_path / "new.npz")
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["run.npz"]
+    sc.Trajectory.load(path)
+
+
+@pytest.mark.parametrize("cut", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_file(tmp_path, run, cut):
+    path = tmp_path / "run.npz"
+    run.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:int(cut * len(data))])
+    with pytest.raises(ValueError, match=r"cannot read '.*run\.npz': truncated"):
+        sc.Trajectory.load(path)
+
+
+def test_not_a_file_and_not_an_archive(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        sc.Trajectory.load(tmp_path / "missing.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError, match=r"text\.npz"):
+        sc.Trajectory.load(tmp_path / "text.npz")
+    raw_write(tmp_path / "plain.npz", x=np.zeros(2))
+    with pytest.raises(ValueError, match=r"plain\.npz' is an \.npz archive but not an sa_clip"):
+        sc.Trajectory.load(tmp_path / "plain.npz")
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("{not json", "its metadata is not valid JSON"),
+    ("[1, 2]", "is not an sa_clip result file"),
+    (json.dumps({"format": "other"}), "is not an sa_clip result file"),
+    (good_meta(format_version=2), "has format version 2, newer than this sa_clip understands"),
+    (good_meta(format_version="1"), "invalid format version '1'"),
+    (good_meta(format_version=0), "invalid format version 0"),
+    (good_meta(format_version=None), "invalid format version None"),
+    (good_meta(kind="OdeSolution"), "holds a 'OdeSolution' result, not a 'Trajectory'"),
+])
+def test_tampered_metadata(tmp_path, meta, message):
+    path = tmp_path / "bad.npz"
+    raw_write(path, meta, theta=np.zeros((1, 1, 1)))
+    with pytest.raises(ValueError, match=r"bad\.npz.*" + message.replace("(", r"\(")):
+        sc.Trajectory.load(path)
+
+
+def test_metadata_entry_of_the_wrong_type(tmp_path):
+    path = tmp_path / "bad.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **{META: np.zeros(3)})
+    with pytest.raises(ValueError, match=r"bad\.npz.*metadata entry .* is not a JSON string"):
+        io.load_npz(path)
+
+
+def test_pickled_object_array_is_refused(tmp_path, run):
+    path = tmp_path / "pickle.npz"
+    run.save(path)
+    arrays, meta = io.load_npz(path)
+    arrays["theta"] = np.array([{"evil": 1}, None], dtype=object)  # np.savez pickles it
+    raw_write(path, meta, **arrays)
+    with pytest.raises(ValueError, match=r"pickle\.npz.*Object arrays cannot be loaded"):
+        sc.Trajectory.load(path)
+    with pytest.raises(TypeError, match="array 'x' has dtype object"):
+        io.save_npz(tmp_path / "o.npz", {"x": np.array([None])}, {"kind": "X"})
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("theta", np.zeros((3, 4)), r"array 'theta' has shape \(3, 4\), expected \(\*, \*, \*\)"),
+    ("theta", np.zeros((3, 4, 2), dtype="<U3"), "array 'theta' has dtype <U3"),
+    ("tau", np.zeros(5), r"array 'tau' has shape \(5,\), expected \(4,\)"),
+    ("steps", np.zeros(4), "array 'steps' has dtype float64"),
+    ("blowup_step", np.zeros(2, dtype=np.int64), r"'blowup_step' has shape \(2,\), expected"),
+    ("clip_fraction", np.zeros((3, 4), dtype=bool), "'clip_fraction' has dtype bool"),
+    ("xi", np.zeros((3, 4, 3)), r"array 'xi' has shape \(3, 4, 3\)"),
+    ("indices", np.zeros((2, 8, 1), dtype=np.int64), r"array 'indices' has shape"),
+    ("clip_fraction", None, "is missing the array 'clip_fraction'"),
+])
+def test_tampered_arrays(tmp_path, run, name, value, message):
+    path = tmp_path / "t.npz"
+    run.save(path)
+    arrays, meta = io.load_npz(path)
+    if value is None:
+        del arrays[name]
+    else:
+        arrays[name] = value
+    raw_write(path, meta, **arrays)
+    with pytest.raises(ValueError, match=r"t\.npz.*" + message):
+        sc.Trajectory.load(path)
+
+
+def test_tampered_ode_and_tracking_files(tmp_path):
+    path = tmp_path / "o.npz"
+    raw_write(path, {**good_meta(kind="OdeSolution"), "nfev": 3, "status": 0, "message": "ok"},
+              t=np.zeros(3), theta=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match=r"o\.npz.*'theta' has shape \(2, 1\), expected \(3, P\)"):
+        sc.OdeSolution.load(path)
+    raw_write(path, {**good_meta(kind="OdeSolution"), "nfev": "3", "status": 0, "message": ""},
+              t=np.zeros(3), theta=np.zeros((3, 1)))
+    with pytest.raises(ValueError, match=r"o\.npz.*metadata 'nfev' is '3', expected int"):
+        sc.OdeSolution.load(path)
+    raw_write(path, {**good_meta(kind="TrackingResult"), "horizon": 1.0, "nfev": 3,
+                     "status": 0, "message": ""},
+              start=np.zeros(3), distance=np.zeros((2, 2)), h=np.zeros(4))
+    with pytest.raises(ValueError, match=r"o\.npz.*'distance' has shape \(2, 2\)"):
+        sc.TrackingResult.load(path)
