@@ -10,7 +10,12 @@ increments bounded by ``a(t) lam``. The paper's Hoeffding-Azuma bound (15) reads
 while the standard Azuma-Hoeffding inequality for increments bounded by ``c_t = a(t) lam``
 (``|X_t| <= c_t``, so a range of ``2 c_t``) gives ``2 exp(-m^2 / (2 sum c_t^2))``, four times
 weaker in the exponent. Both are provided; :func:`exceedance_frequency` gives the empirical
-frequency over many chains to put beside them.
+frequency over many chains to put beside them. On a case where ``H = 0`` and every update is
+``+-lam`` (data ``{-3, 3}``, ``lam = 1``, theta in ``[-2, 2]``: a Rademacher walk with steps
+``a(t) lam``) the empirical frequency exceeds the paper's bound while the standard one holds
+(``tests/test_theory_dynamics.py``, ``examples/azuma_stability.py``): cite the standard form.
+For the centred noise ``M = u - H`` of a general run the increments are only bounded by
+``2 a(t) lam``; the bounds here then apply with ``lam`` replaced by ``2 lam``.
 
 Adaptive clipping (Claim 2): ``||u|| <= K (1 + ||theta||)`` with ``K = max(lam eps, lam, 1)``;
 in fact ``||u|| <= lam max(||theta||, eps)`` always, which :func:`claim2_ratio` checks along runs.
