@@ -8,6 +8,9 @@ limiting ODE of clipped SGD is ``d theta / d tau = -H(theta)``.
 
 Per-sample gradients come from ``torch.func`` (``vmap(grad(.))``) in chunks of samples, so
 memory stays bounded; ``K`` parameter vectors (shape ``(K, P)``) are one batched computation.
+For stacks of ``Linear`` layers and element-wise activations the fast path of
+:mod:`sa_clip.fastpath` replaces the per-sample gradients by their norms (same numbers, to
+round-off, at about the cost of one plain gradient).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from torch.func import grad, jacfwd, vmap
 
 from ._validate import check_choice, check_nonneg_int
 from .clipping import ClipRule, make_rule
+from .fastpath import LinearStackEngine, unsupported_reason
 from .problem import Problem, iter_chunks
 
-METHODS = ("auto", "vmap")
+METHODS = ("auto", "vmap", "fast")
 CLIP_PER = ("sample", "batch")
 
 
@@ -52,12 +56,23 @@ class MeanField:
 
     Other arguments
     ---------------
-    method : ``"auto"`` | ``"vmap"``
-        How per-sample gradients are obtained (``"auto"`` picks the fastest that applies).
+    method : ``"auto"`` | ``"vmap"`` | ``"fast"``
+        ``"vmap"``: per-sample gradients from ``torch.func``, any model and rule. ``"fast"``:
+        per-sample gradient norms without per-sample gradients (:mod:`sa_clip.fastpath`), for
+        a ``Linear`` or a ``Sequential`` of ``Linear`` layers and element-wise activations and
+        every rule but ``ValueClip``. ``"auto"`` picks ``"fast"`` when it applies. The
+        attribute ``method`` holds the one chosen.
     chunk_size : int, optional
-        Samples per chunk. Default: as many as keep ``K * chunk * P`` below ``max_elements``.
+        Samples per chunk. Default: as many as keep a chunk's working set (``K * chunk * P``
+        per-sample gradients for ``"vmap"``, ``K * chunk`` times the layer widths for
+        ``"fast"``) below ``max_elements``.
     max_elements : int
-        Memory budget, in numbers, of one chunk's per-sample gradients.
+        Memory budget, in numbers, of one chunk.
+
+    Raises
+    ------
+    ValueError
+        For ``method="fast"`` on a model or rule the fast path does not cover (says why).
 
     Calling ``field(theta)`` with ``theta`` of shape ``(P,)`` returns ``(P,)``; with ``(K, P)``
     it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector).
@@ -80,7 +95,16 @@ class MeanField:
         self.rule = make_rule(rule) if isinstance(rule, str) else rule
         if not isinstance(self.rule, ClipRule):
             raise TypeError(f"`rule` must be a ClipRule or a rule name, got {rule!r}.")
-        self.method = check_choice("method", method, METHODS)
+        check_choice("method", method, METHODS)
+        self._fast: LinearStackEngine | None = None
+        if method != "vmap":
+            reason = unsupported_reason(problem, self.rule)
+            if reason is None:
+                self._fast = LinearStackEngine(problem, self.rule)
+            elif method == "fast":
+                raise ValueError(f"`method`='fast' does not apply: {reason}. Use method='auto' "
+                                 f"or 'vmap'.")
+        self.method = "fast" if self._fast is not None else "vmap"
         self.chunk_size = None if chunk_size is None else check_nonneg_int(
             "chunk_size", chunk_size, minimum=1)
         self.max_elements = check_nonneg_int("max_elements", max_elements, minimum=1)
@@ -93,7 +117,8 @@ class MeanField:
     def _chunk(self, k: int) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
-        return max(1, min(self.problem.N, self.max_elements // max(1, k * self.problem.P)))
+        per = self._fast.elements_per_sample if self._fast is not None else self.problem.P
+        return max(1, min(self.problem.N, self.max_elements // max(1, k * per)))
 
     def _grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                shared_data: bool) -> torch.Tensor:
@@ -112,6 +137,8 @@ class MeanField:
     def _chunk_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                    ) -> torch.Tensor:
         """``sum_i u_i`` over one chunk of samples, ``(K, P)``, for ``theta (K, P)``."""
+        if self._fast is not None:
+            return self._fast.clipped_sum(theta, x, y, shared=True)
         g = self._grads(theta, x, y, shared_data=True)
         return self.rule.clip(g, theta.unsqueeze(1), self.problem.layout).sum(1)
 
@@ -148,6 +175,9 @@ class MeanField:
         parts = []
         with torch.no_grad():
             for s in iter_chunks(p.N, self._chunk(t.shape[0])):
+                if self._fast is not None:
+                    parts.append(self._fast.factors(t, *p.data(s), shared=True))
+                    continue
                 g = self._grads(t, *p.data(s), shared_data=True)
                 parts.append(rule.group_factors(g, t.unsqueeze(1), p.layout))
         c = torch.cat(parts, 1)
@@ -166,6 +196,11 @@ class MeanField:
         check_choice("clip_per", clip_per, CLIP_PER)
         p = self.problem
         x, y = p.take(index)
+        if self._fast is not None:
+            if clip_per == "sample":
+                return self._fast.clipped_sum(theta, x, y, shared=False) / index.shape[1]
+            gb = self._fast.gradient_sum(theta, x, y, shared=False) / index.shape[1]
+            return self.rule.clip(gb, theta, p.layout)
         if clip_per == "sample":
             g = self._grads(theta, x, y, shared_data=False)
             return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
