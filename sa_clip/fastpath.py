@@ -73,14 +73,18 @@ def _act_function(m: nn.Module) -> Act:
 ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Softplus,
                nn.ELU, nn.Identity)
 
-# derivative from (z, a = act(z)); activations not listed here go through forward-mode AD
-_DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    nn.Tanh: lambda m, z, a: 1 - a * a,
-    nn.Sigmoid: lambda m, z, a: a * (1 - a),
-    nn.ReLU: lambda m, z, a: (z > 0).to(z.dtype),
-    # scalars as 0-d tensors of z's dtype: a Python float here would be rounded to float32
-    nn.LeakyReLU: lambda m, z, a: torch.where(z > 0, z.new_ones(()),
-                                              z.new_full((), m.negative_slope)),
+Backprop = Callable[[torch.Tensor], torch.Tensor]
+
+# delta -> delta * act'(z) in one pass, with the very kernels autograd uses (so the numbers are
+# those of the vmap path); each has a forward-mode derivative, so jacfwd goes through.
+# Activations not listed here go through forward-mode AD (torch.func.jvp).
+_BACKWARD: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
+                               torch.Tensor]] = {
+    nn.Tanh: lambda m, z, a, d: torch.ops.aten.tanh_backward(d, a),
+    nn.Sigmoid: lambda m, z, a, d: torch.ops.aten.sigmoid_backward(d, a),
+    nn.ReLU: lambda m, z, a, d: torch.ops.aten.threshold_backward(d, a, 0),
+    nn.LeakyReLU: lambda m, z, a, d: torch.ops.aten.leaky_relu_backward(
+        d, z, m.negative_slope, False),
 }
 
 
@@ -100,21 +104,22 @@ class _Layer:
     def d_in(self) -> int:
         return self.weight.shape[1]
 
-    def activate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(act(z), act'(z))``; ``act'`` is None for the identity."""
+    def activate(self, z: torch.Tensor) -> tuple[torch.Tensor, Backprop | None]:
+        """``(act(z), delta -> delta * act'(z))``; the second is None for the identity."""
         if not self.acts:
             return z, None
-        if len(self.acts) == 1 and type(self.acts[0]) in _DERIVATIVES:
+        if len(self.acts) == 1 and type(self.acts[0]) in _BACKWARD:
             m = self.acts[0]
             a = _act_function(m)(z)
-            return a, _DERIVATIVES[type(m)](m, z, a)
+            return a, lambda d: _BACKWARD[type(m)](m, z, a, d)
         fns = [_act_function(m) for m in self.acts]
 
         def composed(u: torch.Tensor) -> torch.Tensor:
             for f in fns:
                 u = f(u)
             return u
-        return jvp(composed, (z,), (torch.ones_like(z),))
+        a, da = jvp(composed, (z,), (torch.ones_like(z),))
+        return a, lambda d: d * da
 
 
 def _split_model(model: nn.Module) -> tuple[list[nn.Module], str | None]:
@@ -239,8 +244,9 @@ class LinearStackEngine:
     @property
     def elements_per_sample(self) -> int:
         """Numbers held per sample and parameter vector in one chunk (for chunk sizing)."""
+        # kept: every layer's input and output gradient; transient: two of the widest
         widths = sum(ly.d_in + ly.d_out for ly in self.layers)
-        return 3 * widths + self.layers[-1].d_out
+        return widths + 2 * max(max(ly.d_in, ly.d_out) for ly in self.layers)
 
     # ------------------------------------------------------------------ forward / backward
     def _inputs(self, x: torch.Tensor, k: int, shared: bool) -> torch.Tensor:
@@ -252,13 +258,18 @@ class LinearStackEngine:
 
     @staticmethod
     def _linear(a: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        """``z = a W^T + b`` for ``W (K, o, i)``; ``a`` is ``(B, i)`` (shared) or ``(K, B, i)``."""
+        """``z = a W^T + b`` for ``W (K, o, i)``, ``b (K, o)``; ``a`` is ``(B, i)`` (shared by
+        the K rows: one GEMM against all K weight matrices) or ``(K, B, i)``. Returns
+        ``(K, B, o)``."""
         k, o, i = W.shape
-        if a.dim() == 2:   # shared inputs: one GEMM against all K weight matrices
-            z = (a @ W.reshape(k * o, i).T).reshape(a.shape[0], k, o).transpose(0, 1)
-        else:
-            z = torch.matmul(a, W.transpose(1, 2))
-        return z if b is None else z + b.unsqueeze(1)
+        if a.dim() == 2:
+            Wt = W.reshape(k * o, i).T
+            z = a @ Wt if b is None else torch.addmm(b.reshape(k * o), a, Wt)
+            if k == 1:
+                return z.unsqueeze(0)
+            return z.reshape(a.shape[0], k, o).transpose(0, 1)
+        Wt = W.transpose(1, 2)
+        return torch.bmm(a, Wt) if b is None else torch.baddbmm(b.unsqueeze(1), a, Wt)
 
     def _output_grad(self, out: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
         """``dl_i/d out_i``, shape ``(K, B, C)``."""
@@ -282,57 +293,66 @@ class LinearStackEngine:
         """Each layer's inputs ``a`` and output gradients ``delta`` (``(K, B, d_out)``)."""
         k = theta.shape[0]
         a = self._inputs(x, k, shared)
-        inputs, derivs, weights = [], [], []
+        inputs, backprops, weights = [], [], []
         for ly in self.layers:
             W = theta[:, ly.weight.slice].reshape(k, ly.d_out, ly.d_in)
             b = None if ly.bias is None else theta[:, ly.bias.slice]
             inputs.append(a)
             weights.append(W)
-            a, d = ly.activate(self._linear(a, W, b))
-            derivs.append(d)
+            a, bp = ly.activate(self._linear(a, W, b))
+            backprops.append(bp)
         delta = self._output_grad(a, y, shared)
         deltas: list[torch.Tensor] = [delta] * len(self.layers)
         for l in range(len(self.layers) - 1, -1, -1):
-            if derivs[l] is not None:
-                delta = delta * derivs[l]
+            if backprops[l] is not None:
+                delta = backprops[l](delta)
             deltas[l] = delta
             if l:
                 delta = torch.matmul(delta, weights[l])
         return inputs, deltas
 
     # ------------------------------------------------------------------ norms and factors
-    def _group_sq(self, inputs: list[torch.Tensor], deltas: list[torch.Tensor]
-                  ) -> torch.Tensor:
-        """Squared per-sample gradient norms per group of the rule, ``(K, B, G)``."""
-        gran = self.rule.granularity
-        k, bsz = deltas[0].shape[:2]
-        parts = []
-        for _, i, kind in self._order:
-            delta = deltas[i]
-            dsq = (delta * delta).sum(-1)
-            if kind == "b":
-                parts.append(dsq.unsqueeze(-1))
-                continue
-            a = inputs[i]
-            asq = (a * a).sum(-1)
-            if gran == "unit":
-                parts.append(asq.unsqueeze(-1) * (delta * delta))
-            else:
-                parts.append((asq * dsq).unsqueeze(-1))
-        if gran == "global":
-            return sum(parts).expand(k, bsz, 1)  # type: ignore[union-attr]
-        return torch.cat([q.expand(k, bsz, q.shape[-1]) for q in parts], -1)
+    @staticmethod
+    def _norm(x: torch.Tensor, safe: bool) -> torch.Tensor:
+        """Euclidean norm over the last axis; ``safe``: differentiable at 0 (derivative 0)."""
+        if not safe:
+            return torch.linalg.vector_norm(x, dim=-1)
+        return _safe_sqrt((x * x).sum(-1))
 
-    def _factors(self, theta: torch.Tensor, inputs: list[torch.Tensor],
-                 deltas: list[torch.Tensor]) -> torch.Tensor:
-        rule, p = self.rule, self.problem
-        sq = self._group_sq(inputs, deltas)
-        pos = sq > 0   # sqrt with a zero derivative at 0, as in group_norms
-        gn = torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
-                         torch.zeros_like(sq))
-        tn = group_norms(theta, p.layout, rule.granularity).unsqueeze(1) if rule.relative \
+    def _block_factors(self, theta: torch.Tensor, inputs: list[torch.Tensor],
+                       deltas: list[torch.Tensor], safe: bool) -> list[torch.Tensor]:
+        """Clipping factors for each block, in Layout order: ``(K, B, 1)`` for global and
+        layer-wise rules and biases, ``(K, B, d_out)`` for weight rows under unit-wise rules."""
+        rule, gran = self.rule, self.rule.granularity
+        k, bsz = deltas[0].shape[:2]
+        anorm, dnorm = {}, {}
+        for i in {i for _, i, _ in self._order}:
+            anorm[i] = self._norm(inputs[i], safe).expand(k, bsz)
+            dnorm[i] = self._norm(deltas[i], safe)
+        tn = group_norms(theta, self.problem.layout, gran).unsqueeze(1) if rule.relative \
             else None
-        return rule.factors(gn, tn)
+        if gran == "global":
+            sq = sum((anorm[i] * dnorm[i]) ** 2 if kind == "w" else dnorm[i] ** 2
+                     for _, i, kind in self._order)
+            c = rule.factors(_safe_sqrt(sq).unsqueeze(-1), tn)  # type: ignore[arg-type]
+            return [c] * len(self._order)
+        if gran == "layer":
+            gn = torch.stack([anorm[i] * dnorm[i] if kind == "w" else dnorm[i]
+                              for _, i, kind in self._order], -1)
+            c = rule.factors(gn, tn)
+            return list(c.split(1, -1))
+        out = []
+        for _, i, kind in self._order:
+            ly = self.layers[i]
+            block = ly.weight if kind == "w" else ly.bias
+            g0 = self._unit_offset[block.name]
+            if kind == "w":   # ||a_i|| |delta_ij|; in place when nothing differentiates
+                gn = deltas[i].abs()
+                gn = gn * anorm[i].unsqueeze(-1) if safe else gn.mul_(anorm[i].unsqueeze(-1))
+            else:
+                gn = dnorm[i].unsqueeze(-1)
+            out.append(rule.factors(gn, None if tn is None else tn[..., g0:g0 + block.units]))
+        return out
 
     def factors(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                 shared: bool = True) -> torch.Tensor:
@@ -340,50 +360,106 @@ class LinearStackEngine:
         if self.rule.granularity == "none":
             k, bsz = theta.shape[0], x.shape[0] if shared else x.shape[1]
             return theta.new_ones(k, bsz, 1)
-        return self._factors(theta, *self._propagate(theta, x, y, shared))
+        cs = self._block_factors(theta, *self._propagate(theta, x, y, shared), safe=False)
+        return cs[0] if self.rule.granularity == "global" else torch.cat(cs, -1)
 
     # ------------------------------------------------------------------ sums
     def _weighted_sum(self, inputs: list[torch.Tensor], deltas: list[torch.Tensor],
-                      w: torch.Tensor | None) -> torch.Tensor:
-        """``sum_i u_i`` as ``(K, P)`` from per-sample weights ``w = 1/c`` (``(K, B, G)``)."""
-        gran = self.rule.granularity if w is not None else "none"
+                      cs: list[torch.Tensor] | None, inplace: bool = False) -> torch.Tensor:
+        """``sum_i u_i`` as ``(K, P)``, each per-sample gradient block divided by its factor.
+
+        ``inplace``: the factors ``cs`` may be overwritten (nothing differentiates).
+        """
         pieces = []
         for j, (_, i, kind) in enumerate(self._order):
             ly, delta = self.layers[i], deltas[i]
-            block = ly.weight if kind == "w" else ly.bias
-            if gran in ("global", "none"):
-                wj = w
-            elif gran == "layer":
-                wj = w[..., j:j + 1]
-            else:
-                g0 = self._unit_offset[block.name]
-                wj = w[..., g0:g0 + block.units]
-            dw = delta if wj is None else delta * wj
+            c = None if cs is None else cs[j]
+            k = delta.shape[0]
             if kind == "b":
-                pieces.append(dw.sum(1))
-            else:
-                a = inputs[i]
-                k = dw.shape[0]
-                if a.dim() == 2:   # shared inputs: one GEMM for all K
-                    gw = (dw.transpose(1, 2).reshape(k * ly.d_out, -1) @ a)
+                if c is None:
+                    pieces.append(delta.sum(1))
+                else:   # sum_i delta_i / c_i as one (1, B) x (B, o) product
+                    pieces.append(torch.matmul((1 / c).transpose(1, 2), delta).reshape(k, -1))
+                continue
+            a = inputs[i]
+            if c is not None:
+                # divide the narrower side: a (per-sample factor, K = 1) or delta
+                if c.shape[-1] == 1 and ly.d_in < ly.d_out and (a.dim() == 3 or k == 1):
+                    a = a / (c if a.dim() == 3 else c[0])
+                elif inplace and self.rule.granularity == "unit" and c.shape == delta.shape:
+                    # unit-wise factors are one tensor per block, used once: reuse the memory
+                    delta = torch.div(delta, c, out=c)
                 else:
-                    gw = torch.matmul(dw.transpose(1, 2), a)
-                pieces.append(gw.reshape(k, -1))
+                    delta = delta / c
+            if a.dim() == 2:   # shared inputs: one GEMM for all K
+                gw = delta.transpose(1, 2).reshape(k * ly.d_out, -1) @ a
+            else:
+                gw = torch.bmm(delta.transpose(1, 2), a)
+            pieces.append(gw.reshape(k, -1))
         return torch.cat(pieces, 1)
 
     def clipped_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                    shared: bool = True) -> torch.Tensor:
-        """``sum_i g_i / c_i`` over the chunk, shape ``(K, P)``."""
+                    shared: bool = True, *, safe: bool = False) -> torch.Tensor:
+        """``sum_i g_i / c_i`` over the chunk, shape ``(K, P)``.
+
+        ``safe=True`` keeps the result differentiable (forward mode included) where some
+        per-sample gradient block is exactly zero, at the price of a few more passes.
+        """
         inputs, deltas = self._propagate(theta, x, y, shared)
         if self.rule.granularity == "none":
             return self._weighted_sum(inputs, deltas, None)
-        w = 1 / self._factors(theta, inputs, deltas)
-        return self._weighted_sum(inputs, deltas, w)
+        if self.rule.granularity == "unit" and type(self.rule).factors is ClipRule.factors:
+            return self._unitwise_sum(theta, inputs, deltas, safe)
+        cs = self._block_factors(theta, inputs, deltas, safe)
+        return self._weighted_sum(inputs, deltas, cs, inplace=not safe)
+
+    def _unitwise_sum(self, theta: torch.Tensor, inputs: list[torch.Tensor],
+                      deltas: list[torch.Tensor], safe: bool) -> torch.Tensor:
+        """Unit-wise clipped sum in two passes per weight matrix instead of five.
+
+        With the base-class factors ``c = max(||a_i|| |delta_ij| / tau_j, 1)`` (the rule's own
+        thresholds ``tau``), ``delta_ij / c_ij = clamp(||a_i|| delta_ij, -tau_j, tau_j) /
+        ||a_i||``, and the ``1/||a_i||`` goes onto the (narrower, often shared) inputs.
+        """
+        rule = self.rule
+        tn = group_norms(theta, self.problem.layout, "unit").unsqueeze(1) if rule.relative \
+            else None
+        pieces = []
+        for _, i, kind in self._order:
+            ly, delta = self.layers[i], deltas[i]
+            k = delta.shape[0]
+            block = ly.weight if kind == "w" else ly.bias
+            g0 = self._unit_offset[block.name]
+            tnb = None if tn is None else tn[..., g0:g0 + block.units]
+            if kind == "b":
+                c = rule.factors(self._norm(delta, safe).unsqueeze(-1), tnb)
+                pieces.append(torch.matmul((1 / c).transpose(1, 2), delta).reshape(k, -1))
+                continue
+            a = inputs[i]
+            an = self._norm(a, safe)                        # (B,) shared or (K, B)
+            thr = rule.thresholds(tnb)                      # a number or (K, 1, o)
+            v = delta * an.unsqueeze(-1)
+            v = v.clamp(-thr, thr) if safe else v.clamp_(-thr, thr)
+            pos = an > 0
+            a_hat = a * (pos / torch.where(pos, an, torch.ones_like(an))).unsqueeze(-1)
+            if a_hat.dim() == 2:
+                gw = v.transpose(1, 2).reshape(k * ly.d_out, -1) @ a_hat
+            else:
+                gw = torch.bmm(v.transpose(1, 2), a_hat)
+            pieces.append(gw.reshape(k, -1))
+        return torch.cat(pieces, 1)
 
     def gradient_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      shared: bool = True) -> torch.Tensor:
         """Unclipped ``sum_i g_i`` over the chunk, shape ``(K, P)``."""
         return self._weighted_sum(*self._propagate(theta, x, y, shared), None)
+
+
+def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
+    """``sqrt`` with derivative 0 at 0 (as :func:`sa_clip.problem.group_norms`)."""
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
+                       torch.zeros_like(sq))
 
 
 __all__ = ["ACTIVATIONS", "LinearStackEngine", "unsupported_reason"]

@@ -109,6 +109,7 @@ class MeanField:
             "chunk_size", chunk_size, minimum=1)
         self.max_elements = check_nonneg_int("max_elements", max_elements, minimum=1)
         self.nfev = 0
+        self._differentiable = False
 
     def __repr__(self) -> str:
         return f"MeanField({self.problem.name!r}, {self.rule!r}, method={self.method!r})"
@@ -118,7 +119,10 @@ class MeanField:
         if self.chunk_size is not None:
             return self.chunk_size
         per = self._fast.elements_per_sample if self._fast is not None else self.problem.P
-        return max(1, min(self.problem.N, self.max_elements // max(1, k * per)))
+        n = self.problem.N
+        most = max(1, min(n, self.max_elements // max(1, k * per)))
+        pieces = -(-n // most)
+        return -(-n // pieces)   # balanced: 20,000 in 10,000 + 10,000, not 19,000 + 1,000
 
     def _grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                shared_data: bool) -> torch.Tensor:
@@ -138,7 +142,9 @@ class MeanField:
                    ) -> torch.Tensor:
         """``sum_i u_i`` over one chunk of samples, ``(K, P)``, for ``theta (K, P)``."""
         if self._fast is not None:
-            return self._fast.clipped_sum(theta, x, y, shared=True)
+            # differentiable at zero gradient blocks when autograd or jacobian may look
+            safe = self._differentiable or torch.is_grad_enabled()
+            return self._fast.clipped_sum(theta, x, y, shared=True, safe=safe)
         g = self._grads(theta, x, y, shared_data=True)
         return self.rule.clip(g, theta.unsqueeze(1), self.problem.layout).sum(1)
 
@@ -165,7 +171,11 @@ class MeanField:
         it returns the derivative of the branch that is active at ``theta``.
         """
         t, batched = self.problem.check_theta(theta)
-        jac = vmap(jacfwd(lambda th: self._h(th.unsqueeze(0))[0]))(t)
+        self._differentiable = True
+        try:
+            jac = vmap(jacfwd(lambda th: self._h(th.unsqueeze(0))[0]))(t)
+        finally:
+            self._differentiable = False
         return jac if batched else jac[0]
 
     def clip_stats(self, theta: Any) -> ClipStats:
