@@ -46,6 +46,25 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 5,
+                        warmup: int = 1, device: torch.device | str | None = None
+                        ) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin (one call of each per round), so
+    that a change of machine load during the run hits every entry alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB (``getrusage``; Linux reports KiB)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -34,6 +34,7 @@ from _timing import (  # noqa: E402
     add_repo_to_path,
     current_rss_mib,
     fmt_row,
+    interleaved_medians,
     median_time,
     peak_rss_mib,
     sync,
@@ -167,47 +168,59 @@ def memory_line(n: int, device: str, dtype: str, threads: int) -> str:
 
 
 # ---------------------------------------------------------------------- the table
+def _call(field: sc.MeanField, theta: torch.Tensor):
+    return lambda: field(theta)
+
+
 def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch.dtype,
-              vmap_rules: list[str]) -> list[str]:
+              vmap_rules: list[str], check_n: int) -> list[str]:
     p = mlp_problem(n, dtype=dtype, device=device)
     lines = [f"H(theta) for {p.name} (tanh), cross-entropy, N = {n:,}, P = {p.P:,}, {dtype}, "
-             f"device {device}, {torch.get_num_threads()} threads; median of {repeats} "
-             f"after warm-up"]
-    floor = median_time(plain_gradient(p), repeats, device=device)
-    widths = [34, 10, 9, 12]
-    lines.append(fmt_row(["method", "ms", "x floor", "rel. diff"], widths))
+             f"device {device}, {torch.get_num_threads()} threads; medians of {repeats} "
+             f"rounds after warm-up, all rows timed round-robin in the same rounds"]
+    th = p.theta0
+    fns = {"floor": plain_gradient(p)}
+    for name, rule in RULES.items():
+        fns[f"fast {name}"] = _call(sc.MeanField(p, rule, method="fast"), th)
+    for name in vmap_rules:
+        fns[f"vmap {name}"] = _call(sc.MeanField(p, RULES[name], method="vmap"), th)
+    med = interleaved_medians(fns, repeats, device=device)
+    floor = med["floor"]
+    t_loop = median_time(sample_loop(p, RULES["norm"], loop_samples), 3,
+                         device=device) * n / loop_samples
+    # correctness beside speed: fast vs vmap on the first check_n samples, this dtype
+    small = mlp_problem(check_n, dtype=dtype, device=device)
+    diff = {}
+    for name, rule in RULES.items():
+        a = sc.MeanField(small, rule, method="fast")(small.theta0)
+        b = sc.MeanField(small, rule, method="vmap")(small.theta0)
+        diff[name] = float((a - b).norm() / b.norm())
+    widths = [36, 10, 9, 10]
+    lines.append(fmt_row(["method", "ms", "x floor", "rel.diff"], widths))
     lines.append(fmt_row(["plain full-batch gradient (floor)", f"{1e3 * floor:.1f}", "1.00",
                           "-"], widths))
-    rule = RULES["norm"]
-    t_loop = median_time(sample_loop(p, rule, loop_samples), max(1, repeats // 2),
-                         device=device) * n / loop_samples
-    lines.append(fmt_row(["loop over samples, norm*", f"{1e3 * t_loop:.0f}",
+    lines.append(fmt_row(["loop over samples, norm *", f"{1e3 * t_loop:.0f}",
                           f"{t_loop / floor:.1f}", "-"], widths))
-    ref = {}
     for name in vmap_rules:
-        f = sc.MeanField(p, RULES[name], method="vmap")
-        ref[name] = f(p.theta0)
-        t = median_time(lambda f=f: f(p.theta0), repeats, device=device)
+        t = med[f"vmap {name}"]
         lines.append(fmt_row([f"vmap per-sample grads, {name}", f"{1e3 * t:.1f}",
                               f"{t / floor:.2f}", "-"], widths))
-    for name, rule in RULES.items():
-        f = sc.MeanField(p, rule, method="fast")
-        h = f(p.theta0)
-        diff = f"{float((h - ref[name]).norm() / ref[name].norm()):.1e}" if name in ref else "-"
-        t = median_time(lambda f=f: f(p.theta0), repeats, device=device)
+    for name in RULES:
+        t = med[f"fast {name}"]
         lines.append(fmt_row([f"fast path, {name}", f"{1e3 * t:.1f}", f"{t / floor:.2f}",
-                              diff], widths))
+                              f"{diff[name]:.1e}"], widths))
     op = opacus_runner(p, 1.0) if device == "cpu" else None
     if op is None:
         lines.append("opacus: not importable here (or not on CPU), row skipped; not installed "
                      "on purpose")
     else:
-        t = median_time(op, repeats, device=device)
-        lines.append(fmt_row(["opacus GradSampleModule hooks, norm", f"{1e3 * t:.1f}",
-                              f"{t / floor:.2f}", "-"], widths))
-    lines.append(f"* loop timed on the first {loop_samples} samples and extrapolated "
-                 f"linearly to N = {n:,}.")
-    lines.append("rel. diff: ||H_fast - H_vmap|| / ||H_vmap|| in this dtype.")
+        t = interleaved_medians({"floor": fns["floor"], "opacus": op}, repeats, device=device)
+        lines.append(fmt_row(["opacus GradSampleModule hooks, norm", f"{1e3 * t['opacus']:.1f}",
+                              f"{t['opacus'] / t['floor']:.2f}", "-"], widths))
+    lines.append(f"* loop timed on the first {loop_samples} samples (median of 3) and "
+                 f"extrapolated linearly to N = {n:,}.")
+    lines.append(f"rel.diff: ||H_fast - H_vmap|| / ||H_vmap|| on the first {check_n:,} "
+                 f"samples, {dtype}.")
     return lines
 
 
@@ -220,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-n", type=int, default=None,
                     help="samples for the memory line (default 10^6, quick 10^5; 0 skips)")
+    ap.add_argument("--vmap-all", action="store_true",
+                    help="time the vmap path for every rule (default: norm only; it is slow)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -227,11 +242,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_child(args.memory_child, args.device, args.dtype)))
         return
     n = args.n or (2000 if args.quick else 20_000)
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 5
     loop_samples = 20 if args.quick else 200
-    vmap_rules = ["norm"] if args.quick else list(RULES)
+    vmap_rules = list(RULES) if args.vmap_all else ["norm"]
+    check_n = 200 if args.quick else 1000
     for line in run_table(n, repeats, loop_samples, args.device, getattr(torch, args.dtype),
-                          vmap_rules):
+                          vmap_rules, check_n):
         print(line, flush=True)
     mem_n = args.memory_n if args.memory_n is not None else (10 ** 5 if args.quick else 10 ** 6)
     if mem_n:

@@ -403,8 +403,10 @@ class LinearStackEngine:
         """``sum_i g_i / c_i`` over the chunk, shape ``(K, P)``.
 
         ``safe=True`` keeps the result differentiable (forward mode included) where some
-        per-sample gradient block is exactly zero, at the price of a few more passes.
+        per-sample gradient block is exactly zero, at the price of a few more passes; it is
+        turned on by itself when autograd records ``theta`` (pass it under ``jacfwd``).
         """
+        safe = safe or (torch.is_grad_enabled() and theta.requires_grad)
         inputs, deltas = self._propagate(theta, x, y, shared)
         if self.rule.granularity == "none":
             return self._weighted_sum(inputs, deltas, None)

@@ -242,3 +242,15 @@ def test_rule_with_its_own_factors(base):
     assert rel_err(fast.clip_stats(th).factors, ref.clip_stats(th).factors) < 1e-12
     idx = torch.randint(0, p.N, (3, 5), generator=torch.Generator().manual_seed(0))
     assert rel_err(fast.directions(th, idx), ref.directions(th, idx)) < 1e-10
+
+
+def test_directions_differentiable_by_autograd():
+    p = stack_problem("cross_entropy")
+    th = thetas(p, 2).requires_grad_()
+    idx = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    for rule in RULES:
+        u = sc.MeanField(p, rule).directions(th, idx)
+        (g,) = torch.autograd.grad(u.sum(), th)
+        uref = sc.MeanField(p, rule, method="vmap").directions(th, idx)
+        (gref,) = torch.autograd.grad(uref.sum(), th)
+        assert rel_err(g, gref) < 1e-10
