@@ -244,9 +244,9 @@ class LinearStackEngine:
     @property
     def elements_per_sample(self) -> int:
         """Numbers held per sample and parameter vector in one chunk (for chunk sizing)."""
-        # kept: every layer's input and output gradient; transient: two of the widest
+        # kept: every layer's input and output gradient; transient: one of the widest
         widths = sum(ly.d_in + ly.d_out for ly in self.layers)
-        return widths + 2 * max(max(ly.d_in, ly.d_out) for ly in self.layers)
+        return widths + max(max(ly.d_in, ly.d_out) for ly in self.layers)
 
     # ------------------------------------------------------------------ forward / backward
     def _inputs(self, x: torch.Tensor, k: int, shared: bool) -> torch.Tensor:
