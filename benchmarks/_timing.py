@@ -1,7 +1,6 @@
-"""Timing helpers shared by the mean-field benchmarks: a median-of-repeats timer and peak memory.
-
-Import-safe: nothing runs at import time.
-"""
+"""Timing helpers shared by the benchmarks: median of repeats after warm-up (alone or
+round-robin), peak memory, and the repository root on ``sys.path`` so that
+``python benchmarks/<name>.py`` works without installing sa_clip."""
 
 from __future__ import annotations
 
@@ -15,6 +14,8 @@ from collections.abc import Callable
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:        # run as `python benchmarks/<name>.py` without installing
+    sys.path.insert(0, ROOT)
 
 
 def add_repo_to_path() -> None:

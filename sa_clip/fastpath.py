@@ -164,12 +164,13 @@ def unsupported_reason(problem: Problem, rule: ClipRule) -> str | None:
     mods, reason = _split_model(problem.model)
     if reason is not None:
         return reason
-    if not problem.X.is_floating_point():
-        return f"the inputs `X` are not floating point ({problem.X.dtype})"
+    x, _ = problem.data(slice(0, 1))   # one sample: problems may stream their data
+    if not x.is_floating_point():
+        return f"the inputs `X` are not floating point ({x.dtype})"
     flatten = any(type(m) is nn.Flatten for m in mods)
-    if problem.X.dim() != 2 and not (flatten and problem.X.dim() >= 2):
-        return (f"the inputs `X` have shape {tuple(problem.X.shape)}; the fast path needs "
-                f"(N, d), or a leading nn.Flatten()")
+    if x.dim() != 2 and not (flatten and x.dim() >= 2):
+        return (f"the inputs `X` have shape (N, {', '.join(map(str, x.shape[1:]))}); the fast "
+                f"path needs (N, d), or a leading nn.Flatten()")
     try:
         _layers(problem, mods)
     except ValueError as exc:
@@ -414,6 +415,18 @@ class LinearStackEngine:
             return self._unitwise_sum(theta, inputs, deltas, safe)
         cs = self._block_factors(theta, inputs, deltas, safe)
         return self._weighted_sum(inputs, deltas, cs, inplace=not safe)
+
+    def sum_and_factors(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        shared: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum_i g_i / c_i  (K, P), c  (K, B, G))`` from one pass over the chunk."""
+        inputs, deltas = self._propagate(theta, x, y, shared)
+        k, bsz = deltas[0].shape[:2]
+        if self.rule.granularity == "none":
+            return self._weighted_sum(inputs, deltas, None), theta.new_ones(k, bsz, 1)
+        safe = torch.is_grad_enabled() and theta.requires_grad
+        cs = self._block_factors(theta, inputs, deltas, safe)
+        c = cs[0] if self.rule.granularity == "global" else torch.cat(cs, -1)
+        return self._weighted_sum(inputs, deltas, cs, inplace=False), c
 
     def _unitwise_sum(self, theta: torch.Tensor, inputs: list[torch.Tensor],
                       deltas: list[torch.Tensor], safe: bool) -> torch.Tensor:

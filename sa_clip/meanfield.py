@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.func import grad, jacfwd, vmap
 
+from . import distributed as _dist
 from ._validate import check_choice, check_nonneg_int
 from .clipping import ClipRule, make_rule
 from .fastpath import LinearStackEngine, unsupported_reason
@@ -68,6 +69,15 @@ class MeanField:
         ``"fast"``) below ``max_elements``.
     max_elements : int
         Memory budget, in numbers, of one chunk.
+    distributed : bool
+        Shard the samples over the processes of an initialised ``torch.distributed`` process
+        group (see :mod:`sa_clip.distributed`): rank ``r`` of ``W`` sums the clipped gradients
+        of its contiguous samples ``[N r // W, N (r+1) // W)`` (uneven splits are fine) and the
+        partial sums are all-reduced, so every rank returns the full ``H`` (and ``jacobian``,
+        ``clip_stats``), bit-identical across ranks. Every rank must make the same calls in
+        the same order (collectives). ``directions`` (SGD minibatches) is not sharded.
+    group : torch.distributed.ProcessGroup, optional
+        The group to shard over (default: the default group). Only with ``distributed=True``.
 
     Raises
     ------
@@ -88,7 +98,8 @@ class MeanField:
     """
 
     def __init__(self, problem: Problem, rule: ClipRule | str, *, method: str = "auto",
-                 chunk_size: int | None = None, max_elements: int = 2 ** 24):
+                 chunk_size: int | None = None, max_elements: int = 2 ** 24,
+                 distributed: bool = False, group: Any = None):
         if not isinstance(problem, Problem):
             raise TypeError(f"`problem` must be a sa_clip.Problem, got {type(problem).__name__}.")
         self.problem = problem
@@ -108,6 +119,18 @@ class MeanField:
         self.chunk_size = None if chunk_size is None else check_nonneg_int(
             "chunk_size", chunk_size, minimum=1)
         self.max_elements = check_nonneg_int("max_elements", max_elements, minimum=1)
+        if not isinstance(distributed, bool):
+            raise TypeError(f"`distributed` must be True or False, got {distributed!r}.")
+        if distributed and not _dist.is_active():
+            raise ValueError("`distributed=True` needs an initialised torch.distributed process "
+                             "group: launch with torchrun and call "
+                             "sa_clip.distributed.init_from_env() (or "
+                             "torch.distributed.init_process_group) first.")
+        if group is not None and not distributed:
+            raise ValueError(f"`group` is only used with distributed=True, got group={group!r} "
+                             "with distributed=False.")
+        self.distributed, self.group = distributed, group
+        self._defer_reduce = False
         self.nfev = 0
         self._differentiable = False
 
@@ -130,13 +153,23 @@ class MeanField:
         in_dims = (0, None, None) if shared_data else (0, 0, 0)
         return vmap(self.problem.per_sample_grads, in_dims=in_dims)(theta, x, y)
 
+    def _shard(self) -> slice:
+        """The contiguous samples this process owns (all of them, in one process)."""
+        if not self.distributed:
+            return slice(0, self.problem.N)
+        return _dist.shard(self.problem.N, *_dist.rank_and_world(self.group))
+
     def _slices(self, k: int):
-        """The chunks of samples this process evaluates (all of them, in one process)."""
-        return iter_chunks(self.problem.N, self._chunk(k))
+        """The chunks of samples this process evaluates: its shard, chunk by chunk."""
+        sh = self._shard()
+        return (slice(sh.start + s.start, sh.start + s.stop)
+                for s in iter_chunks(sh.stop - sh.start, self._chunk(k)))
 
     def _reduce(self, total: torch.Tensor) -> torch.Tensor:
         """Combine the partial sums of the processes (identity in one process)."""
-        return total
+        if not self.distributed or self._defer_reduce:
+            return total
+        return _dist.all_reduce_sum(total, self.group)
 
     def _chunk_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                    ) -> torch.Tensor:
@@ -171,26 +204,39 @@ class MeanField:
         it returns the derivative of the branch that is active at ``theta``.
         """
         t, batched = self.problem.check_theta(theta)
-        self._differentiable = True
+        # all_reduce cannot run inside jacfwd/vmap: differentiate this shard's part of H, then
+        # sum the partial Jacobians (H is linear in the partial sums).
+        self._defer_reduce = self._differentiable = True
         try:
             jac = vmap(jacfwd(lambda th: self._h(th.unsqueeze(0))[0]))(t)
         finally:
-            self._differentiable = False
+            self._defer_reduce = self._differentiable = False
+        if self.distributed:
+            jac = _dist.all_reduce_sum(jac, self.group)
         return jac if batched else jac[0]
 
     def clip_stats(self, theta: Any) -> ClipStats:
-        """Clipping factors of every sample and the fraction of samples clipped."""
+        """Clipping factors of every sample and the fraction of samples clipped.
+
+        With ``distributed=True`` each rank computes the factors of its shard and the shards
+        are all-gathered, so every rank returns the factors of all ``N`` samples.
+        """
         p, rule = self.problem, self.rule
         t, batched = p.check_theta(theta)
         parts = []
         with torch.no_grad():
-            for s in iter_chunks(p.N, self._chunk(t.shape[0])):
+            for s in self._slices(t.shape[0]):
                 if self._fast is not None:
                     parts.append(self._fast.factors(t, *p.data(s), shared=True))
                     continue
                 g = self._grads(t, *p.data(s), shared_data=True)
                 parts.append(rule.group_factors(g, t.unsqueeze(1), p.layout))
+        if not parts:   # an empty shard (N < world size): no samples, but the right G
+            g0 = rule.group_factors(torch.zeros_like(t[:, None]), t.unsqueeze(1), p.layout)
+            parts.append(g0[:, :0])
         c = torch.cat(parts, 1)
+        if self.distributed:
+            c = _dist.all_gather_rows(c, p.N, dim=1, group=self.group)
         frac = (c > 1).any(-1).to(t.dtype).mean(-1)
         return ClipStats(c, frac) if batched else ClipStats(c[0], frac[0])
 
@@ -216,3 +262,30 @@ class MeanField:
             return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
         gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
         return self.rule.clip(gb, theta, p.layout)
+
+    def directions_stats(self, theta: torch.Tensor, index: torch.Tensor,
+                         clip_per: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`directions` and the fraction of each row's batch that was clipped, from one
+        gradient pass: ``(u (K, P), fraction (K,))``.
+
+        ``clip_per="sample"``: the fraction of the ``B`` samples with some factor ``c > 1``;
+        ``"batch"``: 1.0 when the batch-mean gradient was clipped, else 0.0.
+        """
+        check_choice("clip_per", clip_per, CLIP_PER)
+        p, rule = self.problem, self.rule
+        x, y = p.take(index)
+        if self._fast is not None:
+            if clip_per == "sample":
+                total, c = self._fast.sum_and_factors(theta, x, y, shared=False)
+                return total / index.shape[1], (c > 1).any(-1).to(theta.dtype).mean(-1)
+            gb = self._fast.gradient_sum(theta, x, y, shared=False) / index.shape[1]
+            c = rule.group_factors(gb, theta, p.layout)
+            return rule.clip(gb, theta, p.layout), (c > 1).any(-1).to(theta.dtype)
+        if clip_per == "sample":
+            g = self._grads(theta, x, y, shared_data=False)
+            c = rule.group_factors(g, theta.unsqueeze(1), p.layout)
+            u = rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
+            return u, (c > 1).any(-1).to(theta.dtype).mean(-1)
+        gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
+        c = rule.group_factors(gb, theta, p.layout)
+        return rule.clip(gb, theta, p.layout), (c > 1).any(-1).to(theta.dtype)

@@ -115,6 +115,18 @@ def group_norms(x: torch.Tensor, layout: Layout, granularity: str) -> torch.Tens
                        torch.zeros_like(sq))
 
 
+def _check_model_and_loss(model: Any, loss: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if isinstance(loss, str):
+        check_choice("loss", loss, LOSSES)
+    elif not callable(loss):
+        raise TypeError(f"`loss` must be one of {list(LOSSES)} or a callable "
+                        f"loss(output_i, y_i) -> scalar, got {type(loss).__name__}.")
+    if not list(model.parameters()):
+        raise ValueError("`model` has no parameters: there is nothing to train.")
+
+
 def iter_chunks(n: int, size: int) -> Iterator[slice]:
     """Consecutive slices ``[s, s+size)`` covering ``range(n)``."""
     for start in range(0, n, size):
@@ -154,9 +166,16 @@ class Problem:
     ---------------
     dtype : torch.dtype, optional
         Default: the promotion of the model's and the inputs' floating dtypes, so float64
-        anywhere gives float64 everywhere.
-    device : ``"auto"``, ``"cpu"``, ``"cuda"``, optional
-        Default: the model's device.
+        anywhere gives float64 everywhere. The dtype never depends on the device: use
+        float64 for reference accuracy (the tests compare with brute force at 1e-10..1e-12;
+        near-equilibrium and Jacobian work needs it), float32 for speed and memory (half the
+        bytes; on GPUs float64 throughput is 1/2 (data-centre parts) to 1/64 (consumer parts)
+        of float32), at a relative round-off of about 1e-7 in ``H``. ``device="auto"`` does
+        not change it.
+    device : ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, optional
+        Default: the model's device. ``"auto"`` is CUDA when ``torch.cuda.is_available()``,
+        else CPU; under ``torchrun`` with :func:`sa_clip.distributed.init_from_env` that is
+        this process's own GPU (``LOCAL_RANK``).
     name : str, optional
         A label used in results and plots.
 
@@ -184,16 +203,7 @@ class Problem:
     def __init__(self, model: nn.Module, X: Any, y: Any,
                  loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse", *,
                  dtype: torch.dtype | None = None, device: Any = None, name: str | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
-        if isinstance(loss, str):
-            check_choice("loss", loss, LOSSES)
-        elif not callable(loss):
-            raise TypeError(f"`loss` must be one of {list(LOSSES)} or a callable "
-                            f"loss(output_i, y_i) -> scalar, got {type(loss).__name__}.")
-        params = list(model.named_parameters())
-        if not params:
-            raise ValueError("`model` has no parameters: there is nothing to train.")
+        _check_model_and_loss(model, loss)
         X = as_tensor("X", X)
         y = as_tensor("y", y)
         if X.dim() == 0:
@@ -204,18 +214,8 @@ class Problem:
         if y.dim() == 0 or y.shape[0] != n:
             raise ValueError(f"`y` must have length N = {n} (the length of `X`), got shape "
                              f"{tuple(y.shape)}.")
-        if dtype is None:
-            dtype = params[0][1].dtype if params[0][1].is_floating_point() else torch.float32
-            if X.is_floating_point():
-                dtype = torch.promote_types(dtype, X.dtype)
-        if not dtype.is_floating_point:
-            raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
-        dev = resolve_device(device) or params[0][1].device
-
-        self.model = copy.deepcopy(model).to(device=dev, dtype=dtype).eval()
-        self.dtype, self.device, self.name = dtype, dev, name or type(model).__name__
-        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
-        self._loss = loss
+        self._setup_model(model, loss, X.dtype, dtype, device, name)
+        dtype, dev = self.dtype, self.device
         check_finite("X", X)
         self.X = X.to(device=dev, dtype=dtype if X.is_floating_point() else X.dtype)
         if loss == "cross_entropy":
@@ -228,7 +228,28 @@ class Problem:
                 check_finite("y", y)
                 y = y.to(dtype)
             self.y = y.to(dev)
+        self.N = n
+        self._finish_setup()
 
+    # ------------------------------------------------------------------ set-up
+    def _setup_model(self, model: nn.Module, loss: Any, x_dtype: torch.dtype,
+                     dtype: torch.dtype | None, device: Any, name: str | None) -> None:
+        """Choose dtype and device, copy the model, record the loss (no data involved)."""
+        first = next(model.parameters())
+        if dtype is None:
+            dtype = first.dtype if first.is_floating_point() else torch.float32
+            if x_dtype.is_floating_point:
+                dtype = torch.promote_types(dtype, x_dtype)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+        dev = resolve_device(device) or first.device
+        self.model = copy.deepcopy(model).to(device=dev, dtype=dtype).eval()
+        self.dtype, self.device, self.name = dtype, dev, name or type(model).__name__
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
+        self._loss = loss
+
+    def _finish_setup(self) -> None:
+        """Layout, ``theta0``, ``P`` and the output checks, once the data are in place."""
         named = list(self.model.named_parameters())
         blocks, start = [], 0
         for pname, p in named:
@@ -238,37 +259,42 @@ class Problem:
         self.blocks = self.layout.blocks
         self.buffers = dict(self.model.named_buffers())
         self.theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
-        self.N, self.P = n, self.layout.size
+        self.P = self.layout.size
         self._check_output()
         if any(isinstance(m, _NOT_A1) for m in self.model.modules()):
             warnings.warn("the model uses a piecewise-linear activation (e.g. ReLU), which "
                           "violates assumption (A1) (twice continuously differentiable): "
                           "allowed, but the ODE limit is not covered by the theorem.",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)
+
+    def _label_range(self) -> tuple[int, int]:
+        """Smallest and largest class label (cross-entropy only)."""
+        return int(self.y.min()), int(self.y.max())
 
     # ------------------------------------------------------------------ set-up checks
     def _check_output(self) -> None:
-        out = self.outputs(self.theta0, self.X[:1])
+        x1, y1 = self.data(slice(0, 1))
+        out = self.outputs(self.theta0, x1)
         if out.shape[:1] != (1,):
             raise ValueError(f"`model` must keep the batch dimension: input of shape "
-                             f"{tuple(self.X[:1].shape)} gave output {tuple(out.shape)}.")
+                             f"{tuple(x1.shape)} gave output {tuple(out.shape)}.")
         self.output_shape = tuple(out.shape[1:])
         if self._loss == "mse":
-            if out[0].numel() != self.y[0].numel():
+            if out[0].numel() != y1[0].numel():
                 raise ValueError(f"loss='mse' needs one target per output: the model gives "
                                  f"{tuple(out.shape[1:])} per sample, `y` has "
-                                 f"{tuple(self.y.shape[1:])}.")
+                                 f"{tuple(y1.shape[1:])}.")
         elif self._loss == "cross_entropy":
             if out.dim() != 2:
                 raise ValueError(f"loss='cross_entropy' needs logits of shape (N, C); the model "
                                  f"gives {tuple(out.shape)} per batch.")
             c = out.shape[1]
-            lo, hi = int(self.y.min()), int(self.y.max())
+            lo, hi = self._label_range()
             if lo < 0 or hi >= c:
                 raise ValueError(f"`y` labels must lie in [0, {c - 1}] for a model with {c} "
                                  f"logits, got labels in [{lo}, {hi}].")
         else:
-            val = self._loss(out[0], self.y[0])
+            val = self._loss(out[0], y1[0])
             if not isinstance(val, torch.Tensor) or val.numel() != 1:
                 raise TypeError("a callable `loss` must return a scalar tensor for one sample, "
                                 f"got {type(val).__name__} {getattr(val, 'shape', '')}.")
@@ -350,6 +376,26 @@ class Problem:
         t, batched = self.check_theta(theta)
         g = vmap(grad(self._mean_loss_single))(t)
         return g if batched else g[0]
+
+    @classmethod
+    def from_npy(cls, model: nn.Module, x_path: Any, y_path: Any,
+                 loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "mse",
+                 **kwargs: Any) -> Problem:
+        """A problem streamed from the ``.npy`` files ``x_path`` and ``y_path``, never loaded
+        whole: a :class:`sa_clip.StreamedProblem` over :class:`sa_clip.NpyData` (see there
+        for ``kwargs``).
+
+        Example
+        -------
+        >>> import numpy as np, torch, tempfile, os, sa_clip as sc
+        >>> d = tempfile.mkdtemp(); xp, yp = os.path.join(d, "x.npy"), os.path.join(d, "y.npy")
+        >>> np.save(xp, np.ones((5, 2))); np.save(yp, np.zeros(5))
+        >>> p = sc.Problem.from_npy(torch.nn.Linear(2, 1), xp, yp)
+        >>> p.N, p.dtype
+        (5, torch.float64)
+        """
+        from .streamed import NpyData, StreamedProblem
+        return StreamedProblem(model, NpyData(x_path, y_path), loss, **kwargs)
 
     def __repr__(self) -> str:
         return (f"Problem(name={self.name!r}, N={self.N}, P={self.P}, loss={self.loss_name!r}, "

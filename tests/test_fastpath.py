@@ -254,3 +254,17 @@ def test_directions_differentiable_by_autograd():
         uref = sc.MeanField(p, rule, method="vmap").directions(th, idx)
         (gref,) = torch.autograd.grad(uref.sum(), th)
         assert rel_err(g, gref) < 1e-10
+
+
+@pytest.mark.parametrize("clip_per", ["sample", "batch"])
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_directions_stats_match(rule, clip_per):
+    p = stack_problem("mse")
+    th = thetas(p, 4)
+    idx = torch.randint(0, p.N, (4, 6), generator=torch.Generator().manual_seed(2))
+    u, frac = sc.MeanField(p, rule).directions_stats(th, idx, clip_per)
+    uref, fref = sc.MeanField(p, rule, method="vmap").directions_stats(th, idx, clip_per)
+    assert rel_err(u, uref) < 1e-10
+    assert torch.equal(frac, fref)
+    if clip_per == "sample" and rule.granularity != "none":
+        assert 0 < float(fref.mean()) <= 1

@@ -7,10 +7,19 @@ sets that ship inside scikit-learn (no download).
 """
 
 from .datasets import DATASETS, load_dataset
-from .networks import paper_network, real_problem
+from .networks import logistic_regression, paper_network, real_problem
 from .registry import PROBLEMS, make_problem
-from .toys import Logistic2D, Scalar, TanhToy, location_problem, logistic2d, tanh_regression
+from .toys import (
+    Logistic2D,
+    Scalar,
+    TanhToy,
+    linear1d,
+    location_problem,
+    logistic2d,
+    quartic,
+    tanh_regression,
+)
 
 __all__ = ["DATASETS", "load_dataset", "paper_network", "real_problem", "TanhToy", "Logistic2D",
            "Scalar", "tanh_regression", "logistic2d", "location_problem", "PROBLEMS",
-           "make_problem"]
+           "make_problem", "quartic", "logistic_regression", "linear1d"]

@@ -52,3 +52,21 @@ def real_problem(name: str = "wine", hidden: Sequence[int] = (16,), *, seed: int
                           dtype=dtype)
     loss = "cross_entropy" if task == "classification" else "mse"
     return Problem(model, X, y, loss, name=f"{name}-mlp{'-'.join(map(str, hidden))}")
+
+
+def logistic_regression(name: str = "wine", *, dtype: torch.dtype = torch.float64,
+                        n: int | None = None) -> Problem:
+    """Multinomial logistic regression (one ``nn.Linear`` layer, cross-entropy) on a standardised
+    bundled classification data set: a convex real-data problem. Weights start at zero.
+
+    >>> logistic_regression("wine").P
+    42
+    """
+    X, y, task = load_dataset(name, dtype=dtype, n=n)
+    if task != "classification":
+        raise ValueError(f"`name` must be a classification data set, got {name!r} ({task}).")
+    model = nn.Linear(X.shape[1], int(y.max()) + 1, dtype=dtype)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    return Problem(model, X, y, "cross_entropy", name=f"{name}-logreg")

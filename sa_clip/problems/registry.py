@@ -7,18 +7,22 @@ from typing import Any
 
 from ..problem import Problem
 from .datasets import DATASETS
-from .networks import real_problem
-from .toys import logistic2d, tanh_regression
+from .networks import logistic_regression, real_problem
+from .toys import logistic2d, quartic, tanh_regression
 
 PROBLEMS: dict[str, Callable[..., Problem]] = {
     "tanh": tanh_regression,
     "logistic2d": logistic2d,
+    "quartic": quartic,
+    "logreg": logistic_regression,
     **{name: (lambda name=name, **kw: real_problem(name, **kw)) for name in DATASETS},
 }
 
 
 def make_problem(name: str, **kwargs: Any) -> Problem:
-    """Build a ready-made problem by name: ``"tanh"``, ``"logistic2d"`` or a data set name
+    """Build a ready-made problem by name: ``"tanh"``, ``"logistic2d"``, ``"quartic"`` (explodes
+    without clipping), ``"logreg"`` (logistic regression, keyword ``name`` picks the data set)
+    or a data set name
     (``"iris"``, ``"wine"``, ``"breast_cancer"``, ``"digits"``, ``"diabetes"``), the latter with
     the paper's sigmoid network (keywords go to :func:`real_problem`)."""
     if name not in PROBLEMS:

@@ -91,3 +91,47 @@ def location_problem(data: Sequence[float], *, theta0: float = 0.0,
     """
     x = torch.as_tensor(list(data), dtype=dtype)
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, half_squared, name="location")
+
+
+def quartic_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(output^2 - target)^2 / 4`` for one sample: gradient ``theta (theta^2 - x_i)``."""
+    return 0.25 * (output ** 2 - target) ** 2
+
+
+def quartic(n: int = 16, *, theta0: float = 0.5, seed: int = 0,
+            dtype: torch.dtype = torch.float64) -> Problem:
+    """A scalar double well built to explode without clipping: ``l_i = (theta^2 - x_i)^2 / 4``
+    with ``x_i = 1 + 0.1 z_i``, minima near ``theta = +-1``.
+
+    The gradient grows like ``theta^3``, so plain SGD with step ``a`` diverges (in a few steps,
+    faster than exponentially) from any ``|theta| > sqrt(2 / a + 1)``; near the minima it
+    converges for ``a < 1``. Norm clipping bounds every step by ``a * lam`` and never explodes.
+
+    >>> quartic().P
+    1
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = 1.0 + 0.1 * torch.randn(n, generator=gen, dtype=dtype)
+    return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, quartic_loss, name="quartic")
+
+
+def linear1d(n: int = 64, *, spread: float = 1.3, theta0: float = 2.0, noise: float = 0.3,
+             seed: int = 0, dtype: torch.dtype = torch.float64) -> Problem:
+    """One-weight linear regression ``y = w x`` (no bias), ``l_i = (w x_i - y_i)^2 / 2``, with
+    log-normal inputs ``x_i = exp(spread z_i)`` so the per-sample curvatures ``x_i^2`` spread
+    over orders of magnitude; data ``y_i = x_i + noise * z'_i``, start ``w = theta0``.
+
+    With adaptive clipping the step multiplies ``w - w*`` by about ``1 - a min(x_i^2, lam)``:
+    for ``a lam > 2`` some samples expand it, so chains blow up at random (more often as
+    ``lam`` grows), while classic clipping moves at most ``a lam`` per step.
+
+    >>> linear1d().P
+    1
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.exp(spread * torch.randn(n, generator=gen, dtype=dtype))
+    y = x + noise * torch.randn(n, generator=gen, dtype=dtype)
+    model = nn.Linear(1, 1, bias=False, dtype=dtype)
+    with torch.no_grad():
+        model.weight.fill_(theta0)
+    return Problem(model, x[:, None], y, half_squared, name="linear1d")

@@ -1,0 +1,163 @@
+r"""Two-dimensional views of parameter space, for phase portraits (analysis layer).
+
+A :class:`Plane` is ``theta(a, b) = center + a d1 + b d2``. For 2-parameter problems it is the
+parameter plane itself (:meth:`Plane.coordinates`); for larger networks the directions come from
+a PCA of trajectories (:meth:`Plane.pca`) or are random and filter-normalised
+(:meth:`Plane.random`, Li et al. 2018, "Visualizing the loss landscape of neural nets").
+
+:func:`field_on_plane` evaluates ``-H`` on a grid of the plane in ONE batched call of the mean
+field and projects it onto the plane (least squares onto ``span(d1, d2)``), which is what a phase
+portrait draws. For ``P > 2`` the projected field is a section of the flow, not a flow of its
+own: curves that follow it need not be projections of ODE solutions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._validate import check_nonneg_int
+from .meanfield import MeanField
+from .problem import Problem
+
+
+@dataclass(frozen=True)
+class Plane:
+    """``theta(a, b) = center + a * d1 + b * d2``; ``names`` label the two axes."""
+
+    center: torch.Tensor
+    d1: torch.Tensor
+    d2: torch.Tensor
+    names: tuple[str, str] = ("a", "b")
+
+    def __post_init__(self) -> None:
+        if not (self.center.shape == self.d1.shape == self.d2.shape) or self.center.dim() != 1:
+            raise ValueError(f"`center`, `d1`, `d2` must all have shape (P,), got "
+                             f"{tuple(self.center.shape)}, {tuple(self.d1.shape)}, "
+                             f"{tuple(self.d2.shape)}.")
+        basis = torch.stack([self.d1, self.d2], 1).double()
+        if torch.linalg.matrix_rank(basis) < 2:
+            raise ValueError("`d1` and `d2` must be linearly independent.")
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """``(P, 2)`` matrix ``[d1 d2]``."""
+        return torch.stack([self.d1, self.d2], 1)
+
+    def points(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Grid points, shape ``(len(b), len(a), P)`` (rows follow ``b``, as matplotlib wants)."""
+        A, Bm = torch.meshgrid(a.to(self.center), b.to(self.center), indexing="xy")
+        return self.center + A[..., None] * self.d1 + Bm[..., None] * self.d2
+
+    def project(self, theta: torch.Tensor) -> torch.Tensor:
+        """Plane coordinates ``(..., 2)`` of points ``theta (..., P)`` (least squares)."""
+        return self.project_vector(theta - self.center)
+
+    def project_vector(self, v: torch.Tensor) -> torch.Tensor:
+        """Components ``(..., 2)`` of vectors ``v (..., P)`` in the basis ``d1, d2``."""
+        pinv = torch.linalg.pinv(self.basis.double()).to(v.dtype)      # (2, P)
+        return v @ pinv.T
+
+    @classmethod
+    def coordinates(cls, problem: Problem, i: int = 0, j: int = 1,
+                    center: torch.Tensor | None = None) -> Plane:
+        """The plane of parameters ``i`` and ``j`` (the whole space for 2-parameter problems),
+        through ``center`` (default: the origin for ``P = 2``, ``theta0`` otherwise)."""
+        P = problem.P
+        for name, k in (("i", i), ("j", j)):
+            if not 0 <= k < P:
+                raise ValueError(f"`{name}` must index a parameter in [0, {P - 1}], got {k}.")
+        if i == j:
+            raise ValueError(f"`i` and `j` must differ, got {i} and {j}.")
+        eye = torch.eye(P, dtype=problem.dtype, device=problem.device)
+        if center is None:
+            center = torch.zeros(P, dtype=problem.dtype) if P == 2 else problem.theta0
+        return cls(center.to(eye), eye[i], eye[j], (_param_name(problem, i),
+                                                    _param_name(problem, j)))
+
+    @classmethod
+    def pca(cls, points: torch.Tensor, center: torch.Tensor | None = None) -> Plane:
+        """The two principal directions of ``points (..., P)`` (e.g. ``trajectory.theta``),
+        through ``center`` (default: their mean). Axes are named PC1 and PC2."""
+        x = points.reshape(-1, points.shape[-1])
+        x = x[torch.isfinite(x).all(-1)]
+        if len(x) < 3:
+            raise ValueError("`points` must hold at least 3 finite points for a PCA plane.")
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd((x - mean).double(), full_matrices=False)
+        c = mean if center is None else center
+        return cls(c, vh[0].to(x.dtype), vh[1].to(x.dtype), ("PC1", "PC2"))
+
+    @classmethod
+    def random(cls, problem: Problem, center: torch.Tensor | None = None, *, seed: int = 0,
+               filter_normalize: bool = True) -> Plane:
+        """Two random Gaussian directions; with ``filter_normalize`` each unit (row of a weight
+        matrix; a 0-d or 1-d tensor as a whole) is rescaled to the norm of the same unit of
+        ``center`` (Li et al. 2018), so the plane is insensitive to weight scale."""
+        c = problem.theta0 if center is None else problem.check_theta(center, "center")[0][0]
+        gen = torch.Generator().manual_seed(seed)
+        ds = []
+        for _ in range(2):
+            d = torch.randn(problem.P, generator=gen, dtype=torch.float64).to(c)
+            if filter_normalize:
+                from .problem import group_norms
+                index, _ = problem.layout.groups("unit", c.device)
+                dn = group_norms(d, problem.layout, "unit")
+                cn = group_norms(c, problem.layout, "unit")
+                d = d * (cn / torch.where(dn > 0, dn, torch.ones_like(dn)))[index]
+            ds.append(d)
+        return cls(c, ds[0], ds[1], ("direction 1", "direction 2"))
+
+
+def _param_name(problem: Problem, k: int) -> str:
+    for b in problem.blocks:
+        if b.start <= k < b.stop:
+            return b.name if b.numel == 1 else f"{b.name}[{k - b.start}]"
+    return f"theta[{k}]"
+
+
+@dataclass(frozen=True)
+class PlaneField:
+    """``-H`` on a grid of a plane.
+
+    Attributes
+    ----------
+    a, b : (na,), (nb,) grid coordinates. ``flow``: (nb, na, 2) plane components of ``-H``.
+    speed : (nb, na) norm of the projected flow. ``loss``: (nb, na) full-data loss or None.
+    residual : (nb, na) norm of the part of ``-H`` orthogonal to the plane (0 for P = 2).
+    """
+
+    plane: Plane
+    a: torch.Tensor
+    b: torch.Tensor
+    flow: torch.Tensor
+    speed: torch.Tensor
+    loss: torch.Tensor | None
+    residual: torch.Tensor
+
+
+def field_on_plane(field: MeanField, plane: Plane, a_range: tuple[float, float],
+                   b_range: tuple[float, float], n: int = 41, *, with_loss: bool = True
+                   ) -> PlaneField:
+    """Evaluate ``-H`` on an ``n x n`` grid of ``plane`` in one batched call and project it.
+
+    >>> import sa_clip as sc
+    >>> p = sc.problems.tanh_regression()
+    >>> pf = field_on_plane(sc.MeanField(p, sc.NormClip(1.0)), Plane.coordinates(p),
+    ...                     (-3, 3), (-3, 3), n=5)
+    >>> tuple(pf.flow.shape)
+    (5, 5, 2)
+    """
+    n = check_nonneg_int("n", n, minimum=2)
+    p = field.problem
+    a = torch.linspace(*map(float, a_range), n, dtype=p.dtype)
+    b = torch.linspace(*map(float, b_range), n, dtype=p.dtype)
+    pts = plane.points(a, b)
+    flat = pts.reshape(-1, p.P)
+    minus_h = -field(flat)
+    comp = plane.project_vector(minus_h)
+    resid = (minus_h - comp @ plane.basis.T.to(comp)).norm(dim=-1)
+    loss = p.loss(flat).reshape(n, n) if with_loss else None
+    flow = comp.reshape(n, n, 2)
+    return PlaneField(plane, a, b, flow, flow.norm(dim=-1), loss, resid.reshape(n, n))

@@ -1,0 +1,145 @@
+r"""The result of :func:`sa_clip.simulate_sgd`: many chains recorded at common steps.
+
+The interpolated trajectory ``theta_bar(tau)`` of a chain is piecewise linear through the recorded
+points ``(tau_n, theta(n))`` (SPEC section 3).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import load_npz, save_npz
+
+_OPTIONAL = ("indices", "xi", "quadratic_variation", "noise_norm")
+
+
+@dataclass
+class Trajectory:
+    """Recorded clipped-SGD chains.
+
+    Attributes
+    ----------
+    theta : tensor ``(chains, records, P)``
+        Parameters at the recorded steps. A chain that blew up is NaN at every record with
+        ``steps[r] >= blowup_step[chain]``.
+    tau : float64 tensor ``(records,)``
+        ODE times ``tau_n = sum_{k<n} a(k)`` of the recorded steps.
+    steps : int64 tensor ``(records,)``
+        Step numbers ``n`` of the records (``0`` first, the last step last).
+    blowup_step : int64 tensor ``(chains,)``
+        ``n`` such that ``theta(n)`` was the first non-finite iterate or the first with
+        ``||theta(n)|| > blowup_radius``; ``-1`` where the chain never blew up.
+    clip_fraction : tensor ``(chains, records)``
+        Fraction of the batch's samples clipped by the step that leaves record ``r`` (the step
+        from ``theta(steps[r])`` to ``theta(steps[r] + 1)``); for ``clip_per="batch"`` it is 1
+        when the batch-mean gradient was clipped, else 0. NaN at the last record (no step
+        leaves it) and after a blow-up.
+    indices : int64 tensor ``(chains, steps, batch_size)`` or None
+        The sample indices of every batch (``record_indices=True``).
+    xi : tensor ``(chains, records, P)`` or None
+        ``xi(n) = sum_{k<n} a(k) M(k+1)`` with the martingale noise ``M(k+1) = u - H(theta(k))``
+        (``record_noise=True``).
+    quadratic_variation : tensor ``(chains, records)`` or None
+        ``sum_{k<n} a(k)^2 ||M(k+1)||^2``.
+    noise_norm : tensor ``(chains, records)`` or None
+        ``||M(n+1)||`` of the step leaving record ``r`` (NaN at the last record).
+    meta : dict
+        The run's configuration (rule, schedule, problem, steps, chains, batch size, ...).
+
+    Example
+    -------
+    >>> import torch
+    >>> tr = Trajectory(theta=torch.tensor([[[0.0], [2.0]]]), tau=torch.tensor([0.0, 1.0],
+    ...                 dtype=torch.float64), steps=torch.tensor([0, 1]),
+    ...                 blowup_step=torch.tensor([-1]), clip_fraction=torch.zeros(1, 2))
+    >>> tr.interpolate(torch.tensor([0.25]))
+    tensor([[[0.5000]]])
+    """
+
+    theta: torch.Tensor
+    tau: torch.Tensor
+    steps: torch.Tensor
+    blowup_step: torch.Tensor
+    clip_fraction: torch.Tensor
+    indices: torch.Tensor | None = None
+    xi: torch.Tensor | None = None
+    quadratic_variation: torch.Tensor | None = None
+    noise_norm: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chains(self) -> int:
+        return self.theta.shape[0]
+
+    @property
+    def records(self) -> int:
+        return self.theta.shape[1]
+
+    @property
+    def blown_up(self) -> torch.Tensor:
+        """Boolean ``(chains,)``: which chains blew up."""
+        return self.blowup_step >= 0
+
+    @property
+    def blowup_tau(self) -> torch.Tensor:
+        """ODE time of the first record at or after each chain's blow-up (``inf`` where none),
+        float64 ``(chains,)``: the chain is NaN from there on."""
+        r = torch.searchsorted(self.steps, self.blowup_step).clamp(max=self.records - 1)
+        return torch.where(self.blown_up, self.tau[r], torch.full_like(self.tau[r], float("inf")))
+
+    def interpolate(self, tau: Any) -> torch.Tensor:
+        """``theta_bar(tau)`` for every chain: shape ``(chains, len(tau), P)``.
+
+        Piecewise linear in ``tau`` through the records. ``tau`` must lie in
+        ``[0, self.tau[-1]]``; NaN records (blow-ups) give NaN on the segments that touch them.
+        """
+        t = torch.as_tensor(tau, dtype=torch.float64).reshape(-1).to(self.tau.device)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("`tau` must be finite.")
+        lo, hi = float(self.tau[0]), float(self.tau[-1])
+        if t.numel() and (float(t.min()) < lo or float(t.max()) > hi):
+            raise ValueError(f"`tau` must lie within the recorded ODE times [{lo}, {hi}], got "
+                             f"values in [{float(t.min())}, {float(t.max())}].")
+        if self.records == 1:
+            return self.theta[:, :1].expand(-1, t.numel(), -1).clone()
+        j = torch.searchsorted(self.tau, t, right=True).clamp(1, self.records - 1)
+        t0, t1 = self.tau[j - 1], self.tau[j]
+        w = ((t - t0) / (t1 - t0)).to(self.theta.dtype)
+        a, b = self.theta[:, j - 1], self.theta[:, j]
+        # exactly the record at a record time (keeps NaN of the next segment out)
+        out = a + w[None, :, None] * (b - a)
+        out = torch.where((w == 1)[None, :, None], b, out)
+        return torch.where((w == 0)[None, :, None], a, out)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` (``.npz`` with JSON metadata, atomic, no pickle)."""
+        arrays = {"theta": self.theta, "tau": self.tau, "steps": self.steps,
+                  "blowup_step": self.blowup_step, "clip_fraction": self.clip_fraction}
+        arrays.update({k: getattr(self, k) for k in _OPTIONAL})
+        save_npz(path, arrays, {"kind": "Trajectory", "meta": self.meta})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Trajectory:
+        """Read a file written by :meth:`save` (otherwise a ``ValueError`` naming the file)."""
+        arrays, meta = load_npz(path, kind="Trajectory")
+        missing = [k for k in ("theta", "tau", "steps", "blowup_step", "clip_fraction")
+                   if k not in arrays]
+        if missing:
+            raise ValueError(f"{os.fspath(path)!r} is missing the arrays {missing}.")
+        t = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        return cls(**{k: t.get(k) for k in ("theta", "tau", "steps", "blowup_step",
+                                             "clip_fraction", *_OPTIONAL)},
+                   meta=meta.get("meta", {}))
+
+    def __repr__(self) -> str:
+        return (f"Trajectory(chains={self.chains}, records={self.records}, P={self.theta.shape[-1]}"
+                f", tau=[0, {float(self.tau[-1]):.4g}], blown_up={int(self.blown_up.sum())})")
+
+
+__all__ = ["Trajectory"]
