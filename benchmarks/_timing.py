@@ -1,4 +1,6 @@
-"""Timing helpers shared by the benchmarks: median of repeats after warm-up, peak memory."""
+"""Timing helpers shared by the benchmarks: median of repeats after warm-up (alone or
+round-robin), peak memory, and the repository root on ``sys.path`` so that
+``python benchmarks/<name>.py`` works without installing sa_clip."""
 
 from __future__ import annotations
 
@@ -9,24 +11,76 @@ import sys
 import time
 from collections.abc import Callable
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:        # run as `python benchmarks/<name>.py` without installing
     sys.path.insert(0, ROOT)
 
 
-def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+def add_repo_to_path() -> None:
+    """Make ``import sa_clip`` work when run as ``python benchmarks/<name>.py`` from a checkout."""
+    try:
+        import sa_clip  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, ROOT)
+
+
+def sync(device: torch.device | str | None = None) -> None:
+    """Wait for queued CUDA work (no-op on CPU), so wall-clock times are real."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                device: torch.device | str | None = None) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
+    sync(device)
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
+        sync(device)
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 5,
+                        warmup: int = 1, device: torch.device | str | None = None
+                        ) -> dict[str, float]:
+    """Median seconds of each function, timed round-robin (one call of each per round), so
+    that a change of machine load during the run hits every entry alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``ru_maxrss``)."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2 ** 20
+    """Peak resident set size of this process so far, MiB (``getrusage``; Linux reports KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2 ** 20
+
+
+def current_rss_mib() -> float:
+    """Current resident set size, MiB (from /proc on Linux; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        return peak_rss_mib()
+
+
+def fmt_row(cells: list[object], widths: list[int]) -> str:
+    return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths)))

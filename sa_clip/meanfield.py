@@ -8,6 +8,9 @@ limiting ODE of clipped SGD is ``d theta / d tau = -H(theta)``.
 
 Per-sample gradients come from ``torch.func`` (``vmap(grad(.))``) in chunks of samples, so
 memory stays bounded; ``K`` parameter vectors (shape ``(K, P)``) are one batched computation.
+For stacks of ``Linear`` layers and element-wise activations the fast path of
+:mod:`sa_clip.fastpath` replaces the per-sample gradients by their norms (same numbers, to
+round-off, at about the cost of one plain gradient).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from torch.func import grad, jacfwd, vmap
 from . import distributed as _dist
 from ._validate import check_choice, check_nonneg_int
 from .clipping import ClipRule, make_rule
+from .fastpath import LinearStackEngine, unsupported_reason
 from .problem import Problem, iter_chunks
 
-METHODS = ("auto", "vmap")
+METHODS = ("auto", "vmap", "fast")
 CLIP_PER = ("sample", "batch")
 
 
@@ -53,12 +57,18 @@ class MeanField:
 
     Other arguments
     ---------------
-    method : ``"auto"`` | ``"vmap"``
-        How per-sample gradients are obtained (``"auto"`` picks the fastest that applies).
+    method : ``"auto"`` | ``"vmap"`` | ``"fast"``
+        ``"vmap"``: per-sample gradients from ``torch.func``, any model and rule. ``"fast"``:
+        per-sample gradient norms without per-sample gradients (:mod:`sa_clip.fastpath`), for
+        a ``Linear`` or a ``Sequential`` of ``Linear`` layers and element-wise activations and
+        every rule but ``ValueClip``. ``"auto"`` picks ``"fast"`` when it applies. The
+        attribute ``method`` holds the one chosen.
     chunk_size : int, optional
-        Samples per chunk. Default: as many as keep ``K * chunk * P`` below ``max_elements``.
+        Samples per chunk. Default: as many as keep a chunk's working set (``K * chunk * P``
+        per-sample gradients for ``"vmap"``, ``K * chunk`` times the layer widths for
+        ``"fast"``) below ``max_elements``.
     max_elements : int
-        Memory budget, in numbers, of one chunk's per-sample gradients.
+        Memory budget, in numbers, of one chunk.
     distributed : bool
         Shard the samples over the processes of an initialised ``torch.distributed`` process
         group (see :mod:`sa_clip.distributed`): rank ``r`` of ``W`` sums the clipped gradients
@@ -68,6 +78,11 @@ class MeanField:
         the same order (collectives). ``directions`` (SGD minibatches) is not sharded.
     group : torch.distributed.ProcessGroup, optional
         The group to shard over (default: the default group). Only with ``distributed=True``.
+
+    Raises
+    ------
+    ValueError
+        For ``method="fast"`` on a model or rule the fast path does not cover (says why).
 
     Calling ``field(theta)`` with ``theta`` of shape ``(P,)`` returns ``(P,)``; with ``(K, P)``
     it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector).
@@ -91,7 +106,16 @@ class MeanField:
         self.rule = make_rule(rule) if isinstance(rule, str) else rule
         if not isinstance(self.rule, ClipRule):
             raise TypeError(f"`rule` must be a ClipRule or a rule name, got {rule!r}.")
-        self.method = check_choice("method", method, METHODS)
+        check_choice("method", method, METHODS)
+        self._fast: LinearStackEngine | None = None
+        if method != "vmap":
+            reason = unsupported_reason(problem, self.rule)
+            if reason is None:
+                self._fast = LinearStackEngine(problem, self.rule)
+            elif method == "fast":
+                raise ValueError(f"`method`='fast' does not apply: {reason}. Use method='auto' "
+                                 f"or 'vmap'.")
+        self.method = "fast" if self._fast is not None else "vmap"
         self.chunk_size = None if chunk_size is None else check_nonneg_int(
             "chunk_size", chunk_size, minimum=1)
         self.max_elements = check_nonneg_int("max_elements", max_elements, minimum=1)
@@ -108,6 +132,7 @@ class MeanField:
         self.distributed, self.group = distributed, group
         self._defer_reduce = False
         self.nfev = 0
+        self._differentiable = False
 
     def __repr__(self) -> str:
         return f"MeanField({self.problem.name!r}, {self.rule!r}, method={self.method!r})"
@@ -116,7 +141,11 @@ class MeanField:
     def _chunk(self, k: int) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
-        return max(1, min(self.problem.N, self.max_elements // max(1, k * self.problem.P)))
+        per = self._fast.elements_per_sample if self._fast is not None else self.problem.P
+        n = self.problem.N
+        most = max(1, min(n, self.max_elements // max(1, k * per)))
+        pieces = -(-n // most)
+        return -(-n // pieces)   # balanced: 20,000 in 10,000 + 10,000, not 19,000 + 1,000
 
     def _grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                shared_data: bool) -> torch.Tensor:
@@ -145,6 +174,10 @@ class MeanField:
     def _chunk_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                    ) -> torch.Tensor:
         """``sum_i u_i`` over one chunk of samples, ``(K, P)``, for ``theta (K, P)``."""
+        if self._fast is not None:
+            # differentiable at zero gradient blocks when autograd or jacobian may look
+            safe = self._differentiable or torch.is_grad_enabled()
+            return self._fast.clipped_sum(theta, x, y, shared=True, safe=safe)
         g = self._grads(theta, x, y, shared_data=True)
         return self.rule.clip(g, theta.unsqueeze(1), self.problem.layout).sum(1)
 
@@ -173,11 +206,11 @@ class MeanField:
         t, batched = self.problem.check_theta(theta)
         # all_reduce cannot run inside jacfwd/vmap: differentiate this shard's part of H, then
         # sum the partial Jacobians (H is linear in the partial sums).
-        self._defer_reduce = True
+        self._defer_reduce = self._differentiable = True
         try:
             jac = vmap(jacfwd(lambda th: self._h(th.unsqueeze(0))[0]))(t)
         finally:
-            self._defer_reduce = False
+            self._defer_reduce = self._differentiable = False
         if self.distributed:
             jac = _dist.all_reduce_sum(jac, self.group)
         return jac if batched else jac[0]
@@ -193,6 +226,9 @@ class MeanField:
         parts = []
         with torch.no_grad():
             for s in self._slices(t.shape[0]):
+                if self._fast is not None:
+                    parts.append(self._fast.factors(t, *p.data(s), shared=True))
+                    continue
                 g = self._grads(t, *p.data(s), shared_data=True)
                 parts.append(rule.group_factors(g, t.unsqueeze(1), p.layout))
         if not parts:   # an empty shard (N < world size): no samples, but the right G
@@ -216,6 +252,11 @@ class MeanField:
         check_choice("clip_per", clip_per, CLIP_PER)
         p = self.problem
         x, y = p.take(index)
+        if self._fast is not None:
+            if clip_per == "sample":
+                return self._fast.clipped_sum(theta, x, y, shared=False) / index.shape[1]
+            gb = self._fast.gradient_sum(theta, x, y, shared=False) / index.shape[1]
+            return self.rule.clip(gb, theta, p.layout)
         if clip_per == "sample":
             g = self._grads(theta, x, y, shared_data=False)
             return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
@@ -233,6 +274,13 @@ class MeanField:
         check_choice("clip_per", clip_per, CLIP_PER)
         p, rule = self.problem, self.rule
         x, y = p.take(index)
+        if self._fast is not None:
+            if clip_per == "sample":
+                total, c = self._fast.sum_and_factors(theta, x, y, shared=False)
+                return total / index.shape[1], (c > 1).any(-1).to(theta.dtype).mean(-1)
+            gb = self._fast.gradient_sum(theta, x, y, shared=False) / index.shape[1]
+            c = rule.group_factors(gb, theta, p.layout)
+            return rule.clip(gb, theta, p.layout), (c > 1).any(-1).to(theta.dtype)
         if clip_per == "sample":
             g = self._grads(theta, x, y, shared_data=False)
             c = rule.group_factors(g, theta.unsqueeze(1), p.layout)

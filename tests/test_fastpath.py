@@ -1,0 +1,270 @@
+"""The fast path (per-sample norms without per-sample gradients) against the vmap path."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sa_clip as sc
+from problems import ALL_RULES, brute_clip, brute_grads, brute_H, shared_problem
+from sa_clip.fastpath import LinearStackEngine, unsupported_reason
+
+D = torch.float64
+RULES = [r for r in ALL_RULES if not isinstance(r, sc.ValueClip)]
+LOSSES = ["mse", "cross_entropy", "callable"]
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / max(float(b.norm()), 1e-300))
+
+
+def logcosh(o, t):
+    return torch.log(torch.cosh(o - t)).sum()
+
+
+def stack_problem(loss="mse", bias=True, n=17, acts=(nn.Tanh, nn.Sigmoid), x_shape=(4,),
+                  pre=(), seed=0):
+    """A 4-5-6-3 stack (or ``x_shape`` flattened) with the given activations."""
+    g = torch.Generator().manual_seed(seed)
+    d0 = int(torch.tensor(x_shape).prod())
+    mods = list(pre)
+    sizes = [d0, 5, 6, 3]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(a, b, bias=bias, dtype=D)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(b, a, generator=g, dtype=D) * 0.8)
+            if bias:
+                lin.bias.copy_(torch.randn(b, generator=g, dtype=D) * 0.3)
+        mods.append(lin)
+        if i < len(acts):
+            mods.append(acts[i]())
+    X = torch.randn(n, *x_shape, generator=g, dtype=D)
+    if loss == "cross_entropy":
+        y = torch.randint(0, 3, (n,), generator=g)
+    else:
+        y = torch.randn(n, 3, generator=g, dtype=D)
+    return sc.Problem(nn.Sequential(*mods), X, y, logcosh if loss == "callable" else loss)
+
+
+def thetas(p, k=3, scale=0.4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return p.theta0 + scale * torch.randn(k, p.P, generator=g, dtype=D)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_fast_matches_vmap(rule, loss, bias):
+    p = stack_problem(loss, bias)
+    fast, ref = sc.MeanField(p, rule), sc.MeanField(p, rule, method="vmap")
+    assert fast.method == "fast" and ref.method == "vmap"
+    th = thetas(p)
+    H = ref(th)
+    assert rel_err(fast(th), H) < 1e-10                       # batched
+    assert rel_err(fast(th[1]), H[1]) < 1e-10                 # one theta
+    chunked = sc.MeanField(p, rule, method="fast", chunk_size=5)   # 5 + 5 + 5 + 2
+    assert rel_err(chunked(th), H) < 1e-10
+    if rule.granularity != "none":   # a comparison where nothing is clipped proves little
+        frac = ref.clip_stats(th).fraction
+        assert float(frac.max()) > 0
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_fast_matches_brute_force_loop(rule):
+    p = stack_problem("cross_entropy")
+    th = thetas(p, 1)[0]
+    assert rel_err(sc.MeanField(p, rule, method="fast")(th), brute_H(p, rule, th)) < 1e-10
+
+
+@pytest.mark.parametrize("acts", [
+    (nn.ReLU, nn.LeakyReLU), (nn.GELU, nn.SiLU), (nn.Softplus, nn.ELU),
+    (lambda: nn.GELU(approximate="tanh"), lambda: nn.Softplus(beta=2.0, threshold=1.0)),
+    (lambda: nn.LeakyReLU(0.2), lambda: nn.ELU(alpha=0.5)), (nn.Identity, nn.Tanh),
+    (), (nn.Tanh, nn.Sigmoid, nn.Sigmoid),    # the last one acts on the output
+], ids=["relu", "gelu-silu", "softplus-elu", "params", "leaky-elu", "identity", "linear",
+        "output-act"])
+def test_every_activation(acts):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the (A1) warning for ReLU-like activations
+        p = stack_problem("mse", acts=acts)
+    rule = sc.LayerwiseAdaptiveClip(0.1)
+    th = thetas(p)
+    field = sc.MeanField(p, rule)
+    assert field.method == "fast"
+    assert rel_err(field(th), sc.MeanField(p, rule, method="vmap")(th)) < 1e-10
+
+
+def test_two_activations_in_a_row_and_flatten_and_input_activation():
+    g = torch.Generator().manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), nn.Tanh(), nn.Linear(4, 5, dtype=D), nn.Tanh(),
+                          nn.Softplus(), nn.Linear(5, 3, dtype=D))
+    X = torch.randn(11, 2, 2, generator=g, dtype=D)
+    q = sc.Problem(model, X, torch.randint(0, 3, (11,), generator=g), "cross_entropy")
+    th = thetas(q)
+    for rule in RULES:
+        field = sc.MeanField(q, rule)
+        assert field.method == "fast"
+        assert rel_err(field(th), sc.MeanField(q, rule, method="vmap")(th)) < 1e-10
+
+
+def test_single_linear_layer():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(9, 3, generator=g, dtype=D)
+    p = sc.Problem(nn.Linear(3, 1, dtype=D), X, X.sum(1) + 1)
+    for rule in RULES:
+        f = sc.MeanField(p, rule)
+        assert f.method == "fast"
+        th = thetas(p)
+        assert rel_err(f(th), sc.MeanField(p, rule, method="vmap")(th)) < 1e-10
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_clip_stats_match(rule):
+    p = stack_problem("mse")
+    th = thetas(p)
+    a = sc.MeanField(p, rule, chunk_size=4).clip_stats(th)
+    b = sc.MeanField(p, rule, method="vmap").clip_stats(th)
+    assert a.factors.shape == b.factors.shape
+    assert rel_err(a.factors, b.factors) < 1e-12
+    assert torch.equal(a.fraction, b.fraction)
+    one = sc.MeanField(p, rule).clip_stats(th[0])
+    assert one.factors.shape == b.factors.shape[1:]
+
+
+@pytest.mark.parametrize("clip_per", ["sample", "batch"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_directions_match(rule, loss, clip_per):
+    p = stack_problem(loss)
+    th = thetas(p, 4)
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, p.N, (4, 6), generator=g)
+    u = sc.MeanField(p, rule).directions(th, idx, clip_per)
+    ref = sc.MeanField(p, rule, method="vmap").directions(th, idx, clip_per)
+    assert u.shape == (4, p.P)
+    assert rel_err(u, ref) < 1e-10
+
+
+def test_directions_against_brute_force():
+    p = stack_problem("cross_entropy")
+    rule = sc.UnitwiseAGC(0.2)
+    th = thetas(p, 2)
+    idx = torch.tensor([[0, 3, 3, 7], [5, 1, 2, 16]])
+    field = sc.MeanField(p, rule, method="fast")
+    u, ub = field.directions(th, idx, "sample"), field.directions(th, idx, "batch")
+    for k in range(2):
+        G = brute_grads(p, th[k])[idx[k]]
+        ref = torch.stack([brute_clip(rule, gi, th[k], p) for gi in G]).mean(0)
+        assert rel_err(u[k], ref) < 1e-10
+        assert rel_err(ub[k], brute_clip(rule, G.mean(0), th[k], p)) < 1e-10
+
+
+@pytest.mark.parametrize("rule", [sc.NormClip(0.3), sc.UnitwiseAGC(0.2)], ids=lambda r: r.name)
+def test_jacobian_through_fast_path(rule):
+    p = stack_problem("cross_entropy", n=7)
+    th = thetas(p, 2)
+    J = sc.MeanField(p, rule).jacobian(th)
+    Jref = sc.MeanField(p, rule, method="vmap").jacobian(th)
+    assert J.shape == (2, p.P, p.P)
+    assert rel_err(J, Jref) < 1e-10
+
+
+def test_float32_close_to_float64():
+    p64 = stack_problem("cross_entropy", n=50)
+    p32 = sc.Problem(p64.model.float(), p64.X.float(), p64.y, "cross_entropy")
+    rule = sc.NormClip(0.3)
+    th = thetas(p64)
+    h32 = sc.MeanField(p32, rule)(th.float())
+    assert h32.dtype == torch.float32
+    assert rel_err(h32.double(), sc.MeanField(p64, rule)(th)) < 1e-5
+
+
+def test_auto_falls_back_and_fast_refuses():
+    tied = shared_problem("mse")
+    assert sc.MeanField(tied, sc.NormClip(0.3)).method == "vmap"
+    with pytest.raises(ValueError, match="`method`='fast' does not apply: the model is a "
+                                         "SharedTied"):
+        sc.MeanField(tied, sc.NormClip(0.3), method="fast")
+    p = stack_problem("mse")
+    assert sc.MeanField(p, sc.ValueClip(0.05)).method == "vmap"
+    with pytest.raises(ValueError, match="ValueClip clamps coordinates"):
+        sc.MeanField(p, sc.ValueClip(0.05), method="fast")
+    with pytest.raises(ValueError, match="the fast path does not apply"):
+        LinearStackEngine(tied, sc.NoClip())
+
+
+def test_unsupported_models_are_detected():
+    X, y = torch.randn(6, 4, dtype=D), torch.randn(6, 4, dtype=D)
+    lin = nn.Linear(4, 4, dtype=D)
+    cases = {
+        "used twice": nn.Sequential(lin, nn.Tanh(), lin),
+        "Dropout": nn.Sequential(nn.Linear(4, 4, dtype=D), nn.Dropout(0.1)),
+        "not Flatten": nn.Sequential(nn.Linear(4, 4, dtype=D), nn.Flatten()),
+        "LayerNorm": nn.Sequential(nn.Linear(4, 4, dtype=D), nn.LayerNorm(4, dtype=D)),
+    }
+    for why, model in cases.items():
+        p = sc.Problem(model, X, y)
+        reason = unsupported_reason(p, sc.NoClip())
+        assert reason is not None and why in reason, (why, reason)
+        assert sc.MeanField(p, sc.NoClip()).method == "vmap"
+    # 3-d inputs without a Flatten: the Linear maps the last axis, the norm trick does not hold
+    p3 = sc.Problem(nn.Linear(4, 2, dtype=D), torch.randn(5, 3, 4, dtype=D),
+                    torch.randn(5, 3, 2, dtype=D))
+    assert "needs (N, d)" in unsupported_reason(p3, sc.NoClip())
+    h = sc.MeanField(p3, sc.NormClip(0.1))
+    assert h.method == "vmap"
+
+
+def test_chunk_size_follows_layer_widths():
+    p = stack_problem("mse", n=400)
+    fast = sc.MeanField(p, sc.NoClip(), max_elements=10_000)
+    slow = sc.MeanField(p, sc.NoClip(), method="vmap", max_elements=10_000)
+    per = fast._fast.elements_per_sample
+    assert fast._chunk(1) <= 10_000 // per and slow._chunk(1) <= 10_000 // p.P
+    assert fast._chunk(1) > 10_000 // per // 2
+
+
+@pytest.mark.parametrize("base", [sc.NormClip, sc.LayerwiseAdaptiveClip, sc.UnitwiseAGC])
+def test_rule_with_its_own_factors(base):
+    # a rule that overrides `factors` (a smooth clip) must be served by its own maths
+    class Smooth(base):
+        def factors(self, grad_norms, theta_norms=None):
+            return torch.sqrt(1 + (grad_norms / self.thresholds(theta_norms)) ** 2)
+
+    rule = Smooth(0.1)
+    p = stack_problem("cross_entropy")
+    th = thetas(p)
+    fast = sc.MeanField(p, rule)
+    assert fast.method == "fast"
+    ref = sc.MeanField(p, rule, method="vmap")
+    assert rel_err(fast(th), ref(th)) < 1e-10
+    assert rel_err(fast.clip_stats(th).factors, ref.clip_stats(th).factors) < 1e-12
+    idx = torch.randint(0, p.N, (3, 5), generator=torch.Generator().manual_seed(0))
+    assert rel_err(fast.directions(th, idx), ref.directions(th, idx)) < 1e-10
+
+
+def test_directions_differentiable_by_autograd():
+    p = stack_problem("cross_entropy")
+    th = thetas(p, 2).requires_grad_()
+    idx = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    for rule in RULES:
+        u = sc.MeanField(p, rule).directions(th, idx)
+        (g,) = torch.autograd.grad(u.sum(), th)
+        uref = sc.MeanField(p, rule, method="vmap").directions(th, idx)
+        (gref,) = torch.autograd.grad(uref.sum(), th)
+        assert rel_err(g, gref) < 1e-10
+
+
+@pytest.mark.parametrize("clip_per", ["sample", "batch"])
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_directions_stats_match(rule, clip_per):
+    p = stack_problem("mse")
+    th = thetas(p, 4)
+    idx = torch.randint(0, p.N, (4, 6), generator=torch.Generator().manual_seed(2))
+    u, frac = sc.MeanField(p, rule).directions_stats(th, idx, clip_per)
+    uref, fref = sc.MeanField(p, rule, method="vmap").directions_stats(th, idx, clip_per)
+    assert rel_err(u, uref) < 1e-10
+    assert torch.equal(frac, fref)
+    if clip_per == "sample" and rule.granularity != "none":
+        assert 0 < float(fref.mean()) <= 1
