@@ -80,6 +80,23 @@ class ClipRule(ABC):  # noqa: B024 - abstract by intent, concrete rules are data
         """
         return g / self.expanded_factors(g, theta, layout)
 
+    def clip_and_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout,
+                         scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(clip(scale * g), group factors of scale * g)`` with one pass over ``g``.
+
+        The factors are computed once and ``scale`` (e.g. ``1/B`` for a batch mean) is folded
+        into the division, so a ``(K, P)`` batch of gradients is read and written once.
+        """
+        if self.granularity == "none":
+            return (g * scale if scale != 1.0 else g), g.new_ones(*g.shape[:-1], 1)
+        gn = group_norms(g, layout, self.granularity) * scale
+        tn = group_norms(theta, layout, self.granularity) if self.relative else None
+        c = self.factors(gn, tn)
+        if self.granularity == "global":
+            return g * (scale / c), c
+        index, _ = layout.groups(self.granularity, g.device)
+        return g * (scale / c)[..., index], c
+
     def group_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout
                       ) -> torch.Tensor:
         """Clipping factors per group, shape ``(..., G)`` (``G = 1`` for global rules)."""
@@ -210,6 +227,11 @@ class ValueClip(ClipRule):
 
     def clip(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout) -> torch.Tensor:
         return torch.clamp(g, -self.v, self.v)
+
+    def clip_and_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout,
+                         scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        g = g * scale if scale != 1.0 else g
+        return self.clip(g, theta, layout), self.group_factors(g, theta, layout)
 
     def group_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout
                       ) -> torch.Tensor:

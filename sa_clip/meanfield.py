@@ -250,18 +250,10 @@ class MeanField:
         DP-SGD); ``"batch"`` clips the batch-mean gradient (``clip_grad_norm_``).
         """
         check_choice("clip_per", clip_per, CLIP_PER)
-        p = self.problem
-        x, y = p.take(index)
-        if self._fast is not None:
-            if clip_per == "sample":
-                return self._fast.clipped_sum(theta, x, y, shared=False) / index.shape[1]
-            gb = self._fast.gradient_sum(theta, x, y, shared=False) / index.shape[1]
-            return self.rule.clip(gb, theta, p.layout)
-        if clip_per == "sample":
-            g = self._grads(theta, x, y, shared_data=False)
-            return self.rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
-        gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
-        return self.rule.clip(gb, theta, p.layout)
+        if self._fast is not None and clip_per == "sample":
+            x, y = self.problem.take(index)
+            return self._fast.clipped_sum(theta, x, y, shared=False) / index.shape[1]
+        return self._directions_stats(theta, index, clip_per)[0]
 
     def directions_stats(self, theta: torch.Tensor, index: torch.Tensor,
                          clip_per: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,20 +264,23 @@ class MeanField:
         ``"batch"``: 1.0 when the batch-mean gradient was clipped, else 0.0.
         """
         check_choice("clip_per", clip_per, CLIP_PER)
+        return self._directions_stats(theta, index, clip_per)
+
+    def _directions_stats(self, theta: torch.Tensor, index: torch.Tensor, clip_per: str
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
         p, rule = self.problem, self.rule
         x, y = p.take(index)
         if self._fast is not None:
             if clip_per == "sample":
                 total, c = self._fast.sum_and_factors(theta, x, y, shared=False)
                 return total / index.shape[1], (c > 1).any(-1).to(theta.dtype).mean(-1)
-            gb = self._fast.gradient_sum(theta, x, y, shared=False) / index.shape[1]
-            c = rule.group_factors(gb, theta, p.layout)
-            return rule.clip(gb, theta, p.layout), (c > 1).any(-1).to(theta.dtype)
+            gsum = self._fast.gradient_sum(theta, x, y, shared=False)
+            u, c = rule.clip_and_factors(gsum, theta, p.layout, 1.0 / index.shape[1])
+            return u, (c > 1).any(-1).to(theta.dtype)
         if clip_per == "sample":
             g = self._grads(theta, x, y, shared_data=False)
-            c = rule.group_factors(g, theta.unsqueeze(1), p.layout)
-            u = rule.clip(g, theta.unsqueeze(1), p.layout).mean(1)
-            return u, (c > 1).any(-1).to(theta.dtype).mean(-1)
+            u, c = rule.clip_and_factors(g, theta.unsqueeze(1), p.layout)
+            return u.mean(1), (c > 1).any(-1).to(theta.dtype).mean(-1)
         gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
-        c = rule.group_factors(gb, theta, p.layout)
-        return rule.clip(gb, theta, p.layout), (c > 1).any(-1).to(theta.dtype)
+        u, c = rule.clip_and_factors(gb, theta, p.layout)
+        return u, (c > 1).any(-1).to(theta.dtype)

@@ -108,8 +108,20 @@ def group_norms(x: torch.Tensor, layout: Layout, granularity: str) -> torch.Tens
     Returns shape ``(..., G)``. Differentiable everywhere, a zero norm included (its
     derivative is taken as 0 instead of sqrt's infinite slope).
     """
-    index, n = layout.groups(granularity, x.device)
-    sq = x.new_zeros(*x.shape[:-1], n).index_add(-1, index, x * x)
+    check_choice("granularity", granularity, GRANULARITIES)
+    if granularity == "global":
+        sq = torch.linalg.vecdot(x, x).unsqueeze(-1)      # no (..., P) temporary
+    else:
+        # groups are contiguous: per-block sums over reshaped views (a loop over parameter
+        # tensors, not samples) are several times faster than a scatter-add over P
+        lead = x.shape[:-1]
+        parts = []
+        for b in layout.blocks:
+            blk = x[..., b.start:b.stop]
+            k = b.units if granularity == "unit" else 1
+            blk = blk.reshape(*lead, k, b.numel // k)
+            parts.append(torch.linalg.vecdot(blk, blk))
+        sq = torch.cat(parts, -1)
     pos = sq > 0
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
                        torch.zeros_like(sq))

@@ -129,3 +129,15 @@ def test_regression_tiny_threshold_gives_no_nan():
     p = sc.problems.location_problem([0.0, 0.5, 2.0], theta0=0.5)  # sample 0.5: zero gradient
     h = sc.MeanField(p, rule)(p.theta0)
     assert torch.equal(h, torch.zeros(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("rule", [sc.NoClip(), sc.NormClip(0.1), sc.AdaptiveClip(0.1),
+                                  sc.LayerwiseAdaptiveClip(0.1), sc.UnitwiseAGC(0.1),
+                                  sc.ValueClip(0.1)], ids=lambda r: r.name)
+def test_clip_and_factors_equals_clip_of_scaled(rule):
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(5, P.P, generator=gen, dtype=torch.float64)
+    th = torch.randn(5, P.P, generator=gen, dtype=torch.float64)
+    u, c = rule.clip_and_factors(g, th, LAYOUT, 0.25)
+    assert torch.allclose(u, rule.clip(0.25 * g, th, LAYOUT), rtol=1e-14, atol=0)
+    assert torch.allclose(c, rule.group_factors(0.25 * g, th, LAYOUT), rtol=1e-14, atol=0)
