@@ -81,21 +81,27 @@ class ClipRule(ABC):  # noqa: B024 - abstract by intent, concrete rules are data
         return g / self.expanded_factors(g, theta, layout)
 
     def clip_and_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout,
-                         scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                         scale: float = 1.0, *, overwrite: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(clip(scale * g), group factors of scale * g)`` with one pass over ``g``.
 
         The factors are computed once and ``scale`` (e.g. ``1/B`` for a batch mean) is folded
         into the division, so a ``(K, P)`` batch of gradients is read and written once.
+        ``overwrite=True`` lets a caller that owns ``g`` (a temporary) have it scaled in place
+        when autograd does not track it, saving one allocation of its size.
         """
         if self.granularity == "none":
             return (g * scale if scale != 1.0 else g), g.new_ones(*g.shape[:-1], 1)
         gn = group_norms(g, layout, self.granularity) * scale
         tn = group_norms(theta, layout, self.granularity) if self.relative else None
         c = self.factors(gn, tn)
-        if self.granularity == "global":
-            return g * (scale / c), c
-        index, _ = layout.groups(self.granularity, g.device)
-        return g * (scale / c)[..., index], c
+        s = scale / c
+        if self.granularity != "global":
+            index, _ = layout.groups(self.granularity, g.device)
+            s = s[..., index]
+        if overwrite and not (g.requires_grad or s.requires_grad):
+            return g.mul_(s), c
+        return g * s, c
 
     def group_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout
                       ) -> torch.Tensor:
@@ -229,7 +235,8 @@ class ValueClip(ClipRule):
         return torch.clamp(g, -self.v, self.v)
 
     def clip_and_factors(self, g: torch.Tensor, theta: torch.Tensor, layout: Layout,
-                         scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                         scale: float = 1.0, *, overwrite: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         g = g * scale if scale != 1.0 else g
         return self.clip(g, theta, layout), self.group_factors(g, theta, layout)
 

@@ -275,12 +275,13 @@ class MeanField:
                 total, c = self._fast.sum_and_factors(theta, x, y, shared=False)
                 return total / index.shape[1], (c > 1).any(-1).to(theta.dtype).mean(-1)
             gsum = self._fast.gradient_sum(theta, x, y, shared=False)
-            u, c = rule.clip_and_factors(gsum, theta, p.layout, 1.0 / index.shape[1])
+            u, c = rule.clip_and_factors(gsum, theta, p.layout, 1.0 / index.shape[1],
+                                         overwrite=True)
             return u, (c > 1).any(-1).to(theta.dtype)
         if clip_per == "sample":
             g = self._grads(theta, x, y, shared_data=False)
             u, c = rule.clip_and_factors(g, theta.unsqueeze(1), p.layout)
             return u.mean(1), (c > 1).any(-1).to(theta.dtype).mean(-1)
         gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
-        u, c = rule.clip_and_factors(gb, theta, p.layout)
+        u, c = rule.clip_and_factors(gb, theta, p.layout, overwrite=True)
         return u, (c > 1).any(-1).to(theta.dtype)
