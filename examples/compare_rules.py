@@ -1,7 +1,7 @@
 """Classic vs adaptive vs layer-wise vs unit-wise clipping on the same problem.
 
 Same network, data, schedule, seed and chains; only the clipping rule changes. Left: the loss
-of the ODE solution (dashed) and of the SGD chains (median and band) against ODE time. Right:
+of the ODE solution (dashed) and the median loss of the SGD chains against ODE time. Right:
 the fraction of samples clipped.
 
     python examples/compare_rules.py                # figures/compare_rules.png
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> str:
         sol = sc.solve_ode(sc.MeanField(problem, rule), problem.theta0, run.tau)
         losses = problem.loss(run.theta.reshape(-1, problem.P)).reshape(run.chains, -1)
         plot_ensemble(run.tau, losses, a1, color=COLORS[k], label=f"SGD, {name}", n_faint=0,
-                      logy=True)
+                      logy=True, show_band=False)
         a1.plot(sol.t, problem.loss(sol.theta), "--", color=COLORS[k], lw=1.5,
                 label=f"ODE, {name}")
         plot_clip_fraction(run, a2, label=name, color=COLORS[k])
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> str:
     a1.set_xlabel("ODE time τ")
     a1.set_ylabel("full-data loss L(θ)")
     a1.set_title(f"{problem.name}: loss along ODE and SGD", fontsize=10)
-    a1.legend(fontsize=7, ncol=2)
+    a1.legend(fontsize=7, ncol=2, loc="upper right")
     a2.set_title("fraction of samples clipped", fontsize=10)
     path = save_figure(fig, args.out, "compare_rules.png")
     print(f"wrote {path}")

@@ -3,7 +3,7 @@
 Runs the picture examples at modest sizes and writes their PNGs (and one small GIF) into
 ``--out`` (default ``figures/``), at a modest dpi so that the gallery stays small.
 
-    python examples/gallery.py                 # a few minutes on 2 CPU cores
+    python examples/gallery.py                 # about a minute on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ GALLERY = {
     "compare_rules": [],
     "batch_clipping": [],
     "exploding": [],
-    "animation": ["--frames", "30", "--grid", "21"],
+    "animation": ["--frames", "24", "--grid", "21"],
 }
 
 
@@ -37,7 +37,7 @@ def load(name: str):
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(HERE, "..", "figures"))
+    ap.add_argument("--out", default=os.path.normpath(os.path.join(HERE, "..", "figures")))
     ap.add_argument("--only", nargs="*", choices=sorted(GALLERY), help="a subset")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (for the smoke test)")
     return ap.parse_args(argv)

@@ -227,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = simulate(problem, rule, args)
         t1 = time.perf_counter()
         field = MeanField(problem, rule)
-        sol = solve_ode(field, problem.theta0, run.tau)
+        sol = solve_ode(field, problem.theta0, run.tau, progress=args.progress)
         t2 = time.perf_counter()
         last = float(run.tau[-1])
         horizon = min(args.horizon, 0.5 * last)
@@ -669,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (CliError, ValueError, TypeError) as exc:
         msg = " ".join(str(exc).split())
-        print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{PROG}: error: {msg} (see `{PROG} {args.command} --help`)", file=sys.stderr)
         return 2
 
 

@@ -54,6 +54,10 @@ def test_tracking(tmp_path, capsys):
 
 
 def test_equilibria_table(capsys):
+    # --device auto rebuilds the problem on the chosen device (CPU here) in float32
+    assert cli.main(["equilibria", "--n-starts", "4", "--quiet", "--device", "auto",
+                     "--dtype", "float32"]) == 0
+    assert "float32" in capsys.readouterr().out
     assert cli.main(["equilibria", "--n-starts", "4", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "stable node" in out and "eigenvalues of DH" in out and "||grad L(θ*)||" in out

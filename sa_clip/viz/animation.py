@@ -33,7 +33,7 @@ def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution |
 
     Each frame shows every chain's position at one record (dots) with a short fading tail of
     the previous ``tail`` frames, the ODE solution up to the same ``tau`` (if given) and the
-    ODE time in the title. Records are subsampled evenly to at most ``frames`` frames.
+    ODE time in a corner. At most ``frames`` frames, at records evenly spaced in ODE time.
 
     Parameters
     ----------
@@ -60,11 +60,14 @@ def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution |
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"`frames` must be an integer >= 1, got {frames!r}.")
     fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    plot_phase_portrait(pf, ax, equilibria=equilibria, colorbar=False, density=1.0,
-                        title=title or "SGD chains flowing along −H")
+    # a lighter background than the still portrait (no loss contours): GIFs stay small
+    plot_phase_portrait(pf, ax, equilibria=equilibria, colorbar=False, density=0.8,
+                        loss_levels=None, title=title or "SGD chains flowing along −H")
     xy = _np(pf.plane.project(trajectory.theta))              # (chains, records, 2)
     tau = _np(trajectory.tau)
-    picks = np.unique(np.linspace(0, trajectory.records - 1, frames).round().astype(int))
+    # frames evenly spaced in ODE time (decreasing steps crowd the records at late tau)
+    picks = np.unique(np.searchsorted(tau, np.linspace(tau[0], tau[-1], frames)).clip(
+        0, trajectory.records - 1))
     ode_xy = None
     if ode is not None:
         th = ode.theta if ode.theta.dim() == 2 else ode.theta[:, 0]

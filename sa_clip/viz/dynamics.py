@@ -39,14 +39,14 @@ def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
 
 def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
                   n_faint: int = 5, color: str = SGD_COLOR, label: str = "SGD chains",
-                  logy: bool = False):
+                  logy: bool = False, show_band: bool = True):
     """Median over chains (solid), a quantile band, and a few chains drawn faintly.
 
     Parameters
     ----------
     t : ``(T,)`` times (ODE time ``tau``).
     values : ``(chains, T)``; NaN entries (blown-up chains) are ignored.
-    band : the lower and upper quantiles of the shaded band.
+    band : the lower and upper quantiles of the shaded band (drawn if ``show_band``).
     n_faint : how many individual chains to draw thinly (the first ones).
 
     Returns
@@ -66,8 +66,9 @@ def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
     lo, med, hi = _quantiles(v, (band[0], 0.5, band[1]))
     for k in range(min(n_faint, v.shape[0])):
         ax.plot(t, v[k], color=color, lw=0.6, alpha=0.3)
-    ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0,
-                    label=f"{label}: {band[0]:.0%}–{band[1]:.0%} band")
+    if show_band:
+        ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0,
+                        label=f"{label}: {band[0]:.0%}–{band[1]:.0%} band")
     ax.plot(t, med, color=color, lw=1.8, label=f"{label}: median of {v.shape[0]}")
     if logy:
         ax.set_yscale("log")
@@ -274,15 +275,16 @@ def noise_figure(trajectory: Trajectory, axes=None, *, band: tuple[float, float]
         fig = axes[0].figure
     plot_ensemble(trajectory.tau, trajectory.xi.norm(dim=-1), axes[0], band=band,
                   n_faint=n_faint, label="‖ξ‖")
-    axes[0].set_ylabel(r"$\|\xi(n)\|$, $\xi(n)=\sum_{k<n} a(k)\,M(k+1)$")
+    axes[0].set_ylabel(r"$\|\xi(n)\|$")
     plot_ensemble(trajectory.tau, trajectory.quadratic_variation, axes[1], band=band,
                   n_faint=n_faint, label="QV")
-    axes[1].set_ylabel(r"quadratic variation $\sum_{k<n} a(k)^2\|M(k+1)\|^2$")
+    axes[1].set_ylabel("quadratic variation")
     for ax in axes:
         ax.set_xlabel(TAU_LABEL)
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    axes[0].set_title("martingale noise", fontsize=10)
-    axes[1].set_title("its quadratic variation (converges under (A2))", fontsize=10)
+    axes[0].set_title(r"martingale noise $\xi(n)=\sum_{k<n} a(k)\,M(k+1)$", fontsize=10)
+    axes[1].set_title(r"quadratic variation $\sum_{k<n} a(k)^2\|M(k+1)\|^2$ "
+                      "(converges under (A2))", fontsize=10)
     return fig
 
 
