@@ -152,7 +152,7 @@ def _hidden(spec: str) -> tuple[int, ...]:
 def build_rule(name: str, args: argparse.Namespace) -> ClipRule:
     """A clipping rule from its registry name and ``--lam``/``--eps``."""
     lam = args.lam
-    if name == "adaptive" and args.adaptive_lam is not None:
+    if name == "adaptive" and getattr(args, "adaptive_lam", None) is not None:
         lam = args.adaptive_lam
     return make_rule(name, lam=lam, eps=args.eps)
 
@@ -379,8 +379,12 @@ def cmd_equilibria(args: argparse.Namespace) -> int:
     problem = build_problem(args)
     rule = build_rule(rule_names(args.rule)[0], args)
     field = MeanField(problem, rule)
-    eq = find_equilibria(field, n_starts=args.n_starts, scale=args.extent, seed=args.seed)
+    found = find_equilibria(field, n_starts=args.n_starts, scale=args.extent, seed=args.seed)
+    eq = [e for e in found if float(e.theta.norm()) <= args.max_norm]
     print(f"{problem!r}, {rule}: {len(eq)} equilibria from {args.n_starts} starts")
+    if len(eq) < len(found):
+        print(f"({len(found) - len(eq)} more with ||theta|| > {args.max_norm:g} not shown: far "
+              "out, saturated activations make H vanish numerically; --max-norm shows them)")
     rows = []
     for e in eq:
         theta = ", ".join(f"{v:.4g}" for v in e.theta.tolist()[:4])
@@ -455,8 +459,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                      schedule="power:2.0,0.7", steps=400, chains=16, batch_size=1,
                      clip_per="sample", seed=0, record_every=2, out="figures/tracking",
                      horizon=1.0, starts=6),
-    "equilibria": dict(problem="tanh", rule="norm", lam=1.0, eps=1e-3, seed=0, n_starts=16,
-                       extent=3.0),
+    "equilibria": dict(problem="tanh", rule="norm", lam=1.0, eps=1e-3, seed=0, n_starts=24,
+                       extent=1.5, max_norm=100.0),
     "bench": dict(problem="wine", rule="norm", lam=1.0, eps=1e-3, chains=64, seed=0,
                   repeats=5),
 }
@@ -566,8 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "equilibria")
     p.add_argument("--hidden", help="hidden widths for data-set problems (default 16)")
     p.add_argument("--adaptive-lam", type=float, help="lambda for the adaptive rule")
-    p.add_argument("--n-starts", type=int, help="root-finding starts (default 16)")
-    p.add_argument("--extent", type=float, help="spread of the random starts (default 3)")
+    p.add_argument("--n-starts", type=int, help="root-finding starts (default 24)")
+    p.add_argument("--extent", type=float, help="spread of the random starts (default 1.5)")
+    p.add_argument("--max-norm", type=float,
+                   help="hide equilibria with ||theta|| above this (default 100)")
     p.set_defaults(func=cmd_equilibria)
 
     p = sub.add_parser("bench", help="run the benchmarks (or a built-in timing)",
@@ -648,7 +654,7 @@ def _finish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
         v = getattr(args, name, None)
         if v is not None and v < 0:
             raise CliError(f"`--{name.replace('_', '-')}` must be an integer >= 0, got {v}.")
-    for name in ("horizon", "extent", "ode_time"):
+    for name in ("horizon", "extent", "ode_time", "max_norm"):
         v = getattr(args, name, None)
         if v is not None and not v > 0:
             raise CliError(f"`--{name.replace('_', '-')}` must be a number > 0, got {v}.")

@@ -44,6 +44,13 @@ def test_portrait_with_gif(tmp_path, capsys):
     assert (tmp_path / "portrait.gif").stat().st_size > 1000
 
 
+def test_portrait_adaptive_rule(tmp_path):
+    assert cli.main(["portrait", "--rule", "adaptive", "--lam", "0.5", "--steps", "10",
+                     "--chains", "2", "--grid", "7", "--ode-starts", "2", "--n-starts", "2",
+                     "--out", str(tmp_path), "--quiet"]) == 0
+    assert pngs(tmp_path) == {"portrait.png"}
+
+
 def test_tracking(tmp_path, capsys):
     code = cli.main(["tracking", "--steps", "20", "--chains", "2", "--starts", "2",
                      "--horizon", "0.5", "--out", str(tmp_path), "--quiet"])
@@ -58,9 +65,12 @@ def test_equilibria_table(capsys):
     assert cli.main(["equilibria", "--n-starts", "4", "--quiet", "--device", "auto",
                      "--dtype", "float32"]) == 0
     assert "float32" in capsys.readouterr().out
-    assert cli.main(["equilibria", "--n-starts", "4", "--quiet"]) == 0
+    assert cli.main(["equilibria", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "stable node" in out and "eigenvalues of DH" in out and "||grad L(θ*)||" in out
+    # the tanh toy: two minima and the saddle at the origin, far-out numerical zeros hidden
+    assert out.count("stable node") == 2 and "saddle" in out and "[0, 0]" in out
+    assert "not shown" in out
 
 
 def test_bench_builtin(capsys):
