@@ -1,8 +1,21 @@
 """Matplotlib figures from results. Functions take an ``ax`` (or make a figure), return it,
 compute nothing that the engines compute, and never save: callers decide where files go."""
 
+from .animation import animate_chains
+from .dynamics import (
+    noise_figure,
+    ode_vs_sgd_figure,
+    plot_batch_mean_field,
+    plot_clip_fraction,
+    plot_ensemble,
+    plot_norms,
+    plot_ode_vs_sgd,
+    plot_tracking,
+)
 from .phase import plot_phase_portrait
 from .theory import plot_azuma, plot_basins, plot_blowup, plot_fluctuation_ellipses
 
-__all__ = ["plot_phase_portrait", "plot_fluctuation_ellipses", "plot_azuma", "plot_blowup",
-           "plot_basins"]
+__all__ = ["plot_phase_portrait", "plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sgd_figure",
+           "plot_tracking", "plot_clip_fraction", "noise_figure", "plot_norms",
+           "plot_batch_mean_field", "animate_chains", "plot_fluctuation_ellipses", "plot_azuma",
+           "plot_blowup", "plot_basins"]

@@ -1,0 +1,368 @@
+r"""ODE against SGD on the ODE time axis ``tau``: coordinates, tracking distance, clipping,
+martingale noise.
+
+Every function here draws arrays that the engines computed (:class:`~sa_clip.Trajectory`,
+:class:`~sa_clip.OdeSolution`, :class:`~sa_clip.TrackingResult`); the only arithmetic is
+summarising an ensemble of chains for display (median, quantile band, moving average).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..ode import OdeSolution
+from ..plane import Plane, _param_name
+from ..problem import Problem
+from ..tracking import TrackingResult
+from ..trajectory import Trajectory
+from ._style import ODE_COLOR, SGD_COLOR, get_ax
+
+TAU_LABEL = "ODE time τ"
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(
+        x, dtype=float)
+
+
+def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """Quantiles over axis 0 ignoring NaN (blown-up chains); all-NaN columns give NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [np.nanquantile(values, q, axis=0) for q in qs]
+
+
+def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
+                  n_faint: int = 5, color: str = SGD_COLOR, label: str = "SGD chains",
+                  logy: bool = False, show_band: bool = True):
+    """Median over chains (solid), a quantile band, and a few chains drawn faintly.
+
+    Parameters
+    ----------
+    t : ``(T,)`` times (ODE time ``tau``).
+    values : ``(chains, T)``; NaN entries (blown-up chains) are ignored.
+    band : the lower and upper quantiles of the shaded band (drawn if ``show_band``).
+    n_faint : how many individual chains to draw thinly (the first ones).
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> ax = plot_ensemble(np.arange(4.0), np.ones((3, 4)))
+    """
+    ax = get_ax(ax, figsize=(6.4, 4.0))
+    t, v = _np(t), _np(values)
+    if v.ndim != 2 or v.shape[1] != t.shape[0]:
+        raise ValueError(f"`values` must have shape (chains, len(t)) = (chains, {t.shape[0]}), "
+                         f"got {v.shape}.")
+    lo, med, hi = _quantiles(v, (band[0], 0.5, band[1]))
+    for k in range(min(n_faint, v.shape[0])):
+        ax.plot(t, v[k], color=color, lw=0.6, alpha=0.3)
+    if show_band:
+        ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0,
+                        label=f"{label}: {band[0]:.0%}–{band[1]:.0%} band")
+    ax.plot(t, med, color=color, lw=1.8, label=f"{label}: median of {v.shape[0]}")
+    if logy:
+        ax.set_yscale("log")
+    return ax
+
+
+def _component(problem: Problem | None, plane: Plane | None, coord: int,
+               theta: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``theta[..., coord]`` or the plane coordinate ``coord``, with its axis name."""
+    if plane is not None:
+        if coord not in (0, 1):
+            raise ValueError(f"`coord` must be 0 or 1 with a plane, got {coord}.")
+        return plane.project(theta)[..., coord], plane.names[coord]
+    if not 0 <= coord < theta.shape[-1]:
+        raise ValueError(f"`coord` must index a parameter in [0, {theta.shape[-1] - 1}], got "
+                         f"{coord}.")
+    name = _param_name(problem, coord) if problem is not None else f"θ[{coord}]"
+    return theta[..., coord], name
+
+
+def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=None, *,
+                    coord: int = 0, problem: Problem | None = None, plane: Plane | None = None,
+                    band: tuple[float, float] = (0.1, 0.9), n_faint: int = 5,
+                    title: str | None = None):
+    r"""One coordinate of the SGD chains and of the ODE solution against ODE time ``tau``.
+
+    The chains ``theta_k(n)`` are drawn at ``tau_n`` (their median, a quantile band, a few
+    chains faintly); the ODE ``theta(tau)`` on top. With ``plane`` the coordinate is a plane
+    coordinate (e.g. PC1 of :meth:`sa_clip.plane.Plane.pca`), else parameter ``coord``, named
+    from ``problem.blocks`` (e.g. ``0.weight[3]``).
+
+    Parameters
+    ----------
+    trajectory : Trajectory from :func:`sa_clip.simulate_sgd`.
+    ode : OdeSolution from :func:`sa_clip.solve_ode` with ``theta`` of shape ``(T, P)``.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> p = sc.problems.logistic2d(); r = sc.NormClip(1.0)
+    >>> run = sc.simulate_sgd(p, r, "harmonic:0.5", steps=20, chains=4, seed=0)
+    >>> sol = sc.solve_ode(sc.MeanField(p, r), p.theta0, run.tau)
+    >>> ax = plot_ode_vs_sgd(run, sol, coord=1, problem=p)
+    """
+    ax = get_ax(ax, figsize=(6.4, 4.0))
+    values, name = _component(problem, plane, coord, trajectory.theta)
+    plot_ensemble(trajectory.tau, values, ax, band=band, n_faint=n_faint)
+    if ode is not None:
+        th = ode.theta if ode.theta.dim() == 2 else ode.theta[:, 0]
+        ov, _ = _component(problem, plane, coord, th)
+        ax.plot(_np(ode.t), _np(ov), color=ODE_COLOR, lw=2.0, ls="--", label="ODE solution")
+    ax.set_xlabel(TAU_LABEL)
+    ax.set_ylabel(name)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return ax
+
+
+def ode_vs_sgd_figure(trajectory: Trajectory, ode: OdeSolution | None = None, *,
+                      coords: Sequence[int] = (0, 1), problem: Problem | None = None,
+                      plane: Plane | None = None, title: str | None = None, **kwargs):
+    """Several panels of :func:`plot_ode_vs_sgd` side by side (one per coordinate).
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> p = sc.problems.logistic2d(); r = sc.NormClip(1.0)
+    >>> run = sc.simulate_sgd(p, r, "harmonic:0.5", steps=20, chains=4, seed=0)
+    >>> fig = ode_vs_sgd_figure(run, coords=(0, 1), problem=p)
+    """
+    coords = list(coords)
+    if not coords:
+        raise ValueError("`coords` must name at least one coordinate.")
+    fig, axes = plt.subplots(1, len(coords), figsize=(4.6 * len(coords), 3.8),
+                             layout="constrained", squeeze=False)
+    for ax, c in zip(axes[0], coords):
+        plot_ode_vs_sgd(trajectory, ode, ax, coord=c, problem=problem, plane=plane, **kwargs)
+        if ax is not axes[0, 0]:
+            ax.get_legend().remove()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
+                  label: str | None = None, color: str = SGD_COLOR):
+    r"""Tracking distance ``D_T(s)`` against the start time ``s`` on a log axis: the median
+    over chains and a quantile band. Theory: ``D_T(s) -> 0`` as ``s`` grows under (A2).
+
+    Call it several times on one ``ax`` (with ``label`` and ``color``) to compare runs.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> p = sc.problems.logistic2d(); r = sc.NormClip(1.0)
+    >>> run = sc.simulate_sgd(p, r, "harmonic:1.0", steps=50, chains=3, seed=0)
+    >>> res = sc.tracking_distance(run, sc.MeanField(p, r), horizon=1.0, starts=[0.0, 2.0])
+    >>> ax = plot_tracking(res)
+    """
+    ax = get_ax(ax, figsize=(6.4, 4.0))
+    s, d = _np(result.start), _np(result.distance)
+    lo, med, hi = _quantiles(d, (band[0], 0.5, band[1]))
+    name = label or "median over chains"
+    ax.fill_between(s, lo, hi, color=color, alpha=0.2, lw=0)
+    ax.plot(s, med, "o-", color=color, ms=4, lw=1.6,
+            label=f"{name} ({band[0]:.0%}–{band[1]:.0%} band)")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"start time s ({TAU_LABEL})")
+    ax.set_ylabel(rf"$D_T(s)$, T = {result.horizon:g}")
+    ax.set_title(r"tracking: $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)-\Phi_h(\bar\theta(s))\|$",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    ax.grid(True, which="both", alpha=0.25)
+    return ax
+
+
+def _smooth(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average ignoring NaN (edges use the points available)."""
+    ok = np.isfinite(x)
+    kernel = np.ones(window)
+    num = np.convolve(np.where(ok, x, 0.0), kernel, mode="same")
+    den = np.convolve(ok.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def plot_clip_fraction(trajectory: Trajectory, ax=None, *, window: int | None = None,
+                       label: str | None = None, color: str = SGD_COLOR):
+    """Fraction of samples clipped by each step (mean over chains), smoothed by a moving
+    average over ``window`` records (default: about 1/30 of the run), against ``tau``.
+
+    For ``clip_per="batch"`` runs the recorded value is 1 when the batch was clipped, so the
+    curve is the fraction of clipped steps.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> p = sc.problems.logistic2d()
+    >>> run = sc.simulate_sgd(p, sc.NormClip(0.5), "harmonic:0.5", steps=30, chains=4, seed=0)
+    >>> ax = plot_clip_fraction(run)
+    """
+    ax = get_ax(ax, figsize=(6.4, 4.0))
+    t = _np(trajectory.tau)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(_np(trajectory.clip_fraction), axis=0)
+    w = max(1, len(t) // 30) if window is None else int(window)
+    if w < 1:
+        raise ValueError(f"`window` must be an integer >= 1, got {window}.")
+    sm = _smooth(mean, w)
+    ax.plot(t, mean, color=color, lw=0.5, alpha=0.3)
+    ax.plot(t, sm, color=color, lw=1.8, label=(label or "mean over chains")
+            + (f", moving average of {w}" if w > 1 else ""))
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(TAU_LABEL)
+    ax.set_ylabel("fraction of samples clipped")
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return ax
+
+
+def noise_figure(trajectory: Trajectory, axes=None, *, band: tuple[float, float] = (0.1, 0.9),
+                 n_faint: int = 5):
+    r"""The martingale noise of the chains: ``||xi(n)||`` with
+    ``xi(n) = sum_{k<n} a(k) M(k+1)`` (left) and its quadratic variation
+    ``sum_{k<n} a(k)^2 ||M(k+1)||^2`` (right), against ``tau``. Under (A2) both converge.
+
+    Needs a trajectory recorded with ``simulate_sgd(..., record_noise=True)``.
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> p = sc.problems.logistic2d()
+    >>> run = sc.simulate_sgd(p, sc.NormClip(0.5), "harmonic:0.5", steps=30, chains=4, seed=0,
+    ...                       record_noise=True)
+    >>> fig = noise_figure(run)
+    """
+    if trajectory.xi is None or trajectory.quadratic_variation is None:
+        raise ValueError("`trajectory` has no noise records: run simulate_sgd(..., "
+                         "record_noise=True).")
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    else:
+        fig = axes[0].figure
+    plot_ensemble(trajectory.tau, trajectory.xi.norm(dim=-1), axes[0], band=band,
+                  n_faint=n_faint, label="‖ξ‖")
+    axes[0].set_ylabel(r"$\|\xi(n)\|$")
+    plot_ensemble(trajectory.tau, trajectory.quadratic_variation, axes[1], band=band,
+                  n_faint=n_faint, label="QV")
+    axes[1].set_ylabel("quadratic variation")
+    for ax in axes:
+        ax.set_xlabel(TAU_LABEL)
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    axes[0].set_title(r"martingale noise $\xi(n)=\sum_{k<n} a(k)\,M(k+1)$", fontsize=10)
+    axes[1].set_title(r"quadratic variation $\sum_{k<n} a(k)^2\|M(k+1)\|^2$ "
+                      "(converges under (A2))", fontsize=10)
+    return fig
+
+
+def plot_norms(trajectory: Trajectory, ax=None, *, label: str = "SGD chains",
+               color: str = SGD_COLOR, n_faint: int = 64):
+    r"""``||theta_k(n)||`` of every chain against ``tau`` on a log axis, with each blow-up
+    marked by a cross at the chain's ``blowup_tau`` (the chain is NaN from there on).
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> p = sc.problems.quartic(theta0=3.0)
+    >>> run = sc.simulate_sgd(p, sc.NoClip(), "constant:0.5", steps=10, chains=2, seed=0)
+    >>> ax = plot_norms(run)
+    """
+    ax = get_ax(ax, figsize=(6.4, 4.0))
+    t = _np(trajectory.tau)
+    norms = _np(trajectory.theta.norm(dim=-1))
+    for k in range(min(n_faint, norms.shape[0])):
+        ax.plot(t, norms[k], color=color, lw=0.8, alpha=0.5,
+                label=f"{label} (‖θ‖ of each chain)" if k == 0 else None)
+    blown = _np(trajectory.blown_up).astype(bool)
+    if blown.any():
+        bt = _np(trajectory.blowup_tau)[blown]
+        # the last finite norm of each blown-up chain, where the cross goes
+        last = np.array([norms[k][np.isfinite(norms[k])][-1] for k in np.flatnonzero(blown)])
+        ax.plot(bt, last, "x", color="#d73027", ms=9, mew=2,
+                label=f"{label}: blow-up ({int(blown.sum())} of {len(blown)})")
+    ax.set_yscale("log")
+    ax.set_xlabel(TAU_LABEL)
+    ax.set_ylabel("‖θ‖")
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return ax
+
+
+def plot_batch_mean_field(batch_sizes: Sequence[int], means, stderr, ax=None, *,
+                          coords: Sequence[int] = (0,), problem: Problem | None = None,
+                          reference=None, reference_label: str = "full-batch clipped gradient"):
+    r"""How the per-batch mean field ``H_M`` moves with the batch size ``M``: chosen
+    components of the Monte-Carlo estimates with error bars of two standard errors, on a log
+    ``M`` axis. ``M = 1`` is per-sample clipping's ``H``.
+
+    Parameters
+    ----------
+    batch_sizes : ``(L,)`` the values of ``M``.
+    means, stderr : ``(L, P)`` from :func:`sa_clip.batch_mean_field` at each ``M``.
+    reference : ``(P,)``, optional, drawn as a horizontal line per component.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Example
+    -------
+    >>> import torch
+    >>> ax = plot_batch_mean_field([1, 2, 4], torch.ones(3, 2), torch.zeros(3, 2))
+    """
+    ax = get_ax(ax, figsize=(6.4, 4.0))
+    m, mu, se = _np(batch_sizes), _np(means), _np(stderr)
+    colors = plt.get_cmap("tab10")
+    for j, c in enumerate(coords):
+        name = _param_name(problem, c) if problem is not None else f"θ[{c}]"
+        ax.errorbar(m, mu[:, c], yerr=2 * se[:, c], fmt="o-", ms=4, capsize=3,
+                    color=colors(j % 10), label=f"$H_M$ component {name} (± 2 s.e.)")
+        if reference is not None:
+            ax.axhline(float(_np(reference)[c]), color=colors(j % 10), ls=":", lw=1.2,
+                       label=f"{reference_label}, {name}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size M (per-batch clipping; M = 1 is per-sample H)")
+    ax.set_ylabel(r"component of $H_M(\theta)$")
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    return ax
+
+
+__all__ = ["plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sgd_figure", "plot_tracking",
+           "plot_clip_fraction", "noise_figure", "plot_norms", "plot_batch_mean_field",
+           "TAU_LABEL"]
