@@ -18,6 +18,7 @@ on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from . import distributed  # noqa: E402
 from . import problems as zoo  # noqa: E402
 from .clipping import RULES, ClipRule, make_rule  # noqa: E402
 from .equilibria import clipping_bias, find_equilibria  # noqa: E402
@@ -71,8 +73,9 @@ def save_figure(fig, out: str | os.PathLike, name: str, *, dpi: int | None = Non
     """Save ``fig`` as ``out/name`` (directories created), close it, return the path.
     ``dpi`` defaults to matplotlib's ``savefig.dpi``."""
     path = Path(out) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, **({} if dpi is None else {"dpi": dpi}))
+    if distributed.is_main_process():      # under torchrun only rank 0 writes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, **({} if dpi is None else {"dpi": dpi}))
     plt.close(fig)
     return path
 
@@ -100,6 +103,8 @@ def save_animation(anim, path: str | os.PathLike, *, fps: int = 12, dpi: int = 8
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    if not distributed.is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
@@ -169,12 +174,31 @@ def rule_names(spec: str) -> list[str]:
 def simulate(problem: Problem, rule: ClipRule, args: argparse.Namespace, *,
              chains: int | None = None, record_noise: bool = False, theta0: Any = None,
              steps: int | None = None) -> Trajectory:
-    """The one place the CLI runs clipped SGD (checkpoint/resume will hook in here)."""
+    """The one place the CLI runs clipped SGD. With ``--checkpoint DIR`` (or ``--resume``, whose
+    default folder is ``OUT/checkpoints``) each run writes ``DIR/<rule>[-noise].ckpt.npz`` every
+    ``--checkpoint-every`` steps, and ``--resume`` continues from those files bit for bit."""
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt is None and getattr(args, "resume", False):
+        ckpt = Path(args.out) / "checkpoints"
+    path = None
+    if ckpt is not None:
+        path = Path(ckpt) / f"{rule.name}{'-noise' if record_noise else ''}.ckpt.npz"
+        if distributed.is_main_process():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:                        # every rank runs the same chains; one writes checkpoints
+            path = None
     return simulate_sgd(problem, rule, args.schedule, steps=steps or args.steps,
                         chains=chains or args.chains, batch_size=args.batch_size,
                         clip_per=args.clip_per, seed=args.seed, theta0=theta0,
                         record_every=args.record_every, record_noise=record_noise,
-                        progress=args.progress)
+                        field=make_field(problem, rule), progress=args.progress,
+                        checkpoint=path, checkpoint_every=getattr(args, "checkpoint_every", 500),
+                        resume=bool(getattr(args, "resume", False)) and path is not None)
+
+
+def make_field(problem: Problem, rule: ClipRule) -> MeanField:
+    """The mean field, sharded over the process group when launched by ``torchrun``."""
+    return MeanField(problem, rule, distributed=distributed.is_active())
 
 
 def _log(args: argparse.Namespace, msg: str) -> None:
@@ -226,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         run = simulate(problem, rule, args)
         t1 = time.perf_counter()
-        field = MeanField(problem, rule)
+        field = make_field(problem, rule)
         sol = solve_ode(field, problem.theta0, run.tau, progress=args.progress)
         t2 = time.perf_counter()
         last = float(run.tau[-1])
@@ -328,7 +352,7 @@ def cmd_portrait(args: argparse.Namespace) -> int:
         raise CliError(f"`--problem` {args.problem!r} has P = {problem.P} parameters; the "
                        "portrait needs a 2-parameter problem (tanh, logistic2d).")
     rule = build_rule(rule_names(args.rule)[0], args)
-    field = MeanField(problem, rule)
+    field = make_field(problem, rule)
     r = args.extent
     plane = Plane.coordinates(problem)
     pf = field_on_plane(field, plane, (-r, r), (-r, r), n=args.grid)
@@ -363,7 +387,7 @@ def cmd_tracking(args: argparse.Namespace) -> int:
         last = float(run.tau[-1])
         horizon = min(args.horizon, 0.5 * last)
         starts = torch.linspace(0.0, last - horizon, args.starts, dtype=torch.float64)
-        res = tracking_distance(run, MeanField(problem, rule), horizon=horizon, starts=starts)
+        res = tracking_distance(run, make_field(problem, rule), horizon=horizon, starts=starts)
         plot_tracking(res, ax, label=RULE_LABELS.get(name, name), color=COLORS[k % 5])
         for s, m, q in zip(res.start.tolist(), res.median.tolist(),
                            res.quantile(0.9).tolist()):
@@ -378,7 +402,7 @@ def cmd_equilibria(args: argparse.Namespace) -> int:
     """Table of the zeros of H: position, eigenvalues of DH, kind, and the clipping bias."""
     problem = build_problem(args)
     rule = build_rule(rule_names(args.rule)[0], args)
-    field = MeanField(problem, rule)
+    field = make_field(problem, rule)
     found = find_equilibria(field, n_starts=args.n_starts, scale=args.extent, seed=args.seed)
     eq = [e for e in found if float(e.theta.norm()) <= args.max_norm]
     print(f"{problem!r}, {rule}: {len(eq)} equilibria from {args.n_starts} starts")
@@ -418,7 +442,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     problem = build_problem(args)
     rule = build_rule(rule_names(args.rule)[0], args)
-    field = MeanField(problem, rule)
+    field = make_field(problem, rule)
     plain = MeanField(problem, make_rule("none"))
     thetas = problem.theta0 + 0.01 * torch.randn(
         args.chains, problem.P, generator=torch.Generator().manual_seed(args.seed),
@@ -450,7 +474,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "run": dict(problem="wine", hidden="16", rule="norm,adaptive", lam=1.0, adaptive_lam=0.3,
                 eps=1e-3, schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1,
                 clip_per="sample", seed=0, record_every=10, out="figures/run", horizon=1.0,
-                starts=6, tracking_chains=16, noise_chains=8, noise_steps=1000, portrait_grid=21),
+                starts=6, tracking_chains=16, noise_chains=8, noise_steps=1000, portrait_grid=21,
+                checkpoint=None, checkpoint_every=500, resume=False),
     "portrait": dict(problem="tanh", rule="norm", lam=1.0, eps=1e-3, schedule="harmonic:1.0",
                      steps=400, chains=32, batch_size=1, clip_per="sample", seed=0,
                      record_every=2, out="figures/portrait", extent=3.0, grid=41, ode_starts=8,
@@ -532,6 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chains of the extra run recording the martingale noise, which costs "
                         "a full-data H per step (default 8; 0 skips it)")
     p.add_argument("--noise-steps", type=int, help="steps of that run (default 1000)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="write simulate_sgd checkpoints into DIR (one file per rule)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints (default 500)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the runs from their checkpoints (default folder "
+                        "OUT/checkpoints); the result equals an uninterrupted run")
     p.add_argument("--portrait-grid", type=int,
                    help="grid points per side of the PCA-plane portrait (default 21; 0 skips)")
     p.set_defaults(func=cmd_run)
@@ -646,7 +678,8 @@ def _finish(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
                 value = defaults.get(key)
             setattr(args, key, value)
     for name in ("steps", "chains", "batch_size", "record_every", "starts", "tracking_chains",
-                 "grid", "ode_starts", "n_starts", "frames", "repeats", "noise_steps"):
+                 "grid", "ode_starts", "n_starts", "frames", "repeats", "noise_steps",
+                 "checkpoint_every"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise CliError(f"`--{name.replace('_', '-')}` must be an integer >= 1, got {v}.")
@@ -670,13 +703,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    started = distributed.init_from_env()          # under torchrun: shard H over the ranks
     try:
         args = _finish(args, sub)
+        if not distributed.is_main_process():      # one rank prints and writes files
+            args.quiet, args.progress = True, False
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                return args.func(args)
         return args.func(args)
     except (CliError, ValueError, TypeError) as exc:
         msg = " ".join(str(exc).split())
         print(f"{PROG}: error: {msg} (see `{PROG} {args.command} --help`)", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

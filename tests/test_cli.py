@@ -150,3 +150,71 @@ def test_module_entry_point_in_a_subprocess():
 def test_save_animation_rejects_other_suffixes(tmp_path):
     with pytest.raises(ValueError, match="must end in .gif or .mp4"):
         cli.save_animation(object(), tmp_path / "a.avi")
+
+
+@pytest.mark.slow
+def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch):
+    base = [*TINY_RUN, "--noise-chains", "0", "--portrait-grid", "0"]
+    assert cli.main([*base, "--out", str(tmp_path / "a")]) == 0
+    ref = json.loads((tmp_path / "a" / "summary.json").read_text())["results"]
+    ck = tmp_path / "ck"
+    # an interrupted first run: the SGD of the second rule dies after its checkpoint is written
+    real = cli.simulate_sgd
+    calls = []
+
+    class Dying(cli.MeanField):
+        """Interrupts after 15 steps (the checkpoint of step 10 is on disk by then)."""
+        n = 0
+
+        def _tick(self):
+            Dying.n += 1
+            if Dying.n > 15:
+                raise KeyboardInterrupt
+
+        def directions(self, *a, **k):
+            self._tick()
+            return super().directions(*a, **k)
+
+        def directions_stats(self, *a, **k):
+            self._tick()
+            return super().directions_stats(*a, **k)
+
+    def dying(problem, rule, *a, **k):
+        calls.append(k["checkpoint"])
+        if len(calls) == 2:
+            k["field"] = Dying(problem, rule)
+        return real(problem, rule, *a, **k)
+
+    monkeypatch.setattr(cli, "simulate_sgd", dying)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*base, "--out", str(tmp_path / "b"), "--checkpoint", str(ck),
+                  "--checkpoint-every", "10"])
+    assert sorted(p.name for p in ck.iterdir()) == ["adaptive.ckpt.npz", "norm.ckpt.npz"]
+    monkeypatch.setattr(cli, "simulate_sgd", real)
+    assert cli.main([*base, "--out", str(tmp_path / "b"), "--checkpoint", str(ck),
+                     "--checkpoint-every", "10", "--resume"]) == 0
+    got = json.loads((tmp_path / "b" / "summary.json").read_text())["results"]
+    for r0, r1 in zip(ref, got):
+        for key in ("final_loss_ode", "final_loss_sgd_median", "clip_fraction_late",
+                    "tracking_median"):
+            assert r0[key] == r1[key], key
+
+
+@pytest.mark.slow
+def test_tracking_under_torchrun_two_ranks_equals_one_process(tmp_path):
+    cwd = cli.Path(cli.__file__).parents[1]
+    args = ["tracking", "--steps", "20", "--chains", "2", "--starts", "2", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "sa_clip.cli", *args, "--out",
+                          str(tmp_path / "one")], capture_output=True, text=True, cwd=cwd,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m", "sa_clip.cli", *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, cwd=cwd,
+                         timeout=300, env={**cli.os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-2000:]
+    def table(out):
+        return [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("wrote")]
+
+    assert table(two.stdout) == table(one.stdout) and len(table(one.stdout)) >= 3  # once
+    assert (tmp_path / "two" / "tracking.png").stat().st_size > 1000
