@@ -10,34 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import Interrupted, InterruptingField
 
 import sa_clip as sc
 from sa_clip.io import load_npz, save_npz
 
-
-class Interrupted(Exception):
-    pass
-
-
-class FailingField(sc.MeanField):
-    """A MeanField that raises after ``limit`` update directions (an interruption mid-run)."""
-
-    def __init__(self, problem, rule, limit):
-        super().__init__(problem, rule)
-        self.calls, self.limit = 0, limit
-
-    def _tick(self):
-        self.calls += 1
-        if self.calls > self.limit:
-            raise Interrupted
-
-    def directions(self, *a, **k):
-        self._tick()
-        return super().directions(*a, **k)
-
-    def directions_stats(self, *a, **k):
-        self._tick()
-        return super().directions_stats(*a, **k)
+FailingField = InterruptingField
 
 
 def _fields(tr):

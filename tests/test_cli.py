@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import InterruptingField
 
 from sa_clip import cli
 
@@ -162,27 +163,11 @@ def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch):
     real = cli.simulate_sgd
     calls = []
 
-    class Dying(cli.MeanField):
-        """Interrupts after 15 steps (the checkpoint of step 10 is on disk by then)."""
-        n = 0
-
-        def _tick(self):
-            Dying.n += 1
-            if Dying.n > 15:
-                raise KeyboardInterrupt
-
-        def directions(self, *a, **k):
-            self._tick()
-            return super().directions(*a, **k)
-
-        def directions_stats(self, *a, **k):
-            self._tick()
-            return super().directions_stats(*a, **k)
-
     def dying(problem, rule, *a, **k):
         calls.append(k["checkpoint"])
         if len(calls) == 2:
-            k["field"] = Dying(problem, rule)
+            # interrupted after 15 steps: the checkpoint of step 10 is on disk by then
+            k["field"] = InterruptingField(problem, rule, 15, KeyboardInterrupt)
         return real(problem, rule, *a, **k)
 
     monkeypatch.setattr(cli, "simulate_sgd", dying)

@@ -1,11 +1,11 @@
 """Every script in examples/ runs at tiny size (Agg backend) and writes non-empty files."""
 
-import importlib.util
 import os
 
 import matplotlib
 import pytest
 import torch
+from helpers import load_example
 
 matplotlib.use("Agg")
 
@@ -27,17 +27,11 @@ TINY = {
 SLOW: set[str] = set()          # every example runs in a few seconds at tiny size
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples",
-                                                                     f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_tracking_example_runs_at_tiny_size(tmp_path, capsys):
     fig = tmp_path / "t.png"
-    res = load("tracking").main(["--steps", "20", "--chains", "2", "--starts", "2",
+    res = load_example("tracking").main(["--steps", "20", "--chains", "2", "--starts", "2",
                                  "--horizon", "0.5", "--figure", str(fig)])
     assert res.distance.shape == (2, 2) and torch.isfinite(res.distance).all()
     assert "median D_T falls" in capsys.readouterr().out
@@ -57,12 +51,13 @@ def test_every_example_has_a_smoke_test():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
                                   for n in TINY if n in EXAMPLES])
 def test_example_writes_images(name, tmp_path, capsys):
-    load(name).main([*TINY[name], "--out", str(tmp_path)])
+    load_example(name).main([*TINY[name], "--out", str(tmp_path)])
     files = [f for f in tmp_path.rglob("*") if f.suffix in (".png", ".gif")]
     assert files and all(f.stat().st_size > 1000 for f in files)
     assert "wrote" in capsys.readouterr().out
 
 
 def test_exploding_example_shows_the_contrast(tmp_path):
-    blowups = load("exploding").main(["--steps", "30", "--chains", "8", "--out", str(tmp_path)])
+    blowups = load_example("exploding").main(["--steps", "30", "--chains", "8", "--out",
+                                              str(tmp_path)])
     assert blowups["none"] > 0 and blowups["norm"] == 0

@@ -1,21 +1,13 @@
 """Every theory example runs at tiny size and writes a non-empty PNG."""
 
-import importlib.util
-import os
 
 import matplotlib
 import pytest
+from helpers import load_example
 
 matplotlib.use("Agg")
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples",
-                                                                     f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 CASES = {
@@ -31,7 +23,7 @@ CASES = {
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "azuma_stability"
                                   else n for n in sorted(CASES)])
 def test_example_runs_at_tiny_size(name, tmp_path, capsys):
-    res = load(name).main([*CASES[name], "--out", str(tmp_path)])
+    res = load_example(name).main([*CASES[name], "--out", str(tmp_path)])
     png = tmp_path / f"{name}.png"
     assert png.exists() and png.stat().st_size > 1000
     assert res["figure"] == str(png)
