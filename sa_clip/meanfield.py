@@ -179,7 +179,12 @@ class MeanField:
             safe = self._differentiable or torch.is_grad_enabled()
             return self._fast.clipped_sum(theta, x, y, shared=True, safe=safe)
         g = self._grads(theta, x, y, shared_data=True)
-        return self.rule.clip(g, theta.unsqueeze(1), self.problem.layout).sum(1)
+        rule, layout = self.rule, self.problem.layout
+        if rule.granularity in ("none", "global"):
+            # sum_i g_i / c_i is a (1, B) x (B, P) product per theta: one read of g, no copy
+            w = 1.0 / rule.group_factors(g, theta.unsqueeze(1), layout)       # (K, B, 1)
+            return torch.bmm(w.transpose(1, 2), g).squeeze(1)
+        return rule.clip(g, theta.unsqueeze(1), layout).sum(1)
 
     # ------------------------------------------------------------------ the field
     def _h(self, theta: torch.Tensor) -> torch.Tensor:

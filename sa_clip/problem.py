@@ -358,13 +358,22 @@ class Problem:
         """``l_i(theta)`` for a batch: shape ``(B,)``; ``theta`` of shape (P,)."""
         return self.batch_losses(self.outputs(theta, x), y)
 
-    def _loss_one(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.sample_losses(theta, x.unsqueeze(0), y.unsqueeze(0))[0]
+    def _loss_one(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                  ) -> torch.Tensor:
+        out = functional_call(self.model, {**params, **self.buffers}, (x.unsqueeze(0),))
+        return self.batch_losses(out, y.unsqueeze(0))[0]
 
     def per_sample_grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                          ) -> torch.Tensor:
-        """Per-sample gradients ``g_i = grad l_i(theta)``, shape ``(B, P)`` (``vmap(grad)``)."""
-        return vmap(grad(self._loss_one), in_dims=(None, 0, 0))(theta, x, y)
+        """Per-sample gradients ``g_i = grad l_i(theta)``, shape ``(B, P)`` (``vmap(grad)``).
+
+        Differentiated with respect to the named tensors (views of ``theta``) and concatenated
+        once: differentiating through the slices of a flat ``theta`` instead would scatter every
+        block into a zero ``(B, P)`` tensor, about 15 times slower on an MLP.
+        """
+        g = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.unflatten(theta), x, y)
+        b = x.shape[0]
+        return torch.cat([g[blk.name].reshape(b, -1) for blk in self.blocks], dim=1)
 
     # ------------------------------------------------------------------ full-data (unclipped)
     def _chunk(self, k: int, max_elements: int = 2 ** 24) -> int:

@@ -31,7 +31,7 @@ def test_continuum_of_equilibria():
     p = sc.problems.location_problem([-3.0, 3.0])
     field = sc.MeanField(p, sc.NormClip(1.0))
     grid = torch.linspace(-2, 2, 41, dtype=torch.float64)[:, None]
-    assert float(field(grid).abs().max()) == 0.0           # every point of [-2, 2]
+    assert float(field(grid).abs().max()) < 1e-15          # every point of [-2, 2]
     assert float(field(torch.tensor([2.5])).abs()) > 0     # and not beyond
     eq = find_equilibria(field, starts=grid[::8], seed=0)
     assert len(eq) >= 3 and all(e.kind == "degenerate" for e in eq)
