@@ -25,6 +25,11 @@ GALLERY = {
     "batch_clipping": [],
     "exploding": [],
     "animation": ["--frames", "24", "--grid", "21"],
+    "equilibria_basins": [],
+    "clipping_bias": [],
+    "fluctuations": [],
+    "quartic_l0l1": [],
+    "azuma_stability": [],
 }
 
 
@@ -50,6 +55,12 @@ TINY = {
     "batch_clipping": ["--n", "16", "--samples", "20"],
     "exploding": ["--steps", "10", "--chains", "4"],
     "animation": ["--steps", "10", "--chains", "4", "--frames", "3", "--grid", "7"],
+    "equilibria_basins": ["--grid", "6", "--starts", "6", "--horizon", "5"],
+    "clipping_bias": ["--lams", "1", "5"],
+    "fluctuations": ["--chains", "50", "--steps", "40"],
+    "quartic_l0l1": ["--starts", "1.5", "12", "--steps", "150"],
+    "azuma_stability": ["--chains", "200", "--steps", "30", "--blowup-chains", "20",
+                        "--blowup-steps", "20", "--lams", "1", "32"],
 }
 
 
