@@ -528,6 +528,14 @@ def _common(p: argparse.ArgumentParser, cmd: str) -> None:
                                                   f"{d['chains']})")
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that build a data-set network and may use the adaptive rule."""
+    p.add_argument("--hidden", help="hidden layer widths of data-set problems, comma-separated "
+                                    "(default 16)")
+    p.add_argument("--adaptive-lam", type=float,
+                   help="lambda for the adaptive rule (run: default 0.3; else --lam)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                  epilog="Run `sa-clip SUBCOMMAND --help` for the options of each command.")
@@ -544,9 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", default=None,
                    help="tiny sizes (seconds): " + ", ".join(f"{k}={v}" for k, v in
                                                              QUICK.items()))
-    p.add_argument("--hidden", help="hidden layer widths, comma-separated (default 16)")
-    p.add_argument("--adaptive-lam", type=float,
-                   help="lambda for the adaptive rule (default 0.3; --lam for the others)")
+    _model_options(p)
     p.add_argument("--samples", type=int, help="use only the first N samples of the data set")
     p.add_argument("--horizon", type=float, help="T of D_T(s), ODE time (default 1)")
     p.add_argument("--starts", type=int, help="number of start times s (default 6)")
@@ -588,8 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "at each start s (one batched solve) and prints D_T(s); writes "
                        "tracking.png.")
     _common(p, "tracking")
-    p.add_argument("--hidden", help="hidden widths for data-set problems (default 16)")
-    p.add_argument("--adaptive-lam", type=float, help="lambda for the adaptive rule")
+    _model_options(p)
     p.add_argument("--horizon", type=float, help="T, ODE time (default 1)")
     p.add_argument("--starts", type=int, help="number of start times s (default 6)")
     p.set_defaults(func=cmd_tracking)
@@ -600,8 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "measures the clipping bias (the unclipped gradient there and the "
                        "distance to the unclipped minimiser).")
     _common(p, "equilibria")
-    p.add_argument("--hidden", help="hidden widths for data-set problems (default 16)")
-    p.add_argument("--adaptive-lam", type=float, help="lambda for the adaptive rule")
+    _model_options(p)
     p.add_argument("--n-starts", type=int, help="root-finding starts (default 24)")
     p.add_argument("--extent", type=float, help="spread of the random starts (default 1.5)")
     p.add_argument("--max-norm", type=float,
@@ -613,8 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with --builtin (or when they are absent) times the clipped H against "
                        "the unclipped one and a plain full-data gradient.")
     _common(p, "bench")
-    p.add_argument("--hidden", help="hidden widths for data-set problems (default 16)")
-    p.add_argument("--adaptive-lam", type=float, help="lambda for the adaptive rule")
+    _model_options(p)
     p.add_argument("--builtin", action="store_true", default=None,
                    help="the built-in timing even when benchmarks/ exists")
     p.add_argument("--repeats", type=int, help="timing repeats (default 5)")
