@@ -474,7 +474,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "run": dict(problem="wine", hidden="16", rule="norm,adaptive", lam=1.0, adaptive_lam=0.3,
                 eps=1e-3, schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1,
                 clip_per="sample", seed=0, record_every=10, out="figures/run", horizon=1.0,
-                starts=6, tracking_chains=16, noise_chains=8, noise_steps=1000, portrait_grid=21,
+                starts=12, tracking_chains=64, noise_chains=8, noise_steps=1000, portrait_grid=21,
                 checkpoint=None, checkpoint_every=500, resume=False),
     "portrait": dict(problem="tanh", rule="norm", lam=1.0, eps=1e-3, schedule="harmonic:1.0",
                      steps=400, chains=32, batch_size=1, clip_per="sample", seed=0,
@@ -555,9 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--samples", type=int, help="use only the first N samples of the data set")
     p.add_argument("--horizon", type=float, help="T of D_T(s), ODE time (default 1)")
-    p.add_argument("--starts", type=int, help="number of start times s (default 6)")
+    p.add_argument("--starts", type=int, help="number of start times s (default 12)")
     p.add_argument("--tracking-chains", type=int,
-                   help="chains used for D_T(s) (default 16; each costs an ODE solve per "
+                   help="chains used for D_T(s) (default 64, all; each costs an ODE solve per "
                         "start)")
     p.add_argument("--noise-chains", type=int,
                    help="chains of the extra run recording the martingale noise, which costs "
