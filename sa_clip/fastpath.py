@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ from torch import nn
 from torch.func import grad, jvp, vmap
 
 from .clipping import ClipRule, ValueClip
+from .engine import Engine
 from .problem import Block, Problem, group_norms
 
 Act = Callable[[torch.Tensor], torch.Tensor]
@@ -140,13 +142,54 @@ def _split_model(model: nn.Module) -> tuple[list[nn.Module], str | None]:
                 return [], (f"module {i} is a Flatten that is not Flatten(1, -1) before the "
                             f"first Linear")
         elif t not in ACTIVATIONS:   # activations run as pure functions, never in place
-            return [], (f"module {i} ({t.__name__}) is neither Linear nor one of the "
+            return [], (f"{t.__name__} at module {i} is neither Linear nor one of the "
                         f"element-wise activations {[a.__name__ for a in ACTIVATIONS]}")
         if getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None):
             return [], f"module {i} has forward hooks"
     if not seen_linear:
         return [], "the Sequential has no Linear layer"
     return mods, None
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """What the analysis of a Linear-stack model found (built once per problem).
+
+    ``flatten``: a leading ``Flatten``; ``pre``: element-wise modules before the first
+    ``Linear``; ``layers``: each ``Linear`` with its parameter blocks and the activations after.
+    """
+
+    flatten: bool
+    pre: tuple[nn.Module, ...]
+    layers: tuple[_Layer, ...]
+
+
+def analyse_stack(problem: Problem) -> tuple[StackPlan | None, str | None]:
+    """``(plan, None)`` when ``problem``'s model and data suit the fast path, else
+    ``(None, why not)``. Rule-independent; :class:`~sa_clip.MeanField` calls it once per
+    problem (through :meth:`LinearStackEngine.analyse`)."""
+    mods, reason = _split_model(problem.model)
+    if reason is not None:
+        return None, reason
+    x, _ = problem.data(slice(0, 1))   # one sample: problems may stream their data
+    if not x.is_floating_point():
+        return None, f"the inputs `X` are not floating point ({x.dtype})"
+    flatten = any(type(m) is nn.Flatten for m in mods)
+    if x.dim() != 2 and not (flatten and x.dim() >= 2):
+        return None, (f"the inputs `X` have shape (N, {', '.join(map(str, x.shape[1:]))}); the "
+                      f"fast path needs (N, d), or a leading nn.Flatten()")
+    try:
+        pre, layers = _layers(problem, mods)
+    except ValueError as exc:
+        return None, str(exc)
+    return StackPlan(flatten, tuple(pre), tuple(layers)), None
+
+
+def rule_reason(rule: ClipRule) -> str | None:
+    """Why the fast path cannot serve ``rule`` (it needs a scaling per group), or None."""
+    if isinstance(rule, ValueClip) or rule.granularity not in ("none", "global", "layer", "unit"):
+        return f"rule {type(rule).__name__} clamps coordinates and needs per-sample gradients"
+    return None
 
 
 def unsupported_reason(problem: Problem, rule: ClipRule) -> str | None:
@@ -159,23 +202,7 @@ def unsupported_reason(problem: Problem, rule: ClipRule) -> str | None:
     >>> unsupported_reason(p, sc.ValueClip(1.0))
     'rule ValueClip clamps coordinates and needs per-sample gradients'
     """
-    if isinstance(rule, ValueClip) or rule.granularity not in ("none", "global", "layer", "unit"):
-        return f"rule {type(rule).__name__} clamps coordinates and needs per-sample gradients"
-    mods, reason = _split_model(problem.model)
-    if reason is not None:
-        return reason
-    x, _ = problem.data(slice(0, 1))   # one sample: problems may stream their data
-    if not x.is_floating_point():
-        return f"the inputs `X` are not floating point ({x.dtype})"
-    flatten = any(type(m) is nn.Flatten for m in mods)
-    if x.dim() != 2 and not (flatten and x.dim() >= 2):
-        return (f"the inputs `X` have shape (N, {', '.join(map(str, x.shape[1:]))}); the fast "
-                f"path needs (N, d), or a leading nn.Flatten()")
-    try:
-        _layers(problem, mods)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    return rule_reason(rule) or analyse_stack(problem)[1]
 
 
 def _layers(problem: Problem, mods: list[nn.Module]) -> tuple[list[nn.Module], list[_Layer]]:
@@ -206,12 +233,14 @@ def _layers(problem: Problem, mods: list[nn.Module]) -> tuple[list[nn.Module], l
     return pre, layers
 
 
-class LinearStackEngine:
-    """The clipped-gradient sums of :class:`~sa_clip.MeanField` for a stack of Linear layers.
+class LinearStackEngine(Engine):
+    """The clipped-gradient sums of :class:`~sa_clip.MeanField` for a stack of Linear layers
+    (the ``"fast"`` :class:`~sa_clip.engine.Engine`).
 
     All methods take ``theta`` of shape ``(K, P)`` and a chunk of data: ``x`` of shape
     ``(B, ...)`` shared by the K rows (``shared=True``, the full-data mean field) or
     ``(K, B, ...)`` one batch per row (``shared=False``, SGD minibatches), ``y`` likewise.
+    ``plan``: the result of :func:`analyse_stack` when already known.
 
     Example
     -------
@@ -223,15 +252,21 @@ class LinearStackEngine:
     torch.Size([1, 4])
     """
 
-    def __init__(self, problem: Problem, rule: ClipRule):
-        reason = unsupported_reason(problem, rule)
+    name = "fast"
+    summary = ("a stack of Linear layers and element-wise activations: per-sample gradient "
+               "norms without per-sample gradients")
+
+    def __init__(self, problem: Problem, rule: ClipRule, plan: StackPlan | None = None):
+        reason = rule_reason(rule)
+        if plan is None and reason is None:
+            plan, reason = analyse_stack(problem)
         if reason is not None:
             raise ValueError(f"the fast path does not apply: {reason}.")
-        self.problem, self.rule = problem, rule
-        mods, _ = _split_model(problem.model)
-        self.flatten = any(type(m) is nn.Flatten for m in mods)
-        pre, self.layers = _layers(problem, mods)
-        self._pre = [_act_function(m) for m in pre if type(m) is not nn.Identity]
+        assert plan is not None
+        super().__init__(problem, rule, plan)
+        self.flatten = plan.flatten
+        self.layers = list(plan.layers)
+        self._pre = [_act_function(m) for m in plan.pre if type(m) is not nn.Identity]
         self._order = sorted(
             [(ly.weight.start, i, "w") for i, ly in enumerate(self.layers)]
             + [(ly.bias.start, i, "b") for i, ly in enumerate(self.layers) if ly.bias is not None])
@@ -241,6 +276,14 @@ class LinearStackEngine:
         for b in problem.blocks:
             self._unit_offset[b.name] = g
             g += b.units
+
+    @classmethod
+    def analyse(cls, problem: Problem) -> tuple[Any, str | None]:
+        return analyse_stack(problem)
+
+    @classmethod
+    def rule_reason(cls, rule: ClipRule) -> str | None:
+        return rule_reason(rule)
 
     @property
     def elements_per_sample(self) -> int:
@@ -320,40 +363,78 @@ class LinearStackEngine:
             return torch.linalg.vector_norm(x, dim=-1)
         return _safe_sqrt((x * x).sum(-1))
 
-    def _block_factors(self, theta: torch.Tensor, inputs: list[torch.Tensor],
-                       deltas: list[torch.Tensor], safe: bool) -> list[torch.Tensor]:
-        """Clipping factors for each block, in Layout order: ``(K, B, 1)`` for global and
-        layer-wise rules and biases, ``(K, B, d_out)`` for weight rows under unit-wise rules."""
-        rule, gran = self.rule, self.rule.granularity
+    def _block_norms(self, theta: torch.Tensor, inputs: list[torch.Tensor],
+                     deltas: list[torch.Tensor], safe: bool) -> list[torch.Tensor]:
+        """Per-sample gradient norms of the rule's groups, in Layout order: one ``(K, B, 1)``
+        tensor for global rules; for layer-wise rules ``(K, B, 1)`` per block; for unit-wise
+        rules ``(K, B, d_out)`` per weight matrix (one per row) and ``(K, B, 1)`` per bias."""
+        gran = self.rule.granularity
         k, bsz = deltas[0].shape[:2]
         anorm, dnorm = {}, {}
         for i in {i for _, i, _ in self._order}:
             anorm[i] = self._norm(inputs[i], safe).expand(k, bsz)
             dnorm[i] = self._norm(deltas[i], safe)
-        tn = group_norms(theta, self.problem.layout, gran).unsqueeze(1) if rule.relative \
-            else None
-        if gran == "global":
+        if gran in ("global", "none"):
             sq = sum((anorm[i] * dnorm[i]) ** 2 if kind == "w" else dnorm[i] ** 2
                      for _, i, kind in self._order)
-            c = rule.factors(_safe_sqrt(sq).unsqueeze(-1), tn)  # type: ignore[arg-type]
-            return [c] * len(self._order)
+            return [_safe_sqrt(sq).unsqueeze(-1)]  # type: ignore[arg-type]
         if gran == "layer":
-            gn = torch.stack([anorm[i] * dnorm[i] if kind == "w" else dnorm[i]
-                              for _, i, kind in self._order], -1)
-            c = rule.factors(gn, tn)
-            return list(c.split(1, -1))
+            return [(anorm[i] * dnorm[i] if kind == "w" else dnorm[i]).unsqueeze(-1)
+                    for _, i, kind in self._order]
         out = []
         for _, i, kind in self._order:
-            ly = self.layers[i]
-            block = ly.weight if kind == "w" else ly.bias
-            g0 = self._unit_offset[block.name]
             if kind == "w":   # ||a_i|| |delta_ij|; in place when nothing differentiates
                 gn = deltas[i].abs()
                 gn = gn * anorm[i].unsqueeze(-1) if safe else gn.mul_(anorm[i].unsqueeze(-1))
             else:
                 gn = dnorm[i].unsqueeze(-1)
+            out.append(gn)
+        return out
+
+    def _block_factors(self, theta: torch.Tensor, inputs: list[torch.Tensor],
+                       deltas: list[torch.Tensor], safe: bool) -> list[torch.Tensor]:
+        """Clipping factors for each block, in Layout order: ``(K, B, 1)`` for global and
+        layer-wise rules and biases, ``(K, B, d_out)`` for weight rows under unit-wise rules."""
+        rule, gran = self.rule, self.rule.granularity
+        norms = self._block_norms(theta, inputs, deltas, safe)
+        tn = group_norms(theta, self.problem.layout, gran).unsqueeze(1) if rule.relative \
+            else None
+        if gran == "global":
+            return [rule.factors(norms[0], tn)] * len(self._order)
+        if gran == "layer":
+            return list(rule.factors(torch.cat(norms, -1), tn).split(1, -1))
+        out = []
+        for (_, i, kind), gn in zip(self._order, norms):
+            ly = self.layers[i]
+            block = ly.weight if kind == "w" else ly.bias
+            g0 = self._unit_offset[block.name]
             out.append(rule.factors(gn, None if tn is None else tn[..., g0:g0 + block.units]))
         return out
+
+    def group_norms(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                    shared: bool = True) -> torch.Tensor:
+        """Per-sample gradient norms of the rule's groups, ``(K, B, G)`` (``G = 1`` for global
+        and unclipped rules), without per-sample gradients."""
+        inputs, deltas = self._propagate(theta, x, y, shared)
+        return torch.cat(self._block_norms(theta, inputs, deltas, safe=False), -1)
+
+    def clipped_directions(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                           shared: bool = True) -> torch.Tensor:
+        """Every clipped per-sample gradient ``u_i``, ``(K, B, P)``: the outer products
+        ``(delta_i / c_i) a_i^T`` and biases ``delta_i / c_i``, in Layout order."""
+        inputs, deltas = self._propagate(theta, x, y, shared)
+        k, bsz = deltas[0].shape[:2]
+        cs = None if self.rule.granularity == "none" else \
+            self._block_factors(theta, inputs, deltas, safe=False)
+        pieces = []
+        for j, (_, i, kind) in enumerate(self._order):
+            d = deltas[i] if cs is None else deltas[i] / cs[j]
+            if kind == "b":
+                pieces.append(d)
+                continue
+            a = inputs[i].expand(k, bsz, -1)
+            pieces.append((d.unsqueeze(-1) * a.unsqueeze(-2)).reshape(k, bsz, -1))
+        return torch.cat(pieces, -1)
 
     def factors(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                 shared: bool = True) -> torch.Tensor:
@@ -392,11 +473,7 @@ class LinearStackEngine:
                     delta = torch.div(delta, c, out=c)
                 else:
                     delta = delta / c
-            if a.dim() == 2:   # shared inputs: one GEMM for all K
-                gw = delta.transpose(1, 2).reshape(k * ly.d_out, -1) @ a
-            else:
-                gw = torch.bmm(delta.transpose(1, 2), a)
-            pieces.append(gw.reshape(k, -1))
+            pieces.append(_outer_sum(delta, a))
         return torch.cat(pieces, 1)
 
     def clipped_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -457,17 +534,27 @@ class LinearStackEngine:
             v = v.clamp(-thr, thr) if safe else v.clamp_(-thr, thr)
             pos = an > 0
             a_hat = a * (pos / torch.where(pos, an, torch.ones_like(an))).unsqueeze(-1)
-            if a_hat.dim() == 2:
-                gw = v.transpose(1, 2).reshape(k * ly.d_out, -1) @ a_hat
-            else:
-                gw = torch.bmm(v.transpose(1, 2), a_hat)
-            pieces.append(gw.reshape(k, -1))
+            pieces.append(_outer_sum(v, a_hat))
         return torch.cat(pieces, 1)
 
     def gradient_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      shared: bool = True) -> torch.Tensor:
         """Unclipped ``sum_i g_i`` over the chunk, shape ``(K, P)``."""
         return self._weighted_sum(*self._propagate(theta, x, y, shared), None)
+
+
+def _outer_sum(delta: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``sum_i delta_i a_i^T`` per row, flattened row-major: ``(K, d_out * d_in)``.
+
+    ``delta`` is ``(K, B, d_out)``; ``a`` is ``(B, d_in)`` shared by the K rows (one GEMM for
+    all of them) or ``(K, B, d_in)`` (a batched product).
+    """
+    k, _, d_out = delta.shape
+    if a.dim() == 2:
+        gw = delta.transpose(1, 2).reshape(k * d_out, -1) @ a
+    else:
+        gw = torch.bmm(delta.transpose(1, 2), a)
+    return gw.reshape(k, -1)
 
 
 def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
@@ -477,4 +564,5 @@ def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
                        torch.zeros_like(sq))
 
 
-__all__ = ["ACTIVATIONS", "LinearStackEngine", "unsupported_reason"]
+__all__ = ["ACTIVATIONS", "LinearStackEngine", "StackPlan", "analyse_stack", "rule_reason",
+           "unsupported_reason"]

@@ -6,29 +6,105 @@ r"""The clipped mean field ``H(theta)`` and the stochastic update it averages (S
 with ``c_i`` the clipping factors of the rule (per group for layer- and unit-wise rules). The
 limiting ODE of clipped SGD is ``d theta / d tau = -H(theta)``.
 
-Per-sample gradients come from ``torch.func`` (``vmap(grad(.))``) in chunks of samples, so
-memory stays bounded; ``K`` parameter vectors (shape ``(K, P)``) are one batched computation.
-For stacks of ``Linear`` layers and element-wise activations the fast path of
-:mod:`sa_clip.fastpath` replaces the per-sample gradients by their norms (same numbers, to
-round-off, at about the cost of one plain gradient).
+The per-sample work is done by an *engine* (:mod:`sa_clip.engine`), chosen once per field from
+the registry :data:`ENGINES`: ``"vmap"`` computes per-sample gradients with ``torch.func``
+(``vmap(grad(.))``), any model; ``"fast"`` (:mod:`sa_clip.fastpath`) serves stacks of
+``Linear`` layers and element-wise activations with per-sample gradient norms instead (same
+numbers, to round-off, at about the cost of one plain gradient). :attr:`MeanField.reason` says
+which one was chosen and why. The field chunks the samples (bounded memory), shards them over
+processes, and batches ``K`` parameter vectors (shape ``(K, P)``) into one computation.
+
+Types: everything returns torch tensors on the problem's device and dtype, except scalar
+summaries of one ``theta`` (``ClipStats.fraction``), which are Python floats.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import grad, jacfwd, vmap
+from torch import nn
+from torch.func import jacfwd, vmap
 
 from . import distributed as _dist
-from ._validate import check_choice, check_nonneg_int
+from ._validate import as_tensor, check_choice, check_finite, check_nonneg_int
 from .clipping import ClipRule, make_rule
-from .fastpath import LinearStackEngine, unsupported_reason
-from .problem import Problem, iter_chunks
+from .engine import Engine, VmapEngine
+from .fastpath import LinearStackEngine
+from .problem import Problem, group_norms, iter_chunks
 
-METHODS = ("auto", "vmap", "fast")
+#: The engines, by the name passed as ``MeanField(..., engine=name)``. ``"auto"`` takes the
+#: first that applies, in this order (the general ``"vmap"`` last: it always applies).
+ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "vmap": VmapEngine}
+ENGINE_CHOICES = ("auto", "vmap", "fast")
+METHODS = ENGINE_CHOICES            # the old name, kept for callers that import it
 CLIP_PER = ("sample", "batch")
+
+#: Modules whose training-mode behaviour couples samples or adds noise; evaluated in eval mode.
+_TRAIN_MODE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                       nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.FeatureAlphaDropout)
+_ANALYSES: weakref.WeakKeyDictionary[Problem, dict[str, tuple[Any, str | None]]] = \
+    weakref.WeakKeyDictionary()
+_NOTED: set[str] = set()          # notes given once per process
+
+
+def _note_once(key: str, message: str, stacklevel: int = 5) -> None:
+    if key not in _NOTED:
+        _NOTED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+
+
+def analyse(problem: Problem) -> dict[str, tuple[Any, str | None]]:
+    """The model-side analysis of ``problem`` for every engine, ``{name: (plan, why not)}``,
+    computed once per problem (later fields on the same problem reuse it).
+
+    The first analysis also says, once, what the user should know about the model: modules with
+    a training mode (BatchNorm, Dropout) are evaluated in eval mode, and float32 is not the
+    reference precision.
+    """
+    try:
+        return _ANALYSES[problem]
+    except (KeyError, TypeError):
+        pass
+    out = {name: cls.analyse(problem) for name, cls in ENGINES.items()}
+    special = [f"{type(m).__name__} at {name!r}" for name, m in problem.model.named_modules()
+               if isinstance(m, _TRAIN_MODE_MODULES)]
+    if special:
+        warnings.warn(
+            f"the model has {', '.join(special)}: sa_clip evaluates it in eval mode "
+            "(BatchNorm normalises with its fixed running statistics, Dropout is the "
+            "identity), so each per-sample gradient is that of one deterministic network and "
+            "samples do not interact. H is the mean field of that network, not of training-"
+            "mode SGD, where batch statistics couple the samples of a batch and dropout masks "
+            "add noise to every per-sample gradient.", UserWarning, stacklevel=4)
+    if problem.dtype != torch.float64:
+        _note_once("dtype", f"this problem is {str(problem.dtype).replace('torch.', '')}: allowed, but float64 is the "
+                   "reference precision (relative round-off about 1e-7 in H in float32, more in "
+                   "Jacobians and near equilibria); build the problem with "
+                   "dtype=torch.float64 for reference results. (Said once per session.)")
+    try:
+        _ANALYSES[problem] = out
+    except TypeError:    # a problem that cannot be weakly referenced: analysed per field
+        pass
+    return out
+
+
+def check_theta(problem: Problem, theta: Any, name: str = "theta"
+                ) -> tuple[torch.Tensor, bool]:
+    """``(theta as a (K, P) tensor of the problem's dtype, was_batched)``, refusing complex,
+    NaN and infinite values with a ``ValueError`` naming ``name``."""
+    t = as_tensor(name, theta)
+    if t.is_complex():
+        raise ValueError(f"`{name}` must be real, got a complex tensor ({t.dtype}); pass its "
+                         f"real part explicitly if that is what you mean.")
+    if t.is_floating_point():
+        check_finite(name, t)
+    t, batched = problem.check_theta(t, name)
+    return check_finite(name, t), batched
 
 
 @dataclass(frozen=True)
@@ -39,12 +115,17 @@ class ClipStats:
     ----------
     factors : tensor ``(N, G)`` or ``(K, N, G)``
         Clipping factor ``c >= 1`` of each sample and group (``G = 1`` for global rules).
-    fraction : tensor ``()`` or ``(K,)``
+    fraction : float, or tensor ``(K,)`` for ``K`` parameter vectors
         Fraction of samples with some factor ``> 1`` (clipped somewhere).
+    ratios : tensor like ``factors``
+        ``||g_{i,G}|| / tau_G``, the quantity whose crossing of 1 switches clipping on
+        (``c = max(ratio, 1)`` for the built-in rules); 0 for ``NoClip``, ``max_j |g_ij| / v``
+        for ``ValueClip``.
     """
 
     factors: torch.Tensor
-    fraction: torch.Tensor
+    fraction: Any
+    ratios: torch.Tensor | None = None
 
 
 class MeanField:
@@ -57,12 +138,14 @@ class MeanField:
 
     Other arguments
     ---------------
-    method : ``"auto"`` | ``"vmap"`` | ``"fast"``
-        ``"vmap"``: per-sample gradients from ``torch.func``, any model and rule. ``"fast"``:
-        per-sample gradient norms without per-sample gradients (:mod:`sa_clip.fastpath`), for
-        a ``Linear`` or a ``Sequential`` of ``Linear`` layers and element-wise activations and
-        every rule but ``ValueClip``. ``"auto"`` picks ``"fast"`` when it applies. The
-        attribute ``method`` holds the one chosen.
+    engine : ``"auto"`` | ``"vmap"`` | ``"fast"``
+        How per-sample quantities are computed (:mod:`sa_clip.engine`). ``"vmap"``: per-sample
+        gradients from ``torch.func``, any model and rule. ``"fast"``: per-sample gradient
+        norms without per-sample gradients (:mod:`sa_clip.fastpath`), for a ``Linear`` or a
+        ``Sequential`` of ``Linear`` layers and element-wise activations and every rule but
+        ``ValueClip``. ``"auto"`` picks ``"fast"`` when it applies. The attribute ``method``
+        holds the name chosen, ``engine`` the engine, ``reason`` why it was chosen.
+        ``method=`` is accepted as the old name of this argument.
     chunk_size : int, optional
         Samples per chunk. Default: as many as keep a chunk's working set (``K * chunk * P``
         per-sample gradients for ``"vmap"``, ``K * chunk`` times the layer widths for
@@ -74,18 +157,24 @@ class MeanField:
         group (see :mod:`sa_clip.distributed`): rank ``r`` of ``W`` sums the clipped gradients
         of its contiguous samples ``[N r // W, N (r+1) // W)`` (uneven splits are fine) and the
         partial sums are all-reduced, so every rank returns the full ``H`` (and ``jacobian``,
-        ``clip_stats``), bit-identical across ranks. Every rank must make the same calls in
-        the same order (collectives). ``directions`` (SGD minibatches) is not sharded.
+        ``clip_stats``, ``update_moments``), bit-identical across ranks. Every rank must make
+        the same calls in the same order (collectives). ``directions`` (SGD minibatches) is not
+        sharded.
     group : torch.distributed.ProcessGroup, optional
         The group to shard over (default: the default group). Only with ``distributed=True``.
+
+    The model is evaluated in eval mode (see :class:`~sa_clip.Problem`): a model with BatchNorm
+    or Dropout gets a warning, once, saying what that means for per-sample gradients. A
+    float32 problem gets a note, once per session, that float64 is the reference.
 
     Raises
     ------
     ValueError
-        For ``method="fast"`` on a model or rule the fast path does not cover (says why).
+        For ``engine="fast"`` on a model or rule the fast path does not cover (says why).
 
     Calling ``field(theta)`` with ``theta`` of shape ``(P,)`` returns ``(P,)``; with ``(K, P)``
-    it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector).
+    it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector). ``theta``
+    must be real and finite (``ValueError`` otherwise).
 
     Example
     -------
@@ -95,27 +184,28 @@ class MeanField:
     >>> field = sc.MeanField(p, sc.NormClip(0.5))
     >>> field(torch.zeros(1)).shape
     torch.Size([1])
+    >>> field.reason.split(":")[0]
+    'fast'
     """
 
-    def __init__(self, problem: Problem, rule: ClipRule | str, *, method: str = "auto",
-                 chunk_size: int | None = None, max_elements: int = 2 ** 24,
-                 distributed: bool = False, group: Any = None):
+    def __init__(self, problem: Problem, rule: ClipRule | str, *, engine: str = "auto",
+                 method: str | None = None, chunk_size: int | None = None,
+                 max_elements: int = 2 ** 24, distributed: bool = False, group: Any = None):
         if not isinstance(problem, Problem):
             raise TypeError(f"`problem` must be a sa_clip.Problem, got {type(problem).__name__}.")
         self.problem = problem
         self.rule = make_rule(rule) if isinstance(rule, str) else rule
         if not isinstance(self.rule, ClipRule):
             raise TypeError(f"`rule` must be a ClipRule or a rule name, got {rule!r}.")
-        check_choice("method", method, METHODS)
-        self._fast: LinearStackEngine | None = None
-        if method != "vmap":
-            reason = unsupported_reason(problem, self.rule)
-            if reason is None:
-                self._fast = LinearStackEngine(problem, self.rule)
-            elif method == "fast":
-                raise ValueError(f"`method`='fast' does not apply: {reason}. Use method='auto' "
-                                 f"or 'vmap'.")
-        self.method = "fast" if self._fast is not None else "vmap"
+        arg = "engine"
+        if method is not None:
+            if engine != "auto" and engine != method:
+                raise ValueError(f"`method` is the old name of `engine`: pass one of them, got "
+                                 f"engine={engine!r} and method={method!r}.")
+            engine, arg = method, "method"
+        check_choice(arg, engine, ENGINE_CHOICES)
+        self.engine, self.reason = self._choose(engine, arg)
+        self.method = self.engine.name
         self.chunk_size = None if chunk_size is None else check_nonneg_int(
             "chunk_size", chunk_size, minimum=1)
         self.max_elements = check_nonneg_int("max_elements", max_elements, minimum=1)
@@ -134,24 +224,42 @@ class MeanField:
         self.nfev = 0
         self._differentiable = False
 
+    def _choose(self, wanted: str, arg: str) -> tuple[Engine, str]:
+        """The engine for ``wanted`` (a name or ``"auto"``) and a one-line reason."""
+        plans = analyse(self.problem)
+        why_not: dict[str, str] = {}
+        for name, cls in ENGINES.items():
+            if wanted not in ("auto", name):
+                continue
+            plan, reason = plans[name]
+            reason = cls.rule_reason(self.rule) or reason
+            if reason is None:
+                if wanted == name:
+                    why = f"{name}: requested ({arg}={name!r}); {cls.summary}"
+                elif why_not:
+                    why = f"{name}: " + "; ".join(f"the {n} engine does not apply ({w})"
+                                                  for n, w in why_not.items())
+                else:
+                    why = f"{name}: {cls.summary}"
+                return cls(self.problem, self.rule, plan), why
+            if wanted == name:
+                raise ValueError(f"`{arg}`={name!r} does not apply: {reason}. Use {arg}='auto' "
+                                 f"or 'vmap'.")
+            why_not[name] = reason
+        raise AssertionError("the vmap engine always applies")  # pragma: no cover
+
     def __repr__(self) -> str:
         return f"MeanField({self.problem.name!r}, {self.rule!r}, method={self.method!r})"
 
     # ------------------------------------------------------------------ helpers
-    def _chunk(self, k: int) -> int:
+    def _chunk(self, k: int, per: int | None = None) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
-        per = self._fast.elements_per_sample if self._fast is not None else self.problem.P
+        per = self.engine.elements_per_sample if per is None else per
         n = self.problem.N
         most = max(1, min(n, self.max_elements // max(1, k * per)))
         pieces = -(-n // most)
         return -(-n // pieces)   # balanced: 20,000 in 10,000 + 10,000, not 19,000 + 1,000
-
-    def _grads(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-               shared_data: bool) -> torch.Tensor:
-        """Per-sample gradients ``(K, B, P)`` for ``theta (K, P)``."""
-        in_dims = (0, None, None) if shared_data else (0, 0, 0)
-        return vmap(self.problem.per_sample_grads, in_dims=in_dims)(theta, x, y)
 
     def _shard(self) -> slice:
         """The contiguous samples this process owns (all of them, in one process)."""
@@ -159,11 +267,11 @@ class MeanField:
             return slice(0, self.problem.N)
         return _dist.shard(self.problem.N, *_dist.rank_and_world(self.group))
 
-    def _slices(self, k: int):
+    def _slices(self, k: int, per: int | None = None):
         """The chunks of samples this process evaluates: its shard, chunk by chunk."""
         sh = self._shard()
         return (slice(sh.start + s.start, sh.start + s.stop)
-                for s in iter_chunks(sh.stop - sh.start, self._chunk(k)))
+                for s in iter_chunks(sh.stop - sh.start, self._chunk(k, per)))
 
     def _reduce(self, total: torch.Tensor) -> torch.Tensor:
         """Combine the partial sums of the processes (identity in one process)."""
@@ -171,35 +279,43 @@ class MeanField:
             return total
         return _dist.all_reduce_sum(total, self.group)
 
-    def _chunk_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-                   ) -> torch.Tensor:
-        """``sum_i u_i`` over one chunk of samples, ``(K, P)``, for ``theta (K, P)``."""
-        if self._fast is not None:
-            # differentiable at zero gradient blocks when autograd or jacobian may look
-            safe = self._differentiable or torch.is_grad_enabled()
-            return self._fast.clipped_sum(theta, x, y, shared=True, safe=safe)
-        g = self._grads(theta, x, y, shared_data=True)
-        rule, layout = self.rule, self.problem.layout
-        if rule.granularity in ("none", "global"):
-            # sum_i g_i / c_i is a (1, B) x (B, P) product per theta: one read of g, no copy
-            w = 1.0 / rule.group_factors(g, theta.unsqueeze(1), layout)       # (K, B, 1)
-            return torch.bmm(w.transpose(1, 2), g).squeeze(1)
-        return rule.clip(g, theta.unsqueeze(1), layout).sum(1)
+    def _gather(self, rows: list[torch.Tensor], k: int, g: int, like: torch.Tensor
+                ) -> torch.Tensor:
+        """This shard's per-sample rows ``(K, n_shard, G)`` joined, then all of ``N`` when
+        distributed (every rank gets every sample's rows)."""
+        c = torch.cat(rows, 1) if rows else like.new_zeros(k, 0, g)
+        if self.distributed:
+            c = _dist.all_gather_rows(c, self.problem.N, dim=1, group=self.group)
+        return c
+
+    def _n_groups(self) -> int:
+        gran = self.rule.granularity
+        if gran in ("global", "layer", "unit"):
+            return self.problem.layout.groups(gran)[1]
+        return 1
 
     # ------------------------------------------------------------------ the field
     def _h(self, theta: torch.Tensor) -> torch.Tensor:
         """``H`` for ``theta (K, P)``, differentiable in ``theta``."""
+        # differentiable at zero gradient blocks when autograd or jacobian may look
+        safe = self._differentiable or torch.is_grad_enabled()
         total = torch.zeros_like(theta)
         for s in self._slices(theta.shape[0]):
-            total = total + self._chunk_sum(theta, *self.problem.data(s))
+            total = total + self.engine.clipped_sum(theta, *self.problem.data(s), shared=True,
+                                                    safe=safe)
         return self._reduce(total) / self.problem.N
+
+    def _evaluate(self, t: torch.Tensor) -> torch.Tensor:
+        """``H`` for a validated ``(K, P)`` tensor, no checks (the ODE solver's hot path:
+        a NaN state there is the solver's failure to report, not a user error)."""
+        self.nfev += t.shape[0]
+        with torch.no_grad():
+            return self._h(t)
 
     def __call__(self, theta: Any) -> torch.Tensor:
         """``H(theta)``: ``(P,) -> (P,)``, ``(K, P) -> (K, P)``."""
-        t, batched = self.problem.check_theta(theta)
-        self.nfev += t.shape[0]
-        with torch.no_grad():
-            h = self._h(t)
+        t, batched = check_theta(self.problem, theta)
+        h = self._evaluate(t)
         return h if batched else h[0]
 
     def jacobian(self, theta: Any) -> torch.Tensor:
@@ -208,7 +324,7 @@ class MeanField:
         Exact away from the clipping switch ``||g_i|| = tau``, where ``H`` has a kink: there
         it returns the derivative of the branch that is active at ``theta``.
         """
-        t, batched = self.problem.check_theta(theta)
+        t, batched = check_theta(self.problem, theta)
         # all_reduce cannot run inside jacfwd/vmap: differentiate this shard's part of H, then
         # sum the partial Jacobians (H is linear in the partial sums).
         self._defer_reduce = self._differentiable = True
@@ -221,29 +337,70 @@ class MeanField:
         return jac if batched else jac[0]
 
     def clip_stats(self, theta: Any) -> ClipStats:
-        """Clipping factors of every sample and the fraction of samples clipped.
+        """Clipping factors and ratios ``||g_G|| / tau_G`` of every sample and group, and the
+        fraction of samples clipped (a float for one ``theta``, ``(K,)`` for ``K``).
 
-        With ``distributed=True`` each rank computes the factors of its shard and the shards
-        are all-gathered, so every rank returns the factors of all ``N`` samples.
+        With ``distributed=True`` each rank computes its shard and the shards are
+        all-gathered, so every rank returns the rows of all ``N`` samples.
+
+        >>> import sa_clip as sc
+        >>> p = sc.problems.location_problem([-3.0, 0.0, 3.0])
+        >>> sc.MeanField(p, sc.NormClip(1.0)).clip_stats(torch.zeros(1)).fraction
+        0.6666666666666666
         """
         p, rule = self.problem, self.rule
-        t, batched = p.check_theta(theta)
-        parts = []
+        t, batched = check_theta(p, theta)
+        k, gran = t.shape[0], rule.granularity
         with torch.no_grad():
-            for s in self._slices(t.shape[0]):
-                if self._fast is not None:
-                    parts.append(self._fast.factors(t, *p.data(s), shared=True))
-                    continue
-                g = self._grads(t, *p.data(s), shared_data=True)
-                parts.append(rule.group_factors(g, t.unsqueeze(1), p.layout))
-        if not parts:   # an empty shard (N < world size): no samples, but the right G
-            g0 = rule.group_factors(torch.zeros_like(t[:, None]), t.unsqueeze(1), p.layout)
-            parts.append(g0[:, :0])
-        c = torch.cat(parts, 1)
-        if self.distributed:
-            c = _dist.all_gather_rows(c, p.N, dim=1, group=self.group)
+            if gran == "none":
+                parts = [t.new_zeros(k, s.stop - s.start, 1) for s in self._slices(k)]
+                ratios = self._gather(parts, k, 1, t)
+                c = torch.ones_like(ratios)
+            else:
+                parts = [self.engine.group_norms(t, *p.data(s), shared=True)
+                         for s in self._slices(k)]
+                norms = self._gather(parts, k, self._n_groups(), t)
+                if gran == "coordinate":       # ValueClip: max |g_ij| / v
+                    ratios = norms / rule.v  # type: ignore[attr-defined]
+                    c = torch.clamp(ratios, min=1.0)
+                else:
+                    tn = group_norms(t, p.layout, gran).unsqueeze(1) if rule.relative else None
+                    ratios = norms / rule.thresholds(tn)
+                    c = rule.factors(norms, tn)
         frac = (c > 1).any(-1).to(t.dtype).mean(-1)
-        return ClipStats(c, frac) if batched else ClipStats(c[0], frac[0])
+        if batched:
+            return ClipStats(c, frac, ratios)
+        return ClipStats(c[0], float(frac[0]), ratios[0])
+
+    def update_moments(self, theta: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""First and second moments of the clipped per-sample updates ``u_i = g_i / c_i``:
+
+        .. math:: m = \frac1N \sum_i u_i = H(\theta), \qquad
+                  S_2 = \frac1N \sum_i u_i u_i^\top,
+
+        shapes ``(P,)`` and ``(P, P)`` (``(K, P)``, ``(K, P, P)`` for ``K`` thetas); chunked
+        over samples, through the engine, sharded and all-reduced when distributed. The noise
+        covariance of one-sample updates is ``S_2 - m m^T``
+        (:func:`sa_clip.noise_covariance`).
+
+        >>> import sa_clip as sc
+        >>> p = sc.problems.location_problem([-1.0, 1.0])
+        >>> m, s2 = sc.MeanField(p, sc.NoClip()).update_moments(torch.zeros(1))
+        >>> float(m), float(s2)
+        (0.0, 1.0)
+        """
+        p = self.problem
+        t, batched = check_theta(p, theta)
+        k = t.shape[0]
+        first = t.new_zeros(k, p.P)
+        second = t.new_zeros(k, p.P, p.P)
+        with torch.no_grad():
+            for s in self._slices(k, per=p.P):
+                u = self.engine.clipped_directions(t, *p.data(s), shared=True)   # (K, B, P)
+                first += u.sum(1)
+                second += u.transpose(1, 2) @ u
+            first, second = self._reduce(first) / p.N, self._reduce(second) / p.N
+        return (first, second) if batched else (first[0], second[0])
 
     # ------------------------------------------------------------------ stochastic updates
     def directions(self, theta: torch.Tensor, index: torch.Tensor, clip_per: str = "sample"
@@ -252,12 +409,13 @@ class MeanField:
 
         ``theta`` is ``(K, P)`` and ``index`` ``(K, B)`` holds each row's batch of sample
         indices. ``clip_per="sample"`` averages the clipped per-sample gradients (the paper,
-        DP-SGD); ``"batch"`` clips the batch-mean gradient (``clip_grad_norm_``).
+        DP-SGD); ``"batch"`` clips the batch-mean gradient (``clip_grad_norm_``). No checks on
+        ``theta`` (the SGD hot path; blown-up rows are the caller's to drop).
         """
         check_choice("clip_per", clip_per, CLIP_PER)
-        if self._fast is not None and clip_per == "sample":
+        if clip_per == "sample":
             x, y = self.problem.take(index)
-            return self._fast.clipped_sum(theta, x, y, shared=False) / index.shape[1]
+            return self.engine.clipped_sum(theta, x, y, shared=False) / index.shape[1]
         return self._directions_stats(theta, index, clip_per)[0]
 
     def directions_stats(self, theta: torch.Tensor, index: torch.Tensor,
@@ -275,18 +433,13 @@ class MeanField:
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         p, rule = self.problem, self.rule
         x, y = p.take(index)
-        if self._fast is not None:
-            if clip_per == "sample":
-                total, c = self._fast.sum_and_factors(theta, x, y, shared=False)
-                return total / index.shape[1], (c > 1).any(-1).to(theta.dtype).mean(-1)
-            gsum = self._fast.gradient_sum(theta, x, y, shared=False)
-            u, c = rule.clip_and_factors(gsum, theta, p.layout, 1.0 / index.shape[1],
-                                         overwrite=True)
-            return u, (c > 1).any(-1).to(theta.dtype)
+        b = index.shape[1]
         if clip_per == "sample":
-            g = self._grads(theta, x, y, shared_data=False)
-            u, c = rule.clip_and_factors(g, theta.unsqueeze(1), p.layout)
-            return u.mean(1), (c > 1).any(-1).to(theta.dtype).mean(-1)
-        gb = vmap(grad(lambda th, xb, yb: p.sample_losses(th, xb, yb).mean()))(theta, x, y)
-        u, c = rule.clip_and_factors(gb, theta, p.layout, overwrite=True)
+            total, c = self.engine.sum_and_factors(theta, x, y, shared=False)
+            return total / b, (c > 1).any(-1).to(theta.dtype).mean(-1)
+        gsum = self.engine.gradient_sum(theta, x, y, shared=False)
+        u, c = rule.clip_and_factors(gsum, theta, p.layout, 1.0 / b, overwrite=True)
         return u, (c > 1).any(-1).to(theta.dtype)
+
+
+__all__ = ["MeanField", "ClipStats", "ENGINES", "analyse", "check_theta"]

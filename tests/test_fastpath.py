@@ -220,7 +220,7 @@ def test_chunk_size_follows_layer_widths():
     p = stack_problem("mse", n=400)
     fast = sc.MeanField(p, sc.NoClip(), max_elements=10_000)
     slow = sc.MeanField(p, sc.NoClip(), method="vmap", max_elements=10_000)
-    per = fast._fast.elements_per_sample
+    per = fast.engine.elements_per_sample
     assert fast._chunk(1) <= 10_000 // per and slow._chunk(1) <= 10_000 // p.P
     assert fast._chunk(1) > 10_000 // per // 2
 
