@@ -27,7 +27,6 @@ import torch
 from ._validate import check_finite, check_nonneg_int, check_positive
 from .clipping import NoClip
 from .meanfield import MeanField
-from .problem import group_norms, iter_chunks
 
 
 @dataclass(frozen=True)
@@ -84,21 +83,16 @@ def switch_margin(field: MeanField, theta: torch.Tensor) -> float:
     """``min | ||g_G|| / tau_G - 1 |`` over samples ``i`` and groups ``G`` at ``theta`` (P,).
 
     0 means some clipping factor sits exactly at its switch, where ``H`` has a kink; ``inf`` for
-    rules without a switch (``NoClip``) or not a norm scaling (``ValueClip``).
+    rules without a switch (``NoClip``) or not a norm scaling (``ValueClip``). The ratios come
+    from :meth:`MeanField.clip_stats` (the field's engine, chunks and shards).
     """
-    rule, p = field.rule, field.problem
-    if rule.granularity in ("none", "coordinate"):
+    if field.rule.granularity in ("none", "coordinate"):
         return float("inf")
-    t, _ = p.check_theta(theta)
-    best = float("inf")
-    with torch.no_grad():
-        tn = group_norms(t[0], p.layout, rule.granularity) if rule.relative else None
-        tau = rule.thresholds(tn)
-        for s in iter_chunks(p.N, max(1, 2 ** 22 // max(p.P, 1))):
-            g = p.per_sample_grads(t[0], *p.data(s))
-            ratio = group_norms(g, p.layout, rule.granularity) / tau
-            best = min(best, float((ratio - 1).abs().min()))
-    return best
+    ratios = field.clip_stats(theta).ratios
+    if ratios.dim() != 2:
+        shape = tuple(torch.as_tensor(theta).shape)
+        raise ValueError(f"`theta` must have shape (P,), got {shape}.")
+    return float((ratios - 1).abs().min()) if ratios.numel() else float("inf")
 
 
 def _starts(field: MeanField, starts, n_starts: int, scale: float, seed: int | None

@@ -10,6 +10,10 @@ asymptotically Gaussian with covariance ``Sigma`` solving the Lyapunov equation
 
 For per-sample clipping with minibatches of ``M`` samples drawn with replacement,
 ``Cov(M) = S_1 / M`` where ``S_1 = (1/N) sum_i (u_i - H)(u_i - H)^T`` is exact over the data.
+
+Types: every function here returns torch tensors (float64 for :func:`clt_covariance` and
+:func:`empirical_covariance`, which solve in numpy/scipy), as the rest of the library does, so
+``float(x)`` of a one-parameter result and ``x.item()`` work. Inputs may be tensors or arrays.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import torch
 
 from ._validate import check_nonneg_int, check_positive
 from .meanfield import MeanField
-from .problem import iter_chunks
 
 
 def noise_covariance(field: MeanField, theta: torch.Tensor, batch_size: int = 1
                      ) -> torch.Tensor:
     """Exact covariance ``(P, P)`` of the per-sample-clipped update noise at ``theta`` (P,):
-    ``S_1 / batch_size`` with ``S_1 = (1/N) sum_i u_i u_i^T - H H^T``, chunked over samples.
+    ``S_1 / batch_size`` with ``S_1 = (1/N) sum_i u_i u_i^T - H H^T``, from
+    :meth:`MeanField.update_moments` (chunked, through the field's engine and shards).
 
     >>> import sa_clip as sc
     >>> p = sc.problems.location_problem([-1.0, 1.0])
@@ -34,31 +38,22 @@ def noise_covariance(field: MeanField, theta: torch.Tensor, batch_size: int = 1
     tensor([[1.]], dtype=torch.float64)
     """
     m = check_nonneg_int("batch_size", batch_size, minimum=1)
-    p, rule = field.problem, field.rule
-    t, batched = p.check_theta(theta)
-    if batched:
+    t = torch.as_tensor(theta) if not isinstance(theta, torch.Tensor) else theta
+    if t.dim() != 1:
         raise ValueError(f"`theta` must have shape (P,), got {tuple(t.shape)}.")
-    th = t[0]
-    second = th.new_zeros(p.P, p.P)
-    first = th.new_zeros(p.P)
-    with torch.no_grad():
-        for s in iter_chunks(p.N, max(1, 2 ** 22 // max(p.P, 1))):
-            u = rule.clip(p.per_sample_grads(th, *p.data(s)), th, p.layout)
-            second += u.T @ u
-            first += u.sum(0)
-    h = first / p.N
-    return (second / p.N - torch.outer(h, h)) / m
+    h, second = field.update_moments(t)
+    return (second - torch.outer(h, h)) / m
 
 
 def clt_covariance(jacobian: torch.Tensor | np.ndarray, noise_cov: torch.Tensor | np.ndarray, *,
-                   a0: float, alpha: float = 1.0) -> np.ndarray:
+                   a0: float, alpha: float = 1.0) -> torch.Tensor:
     """Predicted asymptotic covariance ``Sigma`` of ``(theta(n) - theta*) / sqrt(a(n))``.
 
     ``alpha = 1`` (``a(n) = a0/n``) solves ``(B - I/(2a0)) Sigma + Sigma (B - I/(2a0))^T = S`` and
     requires ``Re eig(B) > 1/(2 a0)``; ``1/2 < alpha < 1`` solves ``B Sigma + Sigma B^T = S``.
 
     >>> clt_covariance(np.array([[1.0]]), np.array([[2.0]]), a0=1.0)
-    array([[2.]])
+    tensor([[2.]], dtype=torch.float64)
     """
     a0 = check_positive("a0", a0)
     alpha = check_positive("alpha", alpha)
@@ -78,7 +73,7 @@ def clt_covariance(jacobian: torch.Tensor | np.ndarray, noise_cov: torch.Tensor 
         raise ValueError(f"the CLT needs every eigenvalue of DH above {need}; the smallest real "
                          f"part of the shifted matrix is {low:.4g}: increase `a0` or pick another "
                          f"equilibrium.")
-    return scipy.linalg.solve_continuous_lyapunov(A, S)
+    return torch.from_numpy(np.ascontiguousarray(scipy.linalg.solve_continuous_lyapunov(A, S)))
 
 
 def scaled_errors(theta: torch.Tensor, theta_star: torch.Tensor, rate: float) -> torch.Tensor:
@@ -91,12 +86,20 @@ def scaled_errors(theta: torch.Tensor, theta_star: torch.Tensor, rate: float) ->
     return (theta - theta_star) / rate ** 0.5
 
 
-def empirical_covariance(x: torch.Tensor) -> np.ndarray:
-    """Sample covariance ``(P, P)`` over the rows of ``x (chains, P)``, non-finite rows dropped."""
-    x = x[torch.isfinite(x).all(-1)].double().cpu().numpy()
+def empirical_covariance(x: torch.Tensor) -> torch.Tensor:
+    """Sample covariance ``(P, P)`` (float64) over the rows of ``x (chains, P)``, non-finite rows
+    dropped.
+
+    >>> empirical_covariance(torch.tensor([[0.0], [2.0]]))
+    tensor([[2.]], dtype=torch.float64)
+    """
+    x = torch.as_tensor(x)
+    if x.dim() != 2:
+        raise ValueError(f"`x` must have shape (chains, P), got {tuple(x.shape)}.")
+    x = x[torch.isfinite(x).all(-1)].double()
     if len(x) < 2:
         raise ValueError(f"need at least 2 finite chains for a covariance, got {len(x)}.")
-    return np.atleast_2d(np.cov(x, rowvar=False))
+    return torch.atleast_2d(torch.cov(x.T))
 
 
 def trajectory_scaled_errors(run, theta_star: torch.Tensor, record: int = -1,

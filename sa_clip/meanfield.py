@@ -82,7 +82,8 @@ def analyse(problem: Problem) -> dict[str, tuple[Any, str | None]]:
             "mode SGD, where batch statistics couple the samples of a batch and dropout masks "
             "add noise to every per-sample gradient.", UserWarning, stacklevel=4)
     if problem.dtype != torch.float64:
-        _note_once("dtype", f"this problem is {str(problem.dtype).replace('torch.', '')}: allowed, but float64 is the "
+        name = str(problem.dtype).replace("torch.", "")
+        _note_once("dtype", f"this problem is {name}: allowed, but float64 is the "
                    "reference precision (relative round-off about 1e-7 in H in float32, more in "
                    "Jacobians and near equilibria); build the problem with "
                    "dtype=torch.float64 for reference results. (Said once per session.)")

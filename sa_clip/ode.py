@@ -29,13 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 from torchdiffeq import odeint
-from torchdiffeq._impl.odeint import SOLVERS
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 from tqdm.auto import tqdm
 
+from . import _torchdiffeq
 from ._validate import as_tensor, check_nonneg_int, check_positive
 from .io import check_array, load_npz, save_npz
-from .meanfield import MeanField
+from .meanfield import MeanField, check_theta
 
 
 class _TooManyEvaluations(RuntimeError):
@@ -60,6 +59,9 @@ class OdeSolution:
         :func:`solve_ode`).
     message : str
         What happened.
+    max_nfev : int or None
+        The evaluation budget of the solve (one budget for the first attempt and any
+        recovery after a failure; ``nfev <= max_nfev``).
     """
 
     t: torch.Tensor
@@ -67,6 +69,7 @@ class OdeSolution:
     nfev: int
     status: int
     message: str
+    max_nfev: int | None = None
 
     @property
     def success(self) -> bool:
@@ -114,9 +117,9 @@ def check_times(t: Any, dtype: torch.dtype = torch.float64, device: Any = None,
 
 
 def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0: Any, t: Any,
-              *, method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
+              *, solver: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
               options: dict[str, Any] | None = None, progress: bool = False,
-              max_nfev: int | None = 1_000_000) -> OdeSolution:
+              max_nfev: int | None = 1_000_000, method: str | None = None) -> OdeSolution:
     r"""Integrate ``d theta / d tau = -H(theta)`` from ``theta0`` and report ``theta(t)``.
 
     Main arguments
@@ -132,13 +135,13 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
 
     Other arguments
     ---------------
-    method : str
+    solver : str
         A torchdiffeq method: ``"dopri5"`` (default), ``"dopri8"``, ``"bosh3"``, ``"rk4"``,
         ``"euler"``, ``"midpoint"``, ... Fixed-step methods step on the grid ``t`` unless
-        ``options={"step_size": h}``.
+        ``options={"step_size": h}``. ``method=`` is accepted as its old name.
     rtol, atol : float
         Tolerances of adaptive methods. Kinks of ``H`` (``||g_i|| = lam``) are handled by step
-        rejection; if results look wrong, tighten them or use ``method="rk4"`` with a small
+        rejection; if results look wrong, tighten them or use ``solver="rk4"`` with a small
         ``step_size``.
     options : dict, optional
         Passed to ``torchdiffeq.odeint``.
@@ -147,7 +150,9 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
     max_nfev : int or None
         Give up (``status = -1``) after this many evaluations of ``H``, so that a field the
         adaptive solver cannot get past (a discontinuity makes it take ever smaller steps)
-        never hangs; ``None``: no limit.
+        never hangs; ``None``: no limit. One budget covers the whole call (reported as
+        ``OdeSolution.max_nfev``): the first attempt may use all of it but a reserve of
+        ``min(max_nfev // 4, 32 (T - 1))`` evaluations, kept to recover its outputs if it fails.
 
     Returns
     -------
@@ -156,12 +161,13 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
         ``message``. A failure is reported, not raised, and keeps what was computed:
 
         * the solver fails (step-size underflow, e.g. where ``H`` is not finite or jumps;
-          more than ``max_nfev`` evaluations): the solve is redone output interval by output
-          interval (``[t_i, t_{i+1}]``, each from the end of the previous one, adaptive
-          steps landing on ``t_{i+1}`` instead of passing it) up to the
-          interval that fails; ``theta`` holds those values (within the tolerances of the
-          one-shot solve, not bit-equal to it) and NaN from the first time not reached,
-          ``status = -1`` and ``message`` says which interval failed and why;
+          more than ``max_nfev`` evaluations): the outputs it had passed are recovered, each
+          from the start of the accepted step that straddles it (a step or two, adaptive steps
+          landing on the output instead of passing it), the next ones interval by interval
+          from the previous output, up to the interval that fails or the end of the budget;
+          ``theta`` holds those values (within the tolerances of the one-shot solve, not
+          bit-equal to it) and NaN from the first time not reached, ``status = -1`` and
+          ``message`` says which interval failed, why, and how the evaluations were spent;
         * the solution becomes non-finite without an error (fixed-step methods): ``theta`` is
           returned as computed, ``status = -1``, and ``message`` gives the first time where it
           is not finite.
@@ -169,10 +175,9 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
     Raises
     ------
     TypeError, ValueError
-        For a field that is not callable, an unknown method, non-positive tolerances or
-        ``max_nfev``, a
-        ``theta0`` of the wrong shape or not finite, or times that are not 1-D, finite and
-        strictly monotone.
+        For a field that is not callable, an unknown solver, non-positive tolerances or
+        ``max_nfev``, a ``theta0`` of the wrong shape, complex or not finite, or times that are
+        not 1-D, finite and strictly monotone.
 
     Example
     -------
@@ -185,14 +190,21 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
     if not callable(field):
         raise TypeError(f"`field` must be a MeanField or a callable theta -> H(theta), got "
                         f"{type(field).__name__}.")
-    if method not in SOLVERS:
-        raise ValueError(f"`method` must be one of {sorted(SOLVERS)}, got {method!r}.")
+    arg = "solver"
+    if method is not None:
+        if solver != "dopri5" and solver != method:
+            raise ValueError(f"`method` is the old name of `solver`: pass one of them, got "
+                             f"solver={solver!r} and method={method!r}.")
+        solver, arg = method, "method"
+    names = _torchdiffeq.solver_names()
+    if solver not in names:
+        raise ValueError(f"`{arg}` must be one of {names}, got {solver!r}.")
     rtol = check_positive("rtol", rtol)
     atol = check_positive("atol", atol)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}.")
     if isinstance(field, MeanField):
-        th0, batched = field.problem.check_theta(theta0, "theta0")
+        th0, batched = check_theta(field.problem, theta0, "theta0")
         th0 = th0 if batched else th0[0]
     else:
         th0 = as_tensor("theta0", theta0)
@@ -204,40 +216,19 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
         raise ValueError("`theta0` must be finite.")
     times = check_times(t, dtype=torch.float64, device=th0.device)
 
-    count = [0]
     bar = tqdm(total=float(abs(times[-1] - times[0])), disable=not progress, desc="solve_ode",
                unit="tau")
-    t_start = float(times[0])
-
-    def rhs(tau: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
-        count[0] += 1
-        if progress:
-            bar.n = min(bar.total, abs(float(tau) - t_start))
-            bar.refresh()
-        h = field(th)
-        if h.shape != th.shape:
-            raise ValueError(f"`field` returned shape {tuple(h.shape)} for theta of shape "
-                             f"{tuple(th.shape)}.")
-        return -h
-
     if max_nfev is not None:
         max_nfev = check_nonneg_int("max_nfev", max_nfev, minimum=1)
-    budget = [max_nfev]
-
-    def limited(tau: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
-        if budget[0] is not None:
-            if budget[0] <= 0:
-                raise _TooManyEvaluations(f"more than max_nfev = {max_nfev} evaluations")
-            budget[0] -= 1
-        return rhs(tau, th)
+    rhs = _Rhs(field, max_nfev, bar if progress else None, float(times[0]), times, solver)
 
     def solve(ts: torch.Tensor, y0: torch.Tensor, segment: bool = False) -> torch.Tensor:
         opts = options
-        if segment and issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver) and not (
+        if segment and _torchdiffeq.is_adaptive_rk(solver) and not (
                 options and ("step_t" in options or "jump_t" in options)):
             # adaptive steps may run past the end and interpolate back: land on it instead
             opts = {**(options or {}), "step_t": ts[-1:]}
-        return odeint(limited, y0, ts, method=method, rtol=rtol, atol=atol, options=opts)
+        return odeint(rhs, y0, ts, method=solver, rtol=rtol, atol=atol, options=opts)
 
     status, message = 0, "success"
     try:
@@ -245,27 +236,8 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
             try:
                 theta = solve(times, th0)
             except (AssertionError, RuntimeError) as exc:
-                # keep what can be computed: redo interval by interval up to the failing one
                 status = -1
-                theta = torch.full((len(times), *th0.shape), float("nan"), dtype=th0.dtype,
-                                   device=th0.device)
-                theta[0] = th0
-                budget[0] = max_nfev
-                reached, why = 0, exc
-                for i in range(len(times) - 1):
-                    try:
-                        y = solve(times[i:i + 2], theta[i], segment=True)[-1]
-                    except (AssertionError, RuntimeError) as seg_exc:
-                        why = seg_exc
-                        break
-                    theta[i + 1] = y
-                    reached = i + 1
-                    if not bool(torch.isfinite(y).all()):
-                        break
-                message = (f"solver failed ({type(why).__name__}: {why}) between t = "
-                           f"{float(times[reached]):.6g} and t = "
-                           f"{float(times[min(reached + 1, len(times) - 1)]):.6g}; theta kept "
-                           f"at the first {reached + 1} of {len(times)} output times, NaN after")
+                theta, message = _recover(solve, rhs, times, th0, exc)
         if status == 0:
             bad = ~torch.isfinite(theta.reshape(len(times), -1)).all(1)
             if bool(bad.any()):
@@ -275,7 +247,94 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
                                        f"{len(times)}); the values before are kept")
     finally:
         bar.close()
-    return OdeSolution(t=times, theta=theta, nfev=count[0], status=status, message=message)
+    return OdeSolution(t=times, theta=theta, nfev=rhs.count, status=status, message=message,
+                       max_nfev=max_nfev)
+
+
+class _Rhs:
+    """``-H`` for torchdiffeq, with one evaluation budget and, for adaptive and fixed-grid
+    solvers, the start of the step that straddles each output time (to recover the outputs
+    after a failure without integrating from the start again)."""
+
+    def __init__(self, field: Any, max_nfev: int | None, bar: Any, t_start: float,
+                 times: torch.Tensor, solver: str):
+        self.field, self.max_nfev, self.bar, self.t_start = field, max_nfev, bar, t_start
+        self.times = times
+        self.sign = 1.0 if len(times) < 2 or float(times[-1]) >= float(times[0]) else -1.0
+        self.count = 0
+        # the first attempt keeps a reserve for recovering its outputs should it fail
+        self.limit = None if max_nfev is None else \
+            max_nfev - min(max_nfev // 4, 32 * max(1, len(times) - 1))
+        self.anchors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.recording = True
+        if _torchdiffeq.is_adaptive_rk(solver):
+            self.callback_accept_step = self._step
+        elif _torchdiffeq.is_fixed_grid(solver):
+            self.callback_step = self._step
+
+    def __call__(self, tau: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
+        if self.limit is not None and self.count >= self.limit:
+            first = "" if self.limit == self.max_nfev else " (in the first attempt: all but " \
+                f"the {self.max_nfev - self.limit} kept to recover the outputs)"
+            raise _TooManyEvaluations(f"more than max_nfev = {self.max_nfev} evaluations{first}")
+        self.count += 1
+        if self.bar is not None:
+            self.bar.n = min(self.bar.total, abs(float(tau) - self.t_start))
+            self.bar.refresh()
+        if isinstance(self.field, MeanField):
+            h = self.field._evaluate(th if th.dim() == 2 else th[None])
+            h = h if th.dim() == 2 else h[0]
+        else:
+            h = self.field(th)
+        if h.shape != th.shape:
+            raise ValueError(f"`field` returned shape {tuple(h.shape)} for theta of shape "
+                             f"{tuple(th.shape)}.")
+        return -h
+
+    def _step(self, t0: torch.Tensor, y0: torch.Tensor, dt: torch.Tensor) -> None:
+        """An accepted step from ``t0`` (state ``y0``) of length ``dt``: anchor the outputs it
+        reaches."""
+        if not self.recording:
+            return
+        a, b = self.sign * float(t0), self.sign * float(t0) + abs(float(dt))
+        rel = self.sign * self.times
+        hit = torch.nonzero((rel > a) & (rel <= b)).reshape(-1).tolist()
+        for i in hit:
+            if i not in self.anchors:
+                self.anchors[i] = (t0.detach().to(self.times).reshape(()), y0.detach().clone())
+
+
+def _recover(solve: Callable[..., torch.Tensor], rhs: _Rhs, times: torch.Tensor,
+             th0: torch.Tensor, exc: BaseException) -> tuple[torch.Tensor, str]:
+    """After a failed one-shot solve: recompute the outputs that can be reached within what is
+    left of the budget, each from its anchor (or the previous output), up to the first failure.
+    """
+    rhs.recording, rhs.limit = False, rhs.max_nfev
+    used_first = rhs.count
+    theta = torch.full((len(times), *th0.shape), float("nan"), dtype=th0.dtype,
+                       device=th0.device)
+    theta[0] = th0
+    reached, why = 0, exc
+    for i in range(1, len(times)):
+        t_a, y_a = rhs.anchors.get(i, (times[i - 1], theta[i - 1]))
+        try:
+            y = y_a if bool(t_a == times[i]) else solve(torch.stack([t_a, times[i]]), y_a,
+                                                         segment=True)[-1]
+        except (AssertionError, RuntimeError) as seg_exc:
+            why = seg_exc
+            break
+        theta[i] = y
+        reached = i
+        if not bool(torch.isfinite(y).all()):
+            break
+    budget = "" if rhs.max_nfev is None else f" of max_nfev = {rhs.max_nfev}"
+    message = (f"solver failed ({type(why).__name__}: {why}) between t = "
+               f"{float(times[reached]):.6g} and t = "
+               f"{float(times[min(reached + 1, len(times) - 1)]):.6g}; theta kept at the first "
+               f"{reached + 1} of {len(times)} output times, NaN after; {rhs.count} "
+               f"evaluations{budget} ({used_first} in the first attempt, "
+               f"{rhs.count - used_first} recovering the outputs)")
+    return theta, message
 
 
 __all__ = ["solve_ode", "OdeSolution", "check_times"]
