@@ -164,54 +164,55 @@ class NormClip(ClipRule):
 
 
 @dataclass(frozen=True)
-class AdaptiveClip(ClipRule):
+class _RelativeClip(ClipRule):
+    """Base of the relative rules: threshold ``tau_G = lam * max(||theta_G||, eps)`` over the
+    groups of ``granularity``; subclasses set only ``name`` and ``granularity``."""
+
+    lam: float
+    eps: float = 1e-3
+    relative: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_lam_eps(self, True)
+
+
+@dataclass(frozen=True)
+class AdaptiveClip(_RelativeClip):
     """Adaptive clipping (17): ``c = max(||g|| / (lam max(||theta||, eps)), 1)``.
 
     >>> AdaptiveClip(0.5).factors(torch.tensor([4.0]), torch.tensor([2.0]))
     tensor([4.])
     """
 
-    lam: float
-    eps: float = 1e-3
     name: ClassVar[str] = "adaptive"
     granularity: ClassVar[str] = "global"
-    relative: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_lam_eps(self, True)
 
 
 @dataclass(frozen=True)
-class LayerwiseAdaptiveClip(ClipRule):
+class LayerwiseAdaptiveClip(_RelativeClip):
     """Layer-wise adaptive clipping (18): one factor per parameter tensor ``l``,
     ``c_l = max(||g_l|| / (lam max(||theta_l||_F, eps)), 1)``; block ``l`` moves by ``g_l/c_l``.
+
+    >>> LayerwiseAdaptiveClip(0.5, eps=0.1).thresholds(torch.tensor([0.0, 4.0]))
+    tensor([0.0500, 2.0000])
     """
 
-    lam: float
-    eps: float = 1e-3
     name: ClassVar[str] = "layerwise"
     granularity: ClassVar[str] = "layer"
-    relative: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_lam_eps(self, True)
 
 
 @dataclass(frozen=True)
-class UnitwiseAGC(ClipRule):
+class UnitwiseAGC(_RelativeClip):
     """Unit-wise adaptive gradient clipping (Brock et al. 2021, NFNets): one factor per output
     unit (row along dim 0 of tensors with 2+ dims; 0-d and 1-d tensors whole), same form as
     :class:`LayerwiseAdaptiveClip`.
+
+    >>> UnitwiseAGC(0.01)
+    UnitwiseAGC(lam=0.01, eps=0.001)
     """
 
-    lam: float
-    eps: float = 1e-3
     name: ClassVar[str] = "unitwise"
     granularity: ClassVar[str] = "unit"
-    relative: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_lam_eps(self, True)
 
 
 @dataclass(frozen=True)
