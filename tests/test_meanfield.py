@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -102,3 +104,144 @@ def test_meanfield_errors():
     with pytest.raises(ValueError, match="`clip_per`"):
         sc.MeanField(p, sc.NoClip()).directions(p.theta0[None], torch.zeros(1, 1, dtype=int),
                                                  "epoch")
+
+
+# ---------------------------------------------------------------------------- engines
+@pytest.mark.parametrize("engine", ["vmap", "fast"])
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.name)
+def test_update_moments_and_ratios_match_brute_force(rule, engine):
+    if engine == "fast" and isinstance(rule, sc.ValueClip):
+        pytest.skip("the fast engine does not serve ValueClip")
+    p = mlp_problem(n=9)
+    th = p.theta0 * 0.7
+    field = sc.MeanField(p, rule, engine=engine, chunk_size=4)   # chunks 4 + 4 + 1
+    assert field.method == engine
+    G = brute_grads(p, th)
+    U = torch.stack([brute_clip(rule, G[i], th, p) for i in range(p.N)])
+    m, s2 = field.update_moments(th)
+    assert rel_err(m, U.mean(0)) < 1e-10
+    assert rel_err(s2, U.T @ U / p.N) < 1e-10
+    # the noise covariance goes through the same engine
+    S = sc.noise_covariance(field, th, batch_size=2)
+    ref = (U - U.mean(0)).T @ (U - U.mean(0)) / p.N / 2
+    assert rel_err(S, ref) < 1e-10
+    st = field.clip_stats(th)
+    if isinstance(rule, sc.NoClip):
+        assert torch.equal(st.ratios, torch.zeros(p.N, 1, dtype=p.dtype))
+    elif isinstance(rule, sc.ValueClip):
+        assert torch.allclose(st.ratios[:, 0], G.abs().amax(1) / rule.v, rtol=1e-12)
+    elif isinstance(rule, sc.NormClip):
+        assert torch.allclose(st.ratios[:, 0], G.norm(dim=1) / rule.lam, rtol=1e-12)
+    else:   # relative rules: the factor is max(ratio, 1)
+        assert torch.allclose(st.factors, st.ratios.clamp(min=1), rtol=1e-12)
+
+
+def test_switch_margin_goes_through_the_engine():
+    p = mlp_problem(n=9)
+    th = p.theta0 * 0.7
+    for rule in (sc.NormClip(0.3), sc.UnitwiseAGC(0.2)):
+        G = brute_grads(p, th)
+        fast, slow = sc.MeanField(p, rule), sc.MeanField(p, rule, engine="vmap")
+        assert fast.method == "fast"
+        a, b = sc.equilibria.switch_margin(fast, th), sc.equilibria.switch_margin(slow, th)
+        assert a == pytest.approx(b, rel=1e-10)
+        if isinstance(rule, sc.NormClip):
+            assert a == pytest.approx(float((G.norm(dim=1) / 0.3 - 1).abs().min()), rel=1e-10)
+
+
+def test_reason_says_which_engine_and_why():
+    p = mlp_problem()
+    assert sc.MeanField(p, sc.NormClip(0.3)).reason.startswith("fast: a stack of Linear")
+    r = sc.MeanField(p, sc.NormClip(0.3), engine="vmap").reason
+    assert r.startswith("vmap: requested (engine='vmap')")
+    r = sc.MeanField(p, sc.ValueClip(0.1)).reason
+    assert r.startswith("vmap: the fast engine does not apply (rule ValueClip clamps")
+    q = sc.Problem(torch.nn.Sequential(torch.nn.Linear(4, 3, dtype=torch.float64),
+                                       torch.nn.LayerNorm(3, dtype=torch.float64)),
+                   p.X, p.y)
+    r = sc.MeanField(q, sc.NoClip()).reason
+    assert r.startswith("vmap: the fast engine does not apply (LayerNorm at module 1 ")
+
+
+def test_engine_keyword_and_its_old_name():
+    p = mlp_problem()
+    assert sc.MeanField(p, sc.NoClip(), method="vmap").method == "vmap"
+    assert sc.MeanField(p, sc.NoClip(), engine="vmap", method="vmap").method == "vmap"
+    with pytest.raises(ValueError, match="`method` is the old name of `engine`"):
+        sc.MeanField(p, sc.NoClip(), engine="fast", method="vmap")
+    with pytest.raises(ValueError, match=r"`engine` must be one of \['auto', 'vmap', 'fast'\]"):
+        sc.MeanField(p, sc.NoClip(), engine="loop")
+    with pytest.raises(ValueError, match="`engine`='fast' does not apply: rule ValueClip"):
+        sc.MeanField(p, sc.ValueClip(0.1), engine="fast")
+
+
+def test_model_is_analysed_once_per_problem(monkeypatch):
+    from sa_clip import fastpath
+    calls = []
+    real = fastpath.analyse_stack
+    monkeypatch.setattr(fastpath, "analyse_stack", lambda pr: calls.append(1) or real(pr))
+    p = mlp_problem()
+    for rule in (sc.NoClip(), sc.NormClip(0.3), sc.ValueClip(0.1), sc.UnitwiseAGC(0.1)):
+        sc.MeanField(p, rule)
+    sc.MeanField(p, sc.NoClip(), engine="vmap")
+    assert len(calls) == 1
+
+
+def test_batchnorm_and_dropout_warn_once_per_problem():
+    D = torch.float64
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3, dtype=D), torch.nn.BatchNorm1d(3, dtype=D),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(3, 2, dtype=D))
+    X, y = torch.randn(8, 4, dtype=D), torch.randn(8, 2, dtype=D)
+    p = sc.Problem(model, X, y)
+    with pytest.warns(UserWarning, match=r"BatchNorm1d at '1', Dropout at '2': sa_clip "
+                                         r"evaluates it in eval mode") as rec:
+        f = sc.MeanField(p, sc.NormClip(0.5))
+    assert "running statistics" in str(rec[0].message) and "couple the samples" in \
+        str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sc.MeanField(p, sc.NoClip())                  # the same problem: said once
+    # eval mode: dropout off, batch norm with running stats, so H is deterministic
+    H = f(p.theta0)
+    assert torch.equal(H, f(p.theta0))
+
+
+def test_float32_note_is_given_once(monkeypatch):
+    from sa_clip import meanfield
+    monkeypatch.setattr(meanfield, "_NOTED", set())
+    X = torch.randn(10, 2)
+    with pytest.warns(UserWarning, match="float32: allowed, but float64 is the reference"):
+        sc.MeanField(sc.Problem(torch.nn.Linear(2, 1), X, X.sum(1)), sc.NoClip())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sc.MeanField(sc.Problem(torch.nn.Linear(2, 1), X, X.sum(1)), sc.NoClip())
+        sc.MeanField(mlp_problem(), sc.NoClip())       # float64: no note
+
+
+@pytest.mark.parametrize("bad, match", [
+    (float("nan"), "`theta` must be finite; found nan"),
+    (float("inf"), "`theta` must be finite; found inf"),
+])
+def test_non_finite_theta_is_refused_at_every_entry_point(bad, match):
+    p = mlp_problem()
+    th = p.theta0.clone()
+    th[3] = bad
+    for engine in ("fast", "vmap"):
+        f = sc.MeanField(p, sc.NormClip(0.3), engine=engine)
+        for call in (f, f.jacobian, f.clip_stats, f.update_moments):
+            with pytest.raises(ValueError, match=match):
+                call(th)
+        with pytest.raises(ValueError, match=match):
+            f(torch.stack([p.theta0, th]))
+    assert f.nfev == 0
+
+
+def test_complex_theta_is_refused_not_truncated():
+    p = mlp_problem()
+    f = sc.MeanField(p, sc.NormClip(0.3))
+    for th in (p.theta0.to(torch.complex128), (p.theta0 + 0j).tolist(),
+               (p.theta0 + 1j).numpy()):
+        with pytest.raises(ValueError, match=r"`theta` must be real, got a complex tensor"):
+            f(th)
+    with pytest.raises(ValueError, match="`theta` must be real"):
+        f.jacobian(p.theta0 + 1j)
