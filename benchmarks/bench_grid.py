@@ -4,7 +4,7 @@ Two planes: the 2-parameter ``tanh`` toy of the zoo (its own plane; served by th
 batched over the 4096 points), and a 2-D plane ``theta = center + a d1 + b d2`` through the
 weights of the paper's network on ``wine`` (13-16-3, sigmoid, cross-entropy; the fast path).
 The reference is what one would write without batching: a Python loop over the grid points,
-each point one ``MeanField(method="vmap")`` call (vmap over samples). The loop is timed on a
+each point one ``MeanField(engine="vmap")`` call (vmap over samples). The loop is timed on a
 subset of the points and extrapolated to the whole grid (said so in the output). Median of
 repeats after warm-up; ratios from the same run; 2 threads.
 
@@ -48,7 +48,7 @@ def plane(center: torch.Tensor, n: int, half_width: float, seed: int = 0) -> tor
 def compare(label: str, problem: sc.Problem, rule: sc.ClipRule, grid: torch.Tensor,
             repeats: int, loop_points: int, device: str) -> list[str]:
     batched = sc.MeanField(problem, rule)
-    single = sc.MeanField(problem, rule, method="vmap")
+    single = sc.MeanField(problem, rule, engine="vmap")
     t_batch = median_time(lambda: batched(grid), repeats, device=device)
     sub = grid[:loop_points]
 

@@ -3,7 +3,7 @@
 MLP 64-128-128-10 (tanh), cross-entropy, N = 20,000 random samples, float32, 2 threads.
 Rows: one plain gradient of the mean loss (the floor), a plain Python loop over samples
 (timed on a subset and extrapolated to N, said so in the output), vmap per-sample gradients
-(``MeanField(method="vmap")``), the fast path (``MeanField(method="fast")``), and Opacus
+(``MeanField(engine="vmap")``), the fast path (``MeanField(engine="fast")``), and Opacus
 per-sample clipping when it is importable. Times are medians of repeats after a warm-up; the
 ratios divide by the floor measured in the same run. A last line reports the peak memory of H
 on N = 10^6 samples of a small network (measured in a fresh child process).
@@ -156,7 +156,7 @@ def memory_line(n: int, device: str, dtype: str, threads: int) -> str:
         return f"memory: child process failed:\n{res.stderr[-2000:]}"
     m = json.loads(res.stdout.strip().splitlines()[-1])
     line = (f"memory: H on N = {m['n']:,} samples of a 10-32-32-1 tanh net (P = {m['P']}, "
-            f"{dtype}, method={m['method']}, chunk = {m['chunk']:,} samples) took "
+            f"{dtype}, engine={m['method']}, chunk = {m['chunk']:,} samples) took "
             f"{m['seconds']:.2f} s; peak RSS of the process {m['peak_rss_mib']:.0f} MiB "
             f"(getrusage ru_maxrss, includes the torch runtime; RSS before H "
             f"{m['rss_before_mib']:.0f} MiB, of which data {m['data_mib']:.0f} MiB)")
@@ -180,13 +180,13 @@ def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch
     th = p.theta0
     fns = {"floor": plain_gradient(p)}
     for name, rule in RULES.items():
-        fns[f"fast {name}"] = _call(sc.MeanField(p, rule, method="fast"), th)
+        fns[f"fast {name}"] = _call(sc.MeanField(p, rule, engine="fast"), th)
     med = interleaved_medians(fns, repeats, device=device)
     floor = med["floor"]
     vmap_ratio = {}
     for name in vmap_rules:   # slow: 3 rounds, each against its own floor call
         m = interleaved_medians({"floor": fns["floor"], "vmap": _call(
-            sc.MeanField(p, RULES[name], method="vmap"), th)}, 3, device=device)
+            sc.MeanField(p, RULES[name], engine="vmap"), th)}, 3, device=device)
         med[f"vmap {name}"], vmap_ratio[name] = m["vmap"], m["vmap"] / m["floor"]
     m = interleaved_medians({"floor": fns["floor"],
                              "loop": sample_loop(p, RULES["norm"], loop_samples)}, 3,
@@ -196,8 +196,8 @@ def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch
     small = mlp_problem(check_n, dtype=dtype, device=device)
     diff = {}
     for name, rule in RULES.items():
-        a = sc.MeanField(small, rule, method="fast")(small.theta0)
-        b = sc.MeanField(small, rule, method="vmap")(small.theta0)
+        a = sc.MeanField(small, rule, engine="fast")(small.theta0)
+        b = sc.MeanField(small, rule, engine="vmap")(small.theta0)
         diff[name] = float((a - b).norm() / b.norm())
     widths = [36, 10, 9, 10]
     lines.append(fmt_row(["method", "ms", "x floor", "rel.diff"], widths))
