@@ -19,6 +19,9 @@ For the centred noise ``M = u - H`` of a general run the increments are only bou
 
 Adaptive clipping (Claim 2): ``||u|| <= K (1 + ||theta||)`` with ``K = max(lam eps, lam, 1)``;
 in fact ``||u|| <= lam max(||theta||, eps)`` always, which :func:`claim2_ratio` checks along runs.
+
+Types: tensors as everywhere in sa_clip; :func:`azuma_log_bound` returns a Python float (one
+number, often below double precision's range as a probability, hence the log).
 """
 
 from __future__ import annotations
