@@ -94,18 +94,35 @@ def analyse(problem: Problem) -> dict[str, tuple[Any, str | None]]:
     return out
 
 
+class NonFiniteThetaError(ValueError, RuntimeError):
+    """A NaN or infinite ``theta`` given to a :class:`MeanField`.
+
+    A ``ValueError`` (bad input); also a ``RuntimeError``, so that code which treats a solver's
+    ``RuntimeError`` as a failed solve (status -1, values kept) does the same when a flow it
+    integrates through ``field(theta)`` leaves the finite numbers.
+    """
+
+
 def check_theta(problem: Problem, theta: Any, name: str = "theta"
                 ) -> tuple[torch.Tensor, bool]:
-    """``(theta as a (K, P) tensor of the problem's dtype, was_batched)``, refusing complex,
-    NaN and infinite values with a ``ValueError`` naming ``name``."""
+    """``(theta as a (K, P) tensor of the problem's dtype, was_batched)``, refusing complex
+    values (``ValueError``) and NaN or infinite ones (:class:`NonFiniteThetaError`, a
+    ``ValueError``), the message naming ``name``."""
     t = as_tensor(name, theta)
     if t.is_complex():
         raise ValueError(f"`{name}` must be real, got a complex tensor ({t.dtype}); pass its "
                          f"real part explicitly if that is what you mean.")
-    if t.is_floating_point():
-        check_finite(name, t)
-    t, batched = problem.check_theta(t, name)
-    return check_finite(name, t), batched
+    try:
+        check_finite(name, t)                       # indices as the caller wrote them
+        t, batched = problem.check_theta(t, name)
+        check_finite(name, t)                       # a cast to the problem's dtype may overflow
+    except NonFiniteThetaError:
+        raise
+    except ValueError as exc:
+        if "must be finite" not in str(exc):
+            raise
+        raise NonFiniteThetaError(str(exc)) from None
+    return t, batched
 
 
 @dataclass(frozen=True)
@@ -443,4 +460,4 @@ class MeanField:
         return u, (c > 1).any(-1).to(theta.dtype)
 
 
-__all__ = ["MeanField", "ClipStats", "ENGINES", "analyse", "check_theta"]
+__all__ = ["MeanField", "ClipStats", "ENGINES", "NonFiniteThetaError", "analyse", "check_theta"]

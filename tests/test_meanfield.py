@@ -234,6 +234,9 @@ def test_non_finite_theta_is_refused_at_every_entry_point(bad, match):
         with pytest.raises(ValueError, match=match):
             f(torch.stack([p.theta0, th]))
     assert f.nfev == 0
+    # also a RuntimeError: code that treats solver RuntimeErrors as a failed solve keeps working
+    with pytest.raises(RuntimeError, match=match):
+        f(th)
 
 
 def test_complex_theta_is_refused_not_truncated():
@@ -245,3 +248,12 @@ def test_complex_theta_is_refused_not_truncated():
             f(th)
     with pytest.raises(ValueError, match="`theta` must be real"):
         f.jacobian(p.theta0 + 1j)
+
+
+def test_theta_that_overflows_the_problem_dtype_is_refused(monkeypatch):
+    from sa_clip import meanfield
+    monkeypatch.setattr(meanfield, "_NOTED", {"dtype"})           # no float32 note here
+    X = torch.randn(6, 2)
+    f = sc.MeanField(sc.Problem(torch.nn.Linear(2, 1), X, X.sum(1)), sc.NoClip())
+    with pytest.raises(meanfield.NonFiniteThetaError, match=r"found inf at index \(0, 1\)"):
+        f(torch.tensor([0.0, 1e300, 0.0], dtype=torch.float64))    # 1e300 is inf in float32
