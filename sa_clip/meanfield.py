@@ -37,9 +37,10 @@ from .fastpath import LinearStackEngine
 from .problem import Problem, group_norms, iter_chunks
 
 #: The engines, by the name passed as ``MeanField(..., engine=name)``. ``"auto"`` takes the
-#: first that applies, in this order (the general ``"vmap"`` last: it always applies).
+#: first that applies, in this order (the general ``"vmap"`` always applies, so an engine
+#: registered after it is used only when asked for by name).
 ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "vmap": VmapEngine}
-ENGINE_CHOICES = ("auto", "vmap", "fast")
+ENGINE_CHOICES = ("auto", "vmap", "fast")   # the built-in choices
 METHODS = ENGINE_CHOICES            # the old name, kept for callers that import it
 CLIP_PER = ("sample", "batch")
 
@@ -221,7 +222,7 @@ class MeanField:
                 raise ValueError(f"`method` is the old name of `engine`: pass one of them, got "
                                  f"engine={engine!r} and method={method!r}.")
             engine, arg = method, "method"
-        check_choice(arg, engine, ENGINE_CHOICES)
+        check_choice(arg, engine, ("auto", *ENGINES))
         self.engine, self.reason = self._choose(engine, arg)
         self.method = self.engine.name
         self.chunk_size = None if chunk_size is None else check_nonneg_int(

@@ -169,7 +169,7 @@ def test_engine_keyword_and_its_old_name():
     assert sc.MeanField(p, sc.NoClip(), engine="vmap", method="vmap").method == "vmap"
     with pytest.raises(ValueError, match="`method` is the old name of `engine`"):
         sc.MeanField(p, sc.NoClip(), engine="fast", method="vmap")
-    with pytest.raises(ValueError, match=r"`engine` must be one of \['auto', 'vmap', 'fast'\]"):
+    with pytest.raises(ValueError, match=r"`engine` must be one of \['auto', 'fast', 'vmap'\]"):
         sc.MeanField(p, sc.NoClip(), engine="loop")
     with pytest.raises(ValueError, match="`engine`='fast' does not apply: rule ValueClip"):
         sc.MeanField(p, sc.ValueClip(0.1), engine="fast")
@@ -257,3 +257,26 @@ def test_theta_that_overflows_the_problem_dtype_is_refused(monkeypatch):
     f = sc.MeanField(sc.Problem(torch.nn.Linear(2, 1), X, X.sum(1)), sc.NoClip())
     with pytest.raises(meanfield.NonFiniteThetaError, match=r"found inf at index \(0, 1\)"):
         f(torch.tensor([0.0, 1e300, 0.0], dtype=torch.float64))    # 1e300 is inf in float32
+
+
+def test_a_registered_engine_is_used_by_name(monkeypatch):
+    from sa_clip import meanfield
+    from sa_clip.engine import VmapEngine
+
+    class Counting(VmapEngine):
+        """The vmap engine, counting the chunks it is given."""
+        name = "counting"
+        summary = "vmap, counted"
+        chunks = 0
+
+        def clipped_sum(self, theta, x, y, shared=True, *, safe=False):
+            Counting.chunks += 1
+            return super().clipped_sum(theta, x, y, shared, safe=safe)
+
+    monkeypatch.setitem(meanfield.ENGINES, "counting", Counting)
+    p = mlp_problem(n=9)
+    f = sc.MeanField(p, sc.NormClip(0.3), engine="counting", chunk_size=4)
+    assert f.method == "counting" and f.reason.startswith("counting: requested")
+    assert rel_err(f(p.theta0), brute_H(p, sc.NormClip(0.3), p.theta0)) < 1e-10
+    assert Counting.chunks == 3
+    assert sc.MeanField(p, sc.NormClip(0.3)).method == "fast"       # auto: unchanged
