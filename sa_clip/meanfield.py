@@ -68,9 +68,14 @@ def analyse(problem: Problem) -> dict[str, tuple[Any, str | None]]:
     reference precision.
     """
     try:
-        return _ANALYSES[problem]
+        out = _ANALYSES[problem]
     except (KeyError, TypeError):
         pass
+    else:
+        for name, cls in ENGINES.items():      # an engine registered since: analyse it too
+            if name not in out:
+                out[name] = cls.analyse(problem)
+        return out
     out = {name: cls.analyse(problem) for name, cls in ENGINES.items()}
     special = [f"{type(m).__name__} at {name!r}" for name, m in problem.model.named_modules()
                if isinstance(m, _TRAIN_MODE_MODULES)]

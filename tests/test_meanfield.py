@@ -273,8 +273,9 @@ def test_a_registered_engine_is_used_by_name(monkeypatch):
             Counting.chunks += 1
             return super().clipped_sum(theta, x, y, shared, safe=safe)
 
-    monkeypatch.setitem(meanfield.ENGINES, "counting", Counting)
     p = mlp_problem(n=9)
+    sc.MeanField(p, sc.NoClip())                # analysed before the engine is registered
+    monkeypatch.setitem(meanfield.ENGINES, "counting", Counting)
     f = sc.MeanField(p, sc.NormClip(0.3), engine="counting", chunk_size=4)
     assert f.method == "counting" and f.reason.startswith("counting: requested")
     assert rel_err(f(p.theta0), brute_H(p, sc.NormClip(0.3), p.theta0)) < 1e-10
