@@ -51,9 +51,12 @@ def on_config(config, **kwargs):
     nav = config.get("nav") or []
     for i, entry in enumerate(nav):
         if isinstance(entry, dict) and "Notebooks" in entry:
+            found = notebooks()
+            if not found:
+                continue
             pages = entry["Notebooks"]
-            pages = [pages] if isinstance(pages, str) else list(pages)
-            pages += [{title(p): f"notebooks/{p.name}"} for p in notebooks()]
+            pages = [{"Overview": pages}] if isinstance(pages, str) else list(pages)
+            pages += [{title(p): f"notebooks/{p.name}"} for p in found]
             nav[i] = {"Notebooks": pages}
     return config
 
