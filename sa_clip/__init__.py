@@ -1,6 +1,6 @@
 """sa_clip: clipped SGD as stochastic approximation of the ODE ``d theta/d tau = -H(theta)``.
 
-Public names are re-exported here; see ``SPEC.md`` for the mathematics.
+Public names are re-exported here; see ``docs/theory.md`` for the mathematics.
 
 ``sa_clip.viz`` (matplotlib figures) is loaded on first use, ``sc.viz.plot_phase_portrait(...)``
 after ``import sa_clip as sc``, so that code using only the engines never imports matplotlib.
