@@ -129,6 +129,33 @@ def test_own_model_page_runs(tmp_path, monkeypatch):
     assert (tmp_path / "portrait.png").stat().st_size > 10_000
 
 
+def test_notebook_hook_adds_nav_entries_and_list(tmp_path, monkeypatch):
+    """Notebooks dropped into examples/notebooks/ appear in the nav and on notebooks.md without
+    touching mkdocs.yml (the hook in docs/_mkdocs/hooks.py)."""
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("site_hooks", DOCS / "_mkdocs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    empty = {"nav": [{"Notebooks": "notebooks.md"}]}
+    monkeypatch.setattr(hooks, "NOTEBOOKS", tmp_path)
+    assert hooks.on_config(empty)["nav"] == [{"Notebooks": "notebooks.md"}]
+    page = hooks.on_page_markdown("a\n<!-- notebooks -->\n![x](../figures/x.png)", None, {}, None)
+    assert "No notebook" in page and "](figures/x.png)" in page
+    cell = {"cell_type": "markdown", "source": ["# Phase portraits\n", "text"], "metadata": {}}
+    (tmp_path / "b_portraits.ipynb").write_text(json.dumps({"cells": [cell]}), encoding="utf-8")
+    (tmp_path / "a_first.ipynb").write_text(json.dumps({"cells": []}), encoding="utf-8")
+    nav = hooks.on_config({"nav": [{"Notebooks": "notebooks.md"}]})["nav"]
+    assert nav == [{"Notebooks": [{"Overview": "notebooks.md"},
+                                  {"a first": "notebooks/a_first.ipynb"},
+                                  {"Phase portraits": "notebooks/b_portraits.ipynb"}]}]
+    page = hooks.on_page_markdown("<!-- notebooks -->", None, {}, None)
+    assert page == ("- [a first](notebooks/a_first.ipynb)\n"
+                    "- [Phase portraits](notebooks/b_portraits.ipynb)")
+
+
 def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(config.parent), NO_MKDOCS_2_WARNING="1")
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f",
@@ -151,6 +178,8 @@ def test_site_builds_strictly(tmp_path):
                  "sa_clip.viz.plot_phase_portrait"):
         assert f'id="{name}"' in api, name
     assert (site / "figures" / "phase_portrait.png").exists()
+    for nb in sorted((ROOT / "examples" / "notebooks").glob("*.ipynb")):
+        assert (site / "notebooks" / nb.stem / "index.html").exists(), f"{nb.name} not rendered"
     gallery = (site / "gallery" / "index.html").read_text(encoding="utf-8")
     assert 'src="../figures/phase_portrait.png"' in gallery
 

@@ -63,12 +63,15 @@ def on_config(config, **kwargs):
 
 @event_priority(100)     # before mkdocs-jupyter's on_files, which wraps the .ipynb files
 def on_files(files, config, **kwargs):
-    extra = [(p, f"figures/{p.name}") for ext in ("png", "gif") for p in
-             sorted(FIGURES.glob(f"*.{ext}"))]
-    extra += [(p, f"notebooks/{p.name}") for p in notebooks()]
-    for path, uri in extra:
+    # (folder, path inside it): the path is also the file's place in the site. A plain File
+    # (not File.generated), because mkdocs-jupyter's wrapper rebuilds abs_src_path from
+    # src_dir + src_uri.
+    extra = [(ROOT, f"figures/{p.name}") for ext in ("png", "gif")
+             for p in sorted(FIGURES.glob(f"*.{ext}"))]
+    extra += [(NOTEBOOKS.parent, f"notebooks/{p.name}") for p in notebooks()]
+    for folder, uri in extra:
         if files.get_file_from_path(uri) is None:
-            files.append(File.generated(config, uri, abs_src_path=str(path)))
+            files.append(File(uri, str(folder), config["site_dir"], config["use_directory_urls"]))
     return files
 
 
