@@ -151,6 +151,14 @@ def test_notebook_hook_adds_nav_entries_and_list(tmp_path, monkeypatch):
     assert nav == [{"Notebooks": [{"Overview": "notebooks.md"},
                                   {"a first": "notebooks/a_first.ipynb"},
                                   {"Phase portraits": "notebooks/b_portraits.ipynb"}]}]
+    config = {"docs_dir": str(tmp_path), "nav": [{"Theory": "theory.md"}, {"Gallery": "g.md"}]}
+    assert hooks.on_config(config)["nav"] == [{"Theory": "theory.md"}, {"Gallery": "g.md"}]
+    (tmp_path / "linear_noise.md").write_text("# Linear noise\n", encoding="utf-8")
+    assert hooks.on_config(config)["nav"] == [{"Theory": "theory.md"},
+                                              {"Linear noise": "linear_noise.md"},
+                                              {"Gallery": "g.md"}]
+    assert hooks.on_config(config)["nav"][1] == {"Linear noise": "linear_noise.md"}   # once
+    assert len(config["nav"]) == 3
     page = hooks.on_page_markdown("<!-- notebooks -->", None, {}, None)
     assert page == ("- [a first](notebooks/a_first.ipynb)\n"
                     "- [Phase portraits](notebooks/b_portraits.ipynb)")

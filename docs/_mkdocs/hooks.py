@@ -9,6 +9,8 @@ hooks
   them because this hook runs first);
 * rewrite the links ``../figures/`` and ``../examples/notebooks/`` in the pages to those paths
   before MkDocs checks links, so ``mkdocs build --strict`` still fails on a really broken one;
+* put ``linear_noise.md`` (written on another branch) into the navigation after "Theory" once
+  it exists, so the merge needs no edit of ``mkdocs.yml``;
 * put one navigation entry per notebook under "Notebooks" and replace the marker
   ``<!-- notebooks -->`` in ``notebooks.md`` by a list of them, so notebooks added later
   appear without editing the configuration.
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = ROOT / "figures"
 NOTEBOOKS = ROOT / "examples" / "notebooks"
 MARKER = "<!-- notebooks -->"
+OPTIONAL_PAGES = {"Theory": ("Linear noise", "linear_noise.md")}   # after entry: (title, page)
 REWRITES = {"](../figures/": "](figures/", "](../examples/notebooks/": "](notebooks/"}
 
 
@@ -49,6 +52,12 @@ def title(path: Path) -> str:
 
 def on_config(config, **kwargs):
     nav = config.get("nav") or []
+    docs_dir = Path(config["docs_dir"]) if config.get("docs_dir") else ROOT / "docs"
+    listed = {v for entry in nav if isinstance(entry, dict) for v in entry.values()}
+    for after, (name, page) in OPTIONAL_PAGES.items():
+        keys = [next(iter(e)) if isinstance(e, dict) else e for e in nav]
+        if (docs_dir / page).exists() and page not in listed and after in keys:
+            nav.insert(keys.index(after) + 1, {name: page})
     for i, entry in enumerate(nav):
         if isinstance(entry, dict) and "Notebooks" in entry:
             found = notebooks()
