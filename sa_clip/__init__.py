@@ -1,6 +1,9 @@
 """sa_clip: clipped SGD as stochastic approximation of the ODE ``d theta/d tau = -H(theta)``.
 
-Public names are re-exported here; see ``SPEC.md`` for the mathematics.
+Public names are re-exported here; see ``docs/theory.md`` for the mathematics.
+
+``sa_clip.viz`` (matplotlib figures) is loaded on first use, ``sc.viz.plot_phase_portrait(...)``
+after ``import sa_clip as sc``, so that code using only the engines never imports matplotlib.
 """
 
 from . import distributed, io, problems
@@ -26,6 +29,7 @@ from .fluctuations import (
 )
 from .meanfield import ClipStats, MeanField
 from .ode import OdeSolution, solve_ode
+from .plane import Plane, PlaneField, field_on_plane
 from .problem import Block, Layout, Problem
 from .schedules import (
     Constant,
@@ -65,4 +69,21 @@ __all__ = [
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
+    "Plane", "PlaneField", "field_on_plane",
 ]
+
+_LAZY_MODULES = ("viz",)    # imported on first attribute access (matplotlib stays unloaded)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'sa_clip' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_MODULES))

@@ -1,4 +1,4 @@
-r"""The mean field of per-batch clipping, ``H_M(theta) = E_B[u_B(theta)]`` (SPEC section 2).
+r"""Mean field of per-batch clipping, ``H_M = E_B[u_B(theta)]`` (docs/theory.md#clipping-rules).
 
 With per-batch clipping (``clip_grad_norm_`` on a minibatch of ``M`` samples) the update is
 ``u_B = g_B / c(g_B)`` with ``g_B`` the batch-mean gradient. Its mean over random batches has no

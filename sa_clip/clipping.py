@@ -1,4 +1,4 @@
-r"""Clipping rules: the update direction ``u = g / c`` for a gradient ``g`` (SPEC section 2).
+r"""Clipping rules: the update ``u = g / c`` for a gradient ``g`` (docs/theory.md#clipping-rules).
 
 Each rule is a small frozen dataclass that validates itself. A rule with a scalar clipping
 factor per group computes

@@ -1,5 +1,5 @@
 r"""Equilibria of the limiting ODE ``d theta/d tau = -H(theta)`` and the clipping bias at them
-(SPEC section 6).
+(docs/theory.md#equilibria).
 
 An equilibrium is a zero of ``H``. Its stability follows from the eigenvalues of the Jacobian
 ``DH(theta*)``: the flow is ``-H``, so ``theta*`` is *stable* when every eigenvalue has positive

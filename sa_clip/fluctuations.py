@@ -1,4 +1,4 @@
-r"""Fluctuations of clipped SGD around a stable equilibrium (Kushner-Yin CLT; SPEC section 6).
+r"""Fluctuations of clipped SGD near a stable equilibrium (the CLT; docs/theory.md#fluctuations).
 
 Near a stable zero ``theta*`` of ``H`` with ``B = DH(theta*)`` and noise covariance
 ``S = Cov(M)`` at ``theta*``, the scaled error ``(theta(n) - theta*) / sqrt(a(n))`` is

@@ -1,4 +1,4 @@
-r"""The clipped mean field ``H(theta)`` and the stochastic update it averages (SPEC section 4).
+r"""The clipped mean field ``H(theta)`` and the SGD update it averages (docs/theory.md#mean-field).
 
 .. math:: H(\theta) = \frac1N \sum_{i=1}^N \frac{g_i(\theta)}{c_i(\theta)},
           \qquad g_i = \nabla_\theta\, l_i(\theta),

@@ -1,4 +1,4 @@
-r"""The limiting ODE ``d theta / d tau = -H(theta)`` (SPEC section 4), integrated by torchdiffeq.
+r"""The limiting ODE ``d theta / d tau = -H(theta)`` (docs/theory.md#limiting-ode), by torchdiffeq.
 
 ``H`` is continuous but has kinks where a clipping factor switches (``||g_i|| = lam``).
 Adaptive Runge-Kutta methods assume smoothness: a step that straddles a kink has a local error

@@ -2,7 +2,7 @@
 
 ``Problem(model, X, y, loss)`` freezes a ``torch.nn.Module`` and a data set ``D = {(x_i, y_i)}``
 into functions of ``theta``, the flat vector of all weights in
-``torch.nn.utils.parameters_to_vector(model.parameters())`` order (SPEC section 1).
+``torch.nn.utils.parameters_to_vector(model.parameters())`` order (docs/theory.md#problem).
 Everything above this module (mean field, ODE, SGD chains) sees only ``theta``.
 
 Per-sample losses ``l_i(theta)``:

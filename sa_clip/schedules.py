@@ -1,4 +1,4 @@
-r"""Step-size schedules ``a(n)``, ``n = 0, 1, 2, ...``, and the ODE times they define (SPEC 3).
+r"""Step-size schedules ``a(n)``, ``n = 0, 1, ...``, and their ODE times (docs/theory.md#ode-time).
 
 Assumption (A2) of the paper: ``a(n) > 0``, ``sum a(n) = inf`` and ``sum a(n)^2 < inf``. The ODE
 time of step ``n`` is

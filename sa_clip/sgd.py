@@ -1,4 +1,4 @@
-r"""Many clipped-SGD chains at once: recursion (10) of the paper (SPEC section 3).
+r"""Many clipped-SGD chains at once: recursion (10) of the paper (docs/theory.md#recursion).
 
 .. math:: \theta(n+1) = \Pi\big(\theta(n) - a(n)\, u(\theta(n); B_n)\big),
 

@@ -1,5 +1,5 @@
 r"""Stability bounds of clipped SGD, as the paper states them and as they can be checked
-(SPEC section 5).
+(docs/theory.md#stability).
 
 Classic clipping (Lemma 1): ``||u|| <= lam``, so the martingale ``M_s = sum_{t<s} a(t) u_t`` has
 increments bounded by ``a(t) lam``. The paper's Hoeffding-Azuma bound (15) reads

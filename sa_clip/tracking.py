@@ -4,7 +4,7 @@ r"""How closely SGD chains track the ODE flow: the asymptotic-pseudotrajectory d
           - \Phi_h(\bar\theta(s)) \big\rVert ,
 
 with ``theta_bar`` the piecewise-linear interpolation of a chain in ODE time and ``Phi_h`` the
-flow of ``d theta/d tau = -H(theta)`` (SPEC section 5). Theory (Benaim 1999, Theorem 1 of the
+flow of ``d theta/d tau = -H`` (docs/theory.md#tracking). Theory (Benaim 1999, Theorem 1 of the
 paper): ``D_T(s) -> 0`` as ``s -> inf`` for every fixed ``T`` under (A2).
 """
 

@@ -1,7 +1,7 @@
 r"""The result of :func:`sa_clip.simulate_sgd`: many chains recorded at common steps.
 
 The interpolated trajectory ``theta_bar(tau)`` of a chain is piecewise linear through the recorded
-points ``(tau_n, theta(n))`` (SPEC section 3).
+points ``(tau_n, theta(n))`` (docs/theory.md#ode-time).
 """
 
 from __future__ import annotations

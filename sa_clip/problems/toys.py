@@ -84,7 +84,7 @@ def half_squared(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def location_problem(data: Sequence[float], *, theta0: float = 0.0,
                      dtype: torch.dtype = torch.float64) -> Problem:
     """Mean estimation ``l_i = (theta - x_i)^2 / 2``: with classic per-sample clipping at ``lam``
-    the equilibrium is the Huber location estimate with threshold ``lam`` (SPEC section 6).
+    the equilibrium is the Huber estimate with threshold ``lam`` (docs/theory.md#clipping-bias).
 
     >>> location_problem([-3.0, -3.0, 9.0]).P
     1
