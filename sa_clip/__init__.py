@@ -4,6 +4,7 @@ Public names are re-exported here; see ``SPEC.md`` for the mathematics.
 """
 
 from . import distributed, io, problems
+from ._version import __version__ as __version__
 from .batchfield import batch_mean_field
 from .clipping import (
     RULES,
@@ -37,6 +38,7 @@ from .schedules import (
     schedule_from_dict,
 )
 from .sgd import simulate_sgd
+from .sources import TensorData
 from .stability import (
     BlowupResult,
     azuma_log_bound,
@@ -48,8 +50,6 @@ from .stability import (
 from .streamed import ArrayData, ChunkedData, DataSource, NpyData, StreamedProblem
 from .tracking import TrackingResult, tracking_distance
 from .trajectory import Trajectory
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Problem", "Block", "Layout",
@@ -65,4 +65,5 @@ __all__ = [
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
+    "TensorData",
 ]

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
+
 FORMAT = "sa_clip"
 FORMAT_VERSION = 1
 _META = "__sa_clip_meta__"
@@ -39,7 +41,6 @@ def versions() -> dict[str, str]:
     """Versions recorded in every result file: sa_clip, torch, numpy, python."""
     import torch
 
-    from . import __version__
     return {"sa_clip": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 

@@ -28,7 +28,7 @@ def _thetas(p, k=3):
 def _streamed_mlp():
     ref = mlp_problem(n=11, loss="cross_entropy")
     src = sc.ArrayData(ref.X.numpy(), ref.y.numpy())
-    return sc.StreamedProblem(ref.model, src, "cross_entropy")
+    return sc.Problem(ref.model, data=src, loss="cross_entropy")
 
 
 def _compute(distributed):

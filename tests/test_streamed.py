@@ -30,7 +30,8 @@ def test_npy_problem_equals_in_memory_problem(tmp_path, loss):
     if loss == "cross_entropy":   # SharedTied gives 2 logits
         assert ref.y.max() <= 1
     p = sc.Problem.from_npy(SharedTied(), *_save(tmp_path, ref.X, ref.y), loss)
-    assert isinstance(p, sc.StreamedProblem) and p.N == ref.N and p.dtype == torch.float64
+    assert isinstance(p, sc.Problem) and not p.in_memory and isinstance(p.source, sc.NpyData)
+    assert p.N == ref.N and p.dtype == torch.float64
     assert torch.equal(p.theta0, ref.theta0)
     th = _thetas(ref)
     for rule in ALL_RULES:
@@ -55,7 +56,7 @@ def test_chunked_parts_and_memmap_arrays_equal_in_memory(tmp_path):
     b = sc.ArrayData(np.load(xb, mmap_mode="r"), np.load(yb, mmap_mode="r"))
     src = sc.ChunkedData([a, b])
     assert src.n == 17
-    p = sc.StreamedProblem(SharedTied(), src, "mse")
+    p = sc.Problem(SharedTied(), data=src, loss="mse")
     rule = sc.LayerwiseAdaptiveClip(0.1)
     th = _thetas(ref)
     # chunks of 4 straddle the 6 | 11 boundary between the parts
@@ -133,13 +134,13 @@ def test_bad_sources_are_rejected(tmp_path):
         sc.ChunkedData([(np.zeros((2, 3)), np.zeros(2)), (np.zeros((2, 4)), np.zeros(2))])
     with pytest.raises(TypeError, match="`parts` must be a non-empty sequence"):
         sc.ChunkedData([])
-    with pytest.raises(TypeError, match="`source` must be a sa_clip.DataSource"):
-        sc.StreamedProblem(torch.nn.Linear(2, 1), np.zeros((3, 2)))
-    p = sc.StreamedProblem(torch.nn.Linear(2, 1), sc.ArrayData(np.zeros((3, 2)), np.zeros(3)))
+    with pytest.raises(TypeError, match="`data` must be a sa_clip.DataSource"):
+        sc.Problem(torch.nn.Linear(2, 1), data=np.zeros((3, 2)))
+    p = sc.Problem(torch.nn.Linear(2, 1), data=sc.ArrayData(np.zeros((3, 2)), np.zeros(3)))
     with pytest.raises(IndexError, match=r"`index` must lie in \[-3, 2\]"):
         p.take(torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="contiguous slice"):
         p.data(slice(0, 3, 2))
     with pytest.raises(ValueError, match="`scan_rows` must be an integer >= 1"):
-        sc.StreamedProblem(torch.nn.Linear(2, 1), sc.ArrayData(np.zeros((3, 2)), np.zeros(3)),
-                           scan_rows=0)
+        sc.Problem(torch.nn.Linear(2, 1), data=sc.ArrayData(np.zeros((3, 2)), np.zeros(3)),
+                   scan_rows=0)
