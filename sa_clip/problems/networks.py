@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from ..problem import Problem
-from .datasets import load_dataset
+from .datasets import DATASETS, load_dataset
+
+
+def n_classes(name: str) -> int:
+    """Number of classes of a bundled classification data set, from the full data set (so a
+    subsample that misses a class still gets one logit per class)."""
+    _, y, _ = load_dataset(name)
+    return int(y.max()) + 1
 
 
 def paper_network(n_in: int, n_out: int, hidden: Sequence[int] = (16,), *,
@@ -40,14 +47,15 @@ def real_problem(name: str = "wine", hidden: Sequence[int] = (16,), *, seed: int
                  activation: type[nn.Module] = nn.Sigmoid) -> Problem:
     """The paper's network on a bundled data set (see :func:`load_dataset`).
 
-    Classification data sets get cross-entropy on ``C`` logits, ``diabetes`` gets ``"mse"``.
+    Classification data sets get cross-entropy on ``C`` logits (``C`` from the full data set,
+    whatever ``n``), ``diabetes`` gets ``"mse"``.
 
     >>> p = real_problem("iris", hidden=(4,))
     >>> p.N, p.P
     (150, 35)
     """
     X, y, task = load_dataset(name, dtype=dtype, n=n)
-    n_out = int(y.max()) + 1 if task == "classification" else 1
+    n_out = n_classes(name) if task == "classification" else 1
     model = paper_network(X.shape[1], n_out, hidden, activation=activation, seed=seed,
                           dtype=dtype)
     loss = "cross_entropy" if task == "classification" else "mse"
@@ -62,10 +70,11 @@ def logistic_regression(name: str = "wine", *, dtype: torch.dtype = torch.float6
     >>> logistic_regression("wine").P
     42
     """
-    X, y, task = load_dataset(name, dtype=dtype, n=n)
-    if task != "classification":
-        raise ValueError(f"`name` must be a classification data set, got {name!r} ({task}).")
-    model = nn.Linear(X.shape[1], int(y.max()) + 1, dtype=dtype)
+    if name in DATASETS and DATASETS[name][1] != "classification":
+        raise ValueError(f"`name` must be a classification data set, got {name!r} "
+                         f"({DATASETS[name][1]}).")
+    X, y, _ = load_dataset(name, dtype=dtype, n=n)
+    model = nn.Linear(X.shape[1], n_classes(name), dtype=dtype)
     with torch.no_grad():
         model.weight.zero_()
         model.bias.zero_()

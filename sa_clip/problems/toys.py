@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._validate import check_nonneg_int
 from ..problem import Problem
 
 
@@ -55,6 +56,7 @@ def tanh_regression(n: int = 64, *, w_true: tuple[float, float] = (1.5, 2.0), no
     >>> tanh_regression().P
     2
     """
+    n = check_nonneg_int("n", n, minimum=1)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, generator=gen, dtype=dtype) * 1.5
     y = w_true[1] * torch.tanh(w_true[0] * x) + noise * torch.randn(n, generator=gen, dtype=dtype)
@@ -69,6 +71,7 @@ def logistic2d(n: int = 100, *, seed: int = 0, separation: float = 1.0,
     >>> logistic2d().P
     2
     """
+    n = check_nonneg_int("n", n, minimum=1)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 2
     centre = torch.tensor([1.0, 0.5], dtype=dtype) * separation
@@ -110,6 +113,7 @@ def quartic(n: int = 16, *, theta0: float = 0.5, seed: int = 0,
     >>> quartic().P
     1
     """
+    n = check_nonneg_int("n", n, minimum=1)
     gen = torch.Generator().manual_seed(seed)
     x = 1.0 + 0.1 * torch.randn(n, generator=gen, dtype=dtype)
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, quartic_loss, name="quartic")
@@ -128,6 +132,7 @@ def linear1d(n: int = 64, *, spread: float = 1.3, theta0: float = 2.0, noise: fl
     >>> linear1d().P
     1
     """
+    n = check_nonneg_int("n", n, minimum=1)
     gen = torch.Generator().manual_seed(seed)
     x = torch.exp(spread * torch.randn(n, generator=gen, dtype=dtype))
     y = x + noise * torch.randn(n, generator=gen, dtype=dtype)
