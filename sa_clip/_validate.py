@@ -28,6 +28,17 @@ def check_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
     return v
 
 
+def check_real(name: str, value: Any) -> float:
+    """Return ``float(value)`` if it is a finite real number (bools excluded), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a finite real number, got {value!r} "
+                        f"of type {type(value).__name__}.")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"`{name}` must be a finite real number, got {value!r}.")
+    return v
+
+
 def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
     """Return ``int(value)`` if it is an integer >= ``minimum``, else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -53,13 +64,29 @@ def as_tensor(name: str, value: Any, *, dtype: torch.dtype | None = None,
     if isinstance(value, torch.Tensor):
         t = value
     elif isinstance(value, (np.ndarray, list, tuple, numbers.Number)):
-        t = torch.as_tensor(np.asarray(value))
+        try:
+            a = np.asarray(value)
+        except (ValueError, TypeError) as exc:   # ragged nested lists
+            raise ValueError(f"`{name}` must be a rectangular array of numbers (equal-length "
+                             f"rows), got {_short(value)}.") from exc
+        if a.dtype.kind not in "biufc":
+            raise TypeError(f"`{name}` must hold numbers, got {_short(value)} (numpy dtype "
+                            f"{a.dtype}).")
+        try:
+            t = torch.as_tensor(a)
+        except (TypeError, RuntimeError) as exc:   # e.g. uint16 on old torch
+            raise TypeError(f"`{name}` has dtype {a.dtype}, which torch cannot hold.") from exc
     else:
         raise TypeError(f"`{name}` must be a torch.Tensor or array-like, got "
                         f"{type(value).__name__}.")
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype if dtype is not None else t.dtype, device=device)
     return t
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:

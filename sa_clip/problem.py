@@ -237,6 +237,11 @@ class Problem:
         self._fixed = {**self.frozen, **self.buffers}
         self.theta0 = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
         self.P = self.layout.size
+        for pname, t in (*named, *self.frozen.items()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"`model` has non-finite values in its parameter {pname!r} "
+                                 f"(in {self.dtype}); theta0 and every fixed parameter must be "
+                                 "finite.")
         self._check_output()
         if any(isinstance(m, _NOT_A1) for m in self.model.modules()):
             warnings.warn("the model uses a piecewise-linear activation (e.g. ReLU), which "

@@ -7,16 +7,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import rel_err
 
 import sa_clip as sc
 from problems import mlp_problem, shared_problem
 
 WORLD = 2
 RULES = [sc.NormClip(0.3), sc.LayerwiseAdaptiveClip(0.1), sc.UnitwiseAGC(0.2, eps=1e-3)]
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
 
 def _thetas(p, k=3):

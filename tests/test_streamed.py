@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import rel_err
 
 import sa_clip as sc
 from problems import ALL_RULES, SharedTied, shared_problem
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
 
 def _save(tmp_path, X, y, tag=""):
