@@ -354,15 +354,16 @@ class Problem:
         """Return ``(theta as (K, P) tensor of the problem's dtype and device, was_batched)``.
 
         Accepts ``(P,)`` or ``(K, P)`` with ``K >= 1``, real (floating, integer or bool)
-        values. Raises ``TypeError`` for complex values (their imaginary part would be lost)
-        or non-arrays, ``ValueError`` for another shape, ``K = 0``, or (with ``finite=True``,
-        the default) NaN/inf entries, naming ``name``. Internal callers that must pass
-        blown-up states through (ODE right-hand sides, SGD chains) use ``finite=False``.
+        values. Raises ``ValueError`` naming ``name`` for complex values (their imaginary part
+        would be lost), another shape, ``K = 0``, or (with ``finite=True``, the default)
+        NaN/inf entries in the problem's dtype; ``TypeError`` for what is not array-like.
+        Internal callers that must pass blown-up states through (ODE right-hand sides, SGD
+        chains) use ``finite=False``.
         """
         t = as_tensor(name, theta)
         if t.is_complex():
-            raise TypeError(f"`{name}` must be real, got dtype {t.dtype} (the imaginary part "
-                            f"would be dropped); pass theta.real if that is what you mean.")
+            raise ValueError(f"`{name}` must be real, got dtype {t.dtype} (the imaginary part "
+                             f"would be dropped); pass theta.real if that is what you mean.")
         if t.dim() not in (1, 2) or t.shape[-1] != self.P:
             raise ValueError(f"`{name}` must have shape (P,) or (K, P) with P = {self.P}, got "
                              f"{tuple(t.shape)}.")

@@ -250,7 +250,7 @@ def test_check_theta_refuses_empty_nonfinite_and_complex():
         bad[3] = -math.inf
         with pytest.raises(ValueError, match=r"`theta` must be finite; found -inf"):
             call(torch.stack([p.theta0, bad]))
-        with pytest.raises(TypeError, match=r"`theta` must be real, got dtype torch.complex128"):
+        with pytest.raises(ValueError, match=r"`theta` must be real"):
             call(p.theta0.to(torch.complex128))
     t, batched = p.check_theta([float("nan")] * p.P, finite=False)   # internal callers
     assert t.shape == (1, p.P) and not batched and torch.isnan(t).all()
