@@ -238,5 +238,31 @@ def check_increasing(path: str | os.PathLike, name: str, a: np.ndarray, *, stric
     return a
 
 
-__all__ = ["save_npz", "load_npz", "check_array", "check_increasing", "content_digest",
-           "versions", "FORMAT_VERSION"]
+def check_blowups(path: str | os.PathLike, blowup_step: np.ndarray, last_step: int,
+                  alive: np.ndarray | None = None) -> np.ndarray:
+    """Return ``blowup_step`` after checking each entry is ``-1`` (never blew up) or a step in
+    ``[1, last_step]``, and (when given) that ``alive`` is exactly ``blowup_step == -1``; a
+    ``ValueError`` names the file and the first inconsistent chain. For trajectories and SGD
+    checkpoints (``last_step``: the steps done)."""
+    where = os.fspath(path)
+    blow = np.asarray(blowup_step)
+    bad = np.flatnonzero((blow != -1) & ((blow < 1) | (blow > last_step)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where!r}: 'blowup_step' of chain {i} is {blow[i]}, expected -1 "
+                         f"(never blew up) or a step in [1, {last_step}].")
+    if alive is not None:
+        alive = np.asarray(alive)
+        if alive.shape != blow.shape or alive.dtype.kind != "b":
+            raise ValueError(f"{where!r}: 'alive' must be a bool array of shape {blow.shape}, "
+                             f"got {alive.dtype} {alive.shape}.")
+        bad = np.flatnonzero(alive != (blow == -1))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{where!r}: chain {i} is {'alive' if alive[i] else 'dead'} but "
+                             f"its blow-up step is {blow[i]}; the file is inconsistent.")
+    return blow
+
+
+__all__ = ["save_npz", "load_npz", "check_array", "check_increasing", "check_blowups",
+           "content_digest", "versions", "FORMAT_VERSION"]

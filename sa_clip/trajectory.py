@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import check_array, check_increasing, load_npz, save_npz
+from .io import check_array, check_blowups, check_increasing, load_npz, save_npz
 
 _OPTIONAL = ("indices", "xi", "quadratic_variation", "noise_norm")
 
@@ -171,13 +171,7 @@ def _check_invariants(where: str, a: dict[str, Any], config: dict[str, Any]) -> 
     """The invariants of a recorded run (see :meth:`Trajectory.load`)."""
     check_increasing(where, "tau", a["tau"])
     steps = check_increasing(where, "steps", a["steps"], minimum=0)
-    blow = a["blowup_step"]
-    last = int(steps[-1])
-    bad = np.flatnonzero((blow != -1) & ((blow < 1) | (blow > last)))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"{where!r}: 'blowup_step' of chain {i} is {blow[i]}, expected -1 "
-                         f"(never blew up) or a step in [1, {last}].")
+    blow = check_blowups(where, a["blowup_step"], int(steps[-1]))
     theta = a["theta"]
     after = (blow[:, None] >= 0) & (steps[None, :] >= blow[:, None])       # (C, R)
     finite = np.isfinite(theta).all(-1)

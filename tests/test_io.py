@@ -320,3 +320,16 @@ def test_single_byte_flips_only_ever_raise_valueerror(tmp_path, run):
                 assert same(back), f"byte {off} of {name} changed the loaded content silently"
                 loaded += 1
         assert refused > 0.5 * len(offsets), (name, loaded, refused)
+
+
+def test_check_blowups_helper_for_checkpoints():
+    assert io.check_blowups("c.npz", np.array([-1, 3]), 5, alive=np.array([True, False])
+                            ).tolist() == [-1, 3]
+    with pytest.raises(ValueError, match=r"'c\.npz': chain 1 is alive but its blow-up step is 3"):
+        io.check_blowups("c.npz", np.array([-1, 3]), 5, alive=np.array([True, True]))
+    with pytest.raises(ValueError, match=r"chain 0 is dead but its blow-up step is -1"):
+        io.check_blowups("c.npz", np.array([-1, 3]), 5, alive=np.array([False, False]))
+    with pytest.raises(ValueError, match=r"'blowup_step' of chain 1 is 6, expected -1 .* \[1, 5\]"):
+        io.check_blowups("c.npz", np.array([-1, 6]), 5)
+    with pytest.raises(ValueError, match=r"'alive' must be a bool array of shape \(2,\)"):
+        io.check_blowups("c.npz", np.array([-1, 3]), 5, alive=np.array([1, 0]))

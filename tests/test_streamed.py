@@ -141,3 +141,49 @@ def test_bad_sources_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="`scan_rows` must be an integer >= 1"):
         sc.Problem(torch.nn.Linear(2, 1), data=sc.ArrayData(np.zeros((3, 2)), np.zeros(3)),
                    scan_rows=0)
+
+
+def test_to_keeps_a_streamed_source_on_disk(tmp_path):
+    ref = shared_problem("mse", n=12)
+    p = sc.Problem.from_npy(SharedTied(), *_save(tmp_path, ref.X, ref.y), "mse")
+    p32 = p.to(dtype=torch.float32)
+    assert p32.source is p.source and not p32.in_memory and p.dtype == torch.float64
+    x, y = p32.data(slice(0, 5))
+    assert x.dtype == y.dtype == torch.float32 and torch.equal(x, ref.X[:5].float())
+    assert rel_err(p32.loss(p32.theta0).double(), ref.loss(ref.theta0)) < 1e-6
+
+
+def test_streamed_and_in_memory_share_one_validation(tmp_path):
+    # the same checks and messages whatever the source
+    X = np.zeros((6, 3))
+    X[4, 2] = np.inf
+    for build in (lambda: sc.Problem(torch.nn.Linear(3, 1), X, np.zeros(6)),
+                  lambda: sc.Problem.from_npy(torch.nn.Linear(3, 1),
+                                              *_save(tmp_path, X, np.zeros(6)), scan_rows=2)):
+        with pytest.raises(ValueError, match=r"`X` must be finite; found inf at index \(4, 2\)"):
+            build()
+    Xc = np.zeros((6, 3), np.complex128)
+    for build in (lambda: sc.Problem(torch.nn.Linear(3, 1), Xc, np.zeros(6)),
+                  lambda: sc.Problem.from_npy(torch.nn.Linear(3, 1),
+                                              *_save(tmp_path, Xc, np.zeros(6)))):
+        with pytest.raises(TypeError, match=r"`X` must be real .*complex128"):
+            build()
+    Xw = np.zeros((6, 4))
+    for build in (lambda: sc.Problem(torch.nn.Linear(3, 1), Xw, np.zeros(6)),
+                  lambda: sc.Problem.from_npy(torch.nn.Linear(3, 1),
+                                              *_save(tmp_path, Xw, np.zeros(6)))):
+        with pytest.raises(ValueError, match=r"in_features = 3 inputs per sample, `X` has 4"):
+            build()
+
+
+def test_frozen_parameters_with_streamed_data(tmp_path):
+    ref = shared_problem("mse", n=10)
+    m = SharedTied()
+    m.mix.requires_grad_(False)
+    mem = sc.Problem(m, ref.X, ref.y)
+    p = sc.Problem.from_npy(m, *_save(tmp_path, ref.X, ref.y))
+    assert p.P == mem.P == ref.P - m.mix.numel() and list(p.frozen) == ["mix"]
+    th = mem.theta0 + 0.1
+    for rule in ALL_RULES[:3]:
+        assert rel_err(sc.MeanField(p, rule, chunk_size=3)(th), sc.MeanField(mem, rule)(th)) \
+            < 1e-12
