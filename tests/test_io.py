@@ -333,3 +333,21 @@ def test_check_blowups_helper_for_checkpoints():
         io.check_blowups("c.npz", np.array([-1, 6]), 5)
     with pytest.raises(ValueError, match=r"'alive' must be a bool array of shape \(2,\)"):
         io.check_blowups("c.npz", np.array([-1, 3]), 5, alive=np.array([1, 0]))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda a, m: m.update(step=m["step"] - 3),
+    lambda a, m: m["sampler"].update(pos=m["sampler"]["pos"] + 1),
+    lambda a, m: a.update(theta=a["theta"] + 1.0),
+    lambda a, m: a.update(alive=~a["alive"]),
+])
+def test_edited_checkpoint_is_refused_on_resume(tmp_path, edit):
+    p = sc.problems.location_problem([0.0, 1.0, 2.0, 5.0])
+    path = tmp_path / "ck.npz"
+    kw = dict(steps=6, chains=2, seed=0, checkpoint=path, checkpoint_every=3)
+    sc.simulate_sgd(p, sc.NormClip(1.0), "harmonic:0.5", **kw)
+    arrays, meta = io.load_npz(path)
+    edit(arrays, meta)
+    raw_write(path, meta, redigest=False, **arrays)
+    with pytest.raises(ValueError, match=r"ck\.npz.*content digest mismatch"):
+        sc.simulate_sgd(p, sc.NormClip(1.0), "harmonic:0.5", resume=True, **kw)

@@ -14,7 +14,11 @@ from .datasets import DATASETS, load_dataset
 
 def n_classes(name: str) -> int:
     """Number of classes of a bundled classification data set, from the full data set (so a
-    subsample that misses a class still gets one logit per class)."""
+    subsample that misses a class still gets one logit per class).
+
+    >>> n_classes("iris")
+    3
+    """
     _, y, _ = load_dataset(name)
     return int(y.max()) + 1
 
