@@ -289,6 +289,9 @@ class ChunkedData(DataSource):
                             f"array pairs, got {type(parts).__name__}.")
         srcs = []
         for i, part in enumerate(parts):
+            if isinstance(part, DataSource) and part.in_memory:
+                raise TypeError(f"`parts[{i}]` is a {type(part).__name__} of tensors; "
+                                f"concatenate tensors with torch.cat and use them directly.")
             if isinstance(part, DataSource):
                 srcs.append(part)
             elif isinstance(part, tuple) and len(part) == 2:

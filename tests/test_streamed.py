@@ -131,6 +131,8 @@ def test_bad_sources_are_rejected(tmp_path):
         sc.ChunkedData([(np.zeros((2, 3)), np.zeros(2)), (np.zeros((2, 4)), np.zeros(2))])
     with pytest.raises(TypeError, match="`parts` must be a non-empty sequence"):
         sc.ChunkedData([])
+    with pytest.raises(TypeError, match=r"`parts\[0\]` is a TensorData of tensors"):
+        sc.ChunkedData([sc.TensorData(torch.zeros(2, 3), torch.zeros(2))])
     with pytest.raises(TypeError, match="`data` must be a sa_clip.DataSource"):
         sc.Problem(torch.nn.Linear(2, 1), data=np.zeros((3, 2)))
     p = sc.Problem(torch.nn.Linear(2, 1), data=sc.ArrayData(np.zeros((3, 2)), np.zeros(3)))
