@@ -50,6 +50,22 @@ def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
     return v
 
 
+def check_float_dtype(name: str, value: Any) -> torch.dtype:
+    """Return ``value`` if it is a floating ``torch.dtype``, else raise."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"`{name}` must be a floating torch.dtype (torch.float32, "
+                        f"torch.float64, ...), got {value!r}.")
+    return value
+
+
+def seeded_generator(seed: Any, name: str = "seed") -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed``, an integer in ``[0, 2^63)``."""
+    seed = check_nonneg_int(name, seed)
+    if seed >= 2 ** 63:
+        raise ValueError(f"`{name}` must be an integer in [0, 2^63), got {seed}.")
+    return torch.Generator().manual_seed(seed)
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise listing them."""
     choices = list(choices)

@@ -148,7 +148,11 @@ def load_npz(path: str | os.PathLike, kind: str | None = None
     does not match (an array or a metadata value changed after writing). A missing file is a
     ``FileNotFoundError``.
     """
-    path = os.fspath(path)
+    try:
+        path = os.fspath(path)
+    except TypeError as exc:
+        raise TypeError(f"`path` must be a file path (str or os.PathLike), got {path!r}."
+                        ) from exc
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
     if os.path.isdir(path):

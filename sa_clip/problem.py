@@ -59,10 +59,19 @@ def resolve_device(device: Any) -> torch.device | None:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}."
                          ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device` is {device!r} but CUDA is not available here "
+                             "(torch.cuda.is_available() is False); use 'cpu' or 'auto'.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"`device` is {device!r} but this machine has {count} CUDA "
+                             f"device(s): use 'cuda:0' .. 'cuda:{count - 1}'.")
+    return dev
 
 
 def _source(X: Any, y: Any, data: Any) -> DataSource:
@@ -207,6 +216,8 @@ class Problem:
                 dtype = torch.promote_types(dtype, x_dtype)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string or None, got {name!r}.")
         dev = resolve_device(device) or first.device
         self.model = copy.deepcopy(model).to(device=dev, dtype=dtype).eval()
         self.dtype, self.device, self.name = dtype, dev, name or type(model).__name__
@@ -295,9 +306,10 @@ class Problem:
             out = self.outputs(self.theta0, x1)
         except (RuntimeError, TypeError, IndexError, ValueError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = self._apply_hint(x1)
             raise ValueError(f"`model` cannot be applied to `X` (one sample of shape "
-                             f"{tuple(x1.shape[1:])}, dtype {x1.dtype}):"
-                             f"{self._apply_hint(x1)}. The model raised "
+                             f"{tuple(x1.shape[1:])}, dtype {x1.dtype})"
+                             f"{':' + hint + '.' if hint else '.'} The model raised "
                              f"{type(exc).__name__}: {msg}") from exc
         if out.shape[:1] != (1,):
             raise ValueError(f"`model` must keep the batch dimension: input of shape "
@@ -310,6 +322,10 @@ class Problem:
                                  f"{tuple(out.shape[1:])} per sample, `y` has "
                                  f"{tuple(y1.shape[1:])}.")
         elif loss == "cross_entropy":
+            if y1.dim() != 1:
+                raise ValueError(f"`y` must hold one class label per sample for "
+                                 f"loss='cross_entropy' (shape (N,)), got shape "
+                                 f"(N, {', '.join(map(str, y1.shape[1:]))}).")
             if out.dim() != 2:
                 raise ValueError(f"loss='cross_entropy' needs logits of shape (N, C); the model "
                                  f"gives {tuple(out.shape)} per batch.")
@@ -397,6 +413,8 @@ class Problem:
         Every full-data computation reads the data through this method, chunk by chunk, from
         the problem's :class:`~sa_clip.DataSource`.
         """
+        if not isinstance(s, slice):
+            raise TypeError(f"`s` must be a slice of sample indices, got {s!r}.")
         return self._convert(*self.source.rows(s))
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

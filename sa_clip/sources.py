@@ -81,6 +81,10 @@ class DataSource(ABC):
         """Samples at an integer ``index`` tensor of any shape (negative values count from
         the end), as CPU tensors of shape ``index.shape + x_shape`` and ``index.shape +
         y_shape``, read now."""
+        if not isinstance(index, torch.Tensor) or index.is_floating_point() or \
+                index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(f"`index` must be an integer tensor of sample indices, got "
+                            f"{getattr(index, 'dtype', type(index).__name__)}.")
         flat = index.detach().reshape(-1).cpu().numpy().astype(np.int64)
         if flat.size and (flat.min() < -self.n or flat.max() >= self.n):
             raise IndexError(f"`index` must lie in [-{self.n}, {self.n - 1}], got values in "

@@ -100,6 +100,12 @@ def test_errors():
         p.loss(torch.zeros(4))
     with pytest.raises(ValueError, match="`device`"):
         sc.Problem(lin, X, y, device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"`device` is 'cuda' but CUDA is not available"):
+            sc.Problem(lin, X, y, device="cuda")
+    with pytest.raises(ValueError, match=r"`model` cannot be applied to `X` \(one sample of "
+                                         r"shape \(\), dtype torch.float32\)\. The model raised"):
+        sc.Problem(lin, torch.zeros(4), y)                  # 1-d X: one number per sample
 
 
 def test_zoo():
@@ -304,3 +310,35 @@ def test_import_graph_has_no_cycle_and_the_data_layers_point_down():
     from sa_clip.problem import Block, Layout, group_norms  # re-exported for old imports
     assert Layout is sc.Layout and Block is sc.Block and callable(group_norms)
     assert helpers.find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]   # it can fail
+
+
+def test_more_bad_arguments_found_by_a_hostile_sweep(tmp_path):
+    from sa_clip import problems as zoo
+    lin = nn.Linear(2, 1)
+    X, y = torch.randn(5, 2), torch.randn(5)
+    with pytest.raises(ValueError, match=r"`y` must hold one class label per sample .* got "
+                                         r"shape \(N, 2\)"):   # was silently mis-gathered
+        sc.Problem(nn.Linear(2, 2), X, torch.zeros(5, 2, dtype=torch.long), "cross_entropy")
+    with pytest.raises(TypeError, match="`name` must be a string or None, got 5"):
+        sc.Problem(lin, X, y, name=5)
+    p = sc.Problem(lin, X, y)
+    with pytest.raises(TypeError, match="`s` must be a slice of sample indices, got 3"):
+        p.data(3)
+    np.save(tmp_path / "x.npy", X.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    q = sc.Problem.from_npy(lin, tmp_path / "x.npy", tmp_path / "y.npy")
+    with pytest.raises(TypeError, match=r"`index` must be an integer tensor .* torch.float32"):
+        q.take(torch.tensor([0.5]))                          # was silently index 0
+    with pytest.raises(TypeError, match=r"`path` must be a file path .* got 5"):
+        sc.Trajectory.load(5)
+    for hidden in ((0,), (-3,), "abc", (2.5,)):
+        with pytest.raises(ValueError, match=r"`hidden` must be a sequence of layer widths"):
+            zoo.real_problem("iris", hidden=hidden)
+    with pytest.raises(TypeError, match=r"`seed` must be an integer >= 0, got 'x'"):
+        zoo.tanh_regression(seed="x")
+    with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 2\^63\)"):
+        zoo.logistic2d(seed=2 ** 64)
+    with pytest.raises(TypeError, match=r"`dtype` must be a floating torch.dtype"):
+        zoo.tanh_regression(dtype="float32")
+    with pytest.raises(TypeError, match=r"`dtype` must be a floating torch.dtype"):
+        zoo.real_problem("iris", dtype=torch.int64)

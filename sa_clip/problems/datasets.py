@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._validate import check_choice, check_nonneg_int
+from .._validate import check_choice, check_float_dtype, check_nonneg_int
 
 #: name -> (scikit-learn loader name, task)
 DATASETS = {
@@ -32,6 +32,7 @@ def load_dataset(name: str, *, dtype: torch.dtype = torch.float64, n: int | None
     (torch.Size([178, 13]), 'classification')
     """
     check_choice("name", name, DATASETS)
+    dtype = check_float_dtype("dtype", dtype)
     import sklearn.datasets
 
     loader, task = DATASETS[name]

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from .._validate import check_float_dtype, seeded_generator
 from ..problem import Problem
 from .datasets import DATASETS, load_dataset
 
@@ -31,9 +33,14 @@ def paper_network(n_in: int, n_out: int, hidden: Sequence[int] = (16,), *,
     Weights are initialised by PyTorch's default rule from a private generator seeded by
     ``seed`` (the global RNG is not touched).
     """
+    dtype = check_float_dtype("dtype", dtype)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or any(
+            isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in hidden):
+        raise ValueError(f"`hidden` must be a sequence of layer widths, integers >= 1 (e.g. "
+                         f"(16,) or (32, 32); () for none), got {hidden!r}.")
     sizes = [n_in, *hidden, n_out]
     layers: list[nn.Module] = []
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b, dtype=dtype)
         bound = 1.0 / a ** 0.5
@@ -58,7 +65,7 @@ def real_problem(name: str = "wine", hidden: Sequence[int] = (16,), *, seed: int
     >>> p.N, p.P
     (150, 35)
     """
-    X, y, task = load_dataset(name, dtype=dtype, n=n)
+    X, y, task = load_dataset(name, dtype=check_float_dtype("dtype", dtype), n=n)
     n_out = n_classes(name) if task == "classification" else 1
     model = paper_network(X.shape[1], n_out, hidden, activation=activation, seed=seed,
                           dtype=dtype)

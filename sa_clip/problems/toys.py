@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validate import check_nonneg_int, check_real
+from .._validate import check_float_dtype, check_nonneg_int, check_real, seeded_generator
 from ..problem import Problem
 
 
@@ -61,11 +61,12 @@ def tanh_regression(n: int = 64, *, w_true: tuple[float, float] = (1.5, 2.0), no
     2
     """
     n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
     if isinstance(w_true, (str, bytes)) or not isinstance(w_true, Sequence) or len(w_true) != 2:
         raise TypeError(f"`w_true` must be a pair of real numbers, got {w_true!r}.")
     w_true = (check_real("w_true[0]", w_true[0]), check_real("w_true[1]", w_true[1]))
     noise = check_real("noise", noise)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     x = torch.randn(n, generator=gen, dtype=dtype) * 1.5
     y = w_true[1] * torch.tanh(w_true[0] * x) + noise * torch.randn(n, generator=gen, dtype=dtype)
     return Problem(TanhToy(dtype=dtype), x[:, None], y, "mse", name="tanh")
@@ -80,8 +81,9 @@ def logistic2d(n: int = 100, *, seed: int = 0, separation: float = 1.0,
     2
     """
     n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
     separation = check_real("separation", separation)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     labels = torch.arange(n) % 2
     centre = torch.tensor([1.0, 0.5], dtype=dtype) * separation
     x = torch.randn(n, 2, generator=gen, dtype=dtype) + (2 * labels[:, None] - 1) * centre
@@ -128,7 +130,8 @@ def quartic(n: int = 16, *, theta0: float = 0.5, seed: int = 0,
     1
     """
     n = check_nonneg_int("n", n, minimum=1)
-    gen = torch.Generator().manual_seed(seed)
+    dtype = check_float_dtype("dtype", dtype)
+    gen = seeded_generator(seed)
     x = 1.0 + 0.1 * torch.randn(n, generator=gen, dtype=dtype)
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, quartic_loss, name="quartic")
 
@@ -147,9 +150,10 @@ def linear1d(n: int = 64, *, spread: float = 1.3, theta0: float = 2.0, noise: fl
     1
     """
     n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
     spread, noise = check_real("spread", spread), check_real("noise", noise)
     theta0 = check_real("theta0", theta0)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     x = torch.exp(spread * torch.randn(n, generator=gen, dtype=dtype))
     y = x + noise * torch.randn(n, generator=gen, dtype=dtype)
     model = nn.Linear(1, 1, bias=False, dtype=dtype)
