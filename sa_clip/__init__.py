@@ -7,6 +7,7 @@ after ``import sa_clip as sc``, so that code using only the engines never import
 """
 
 from . import distributed, io, problems
+from ._version import __version__ as __version__
 from .batchfield import batch_mean_field
 from .clipping import (
     RULES,
@@ -41,6 +42,7 @@ from .schedules import (
     schedule_from_dict,
 )
 from .sgd import simulate_sgd
+from .sources import TensorData
 from .stability import (
     BlowupResult,
     azuma_log_bound,
@@ -52,8 +54,6 @@ from .stability import (
 from .streamed import ArrayData, ChunkedData, DataSource, NpyData, StreamedProblem
 from .tracking import TrackingResult, tracking_distance
 from .trajectory import Trajectory
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Problem", "Block", "Layout",
@@ -69,7 +69,7 @@ __all__ = [
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
-    "Plane", "PlaneField", "field_on_plane",
+    "Plane", "PlaneField", "field_on_plane", "TensorData",
 ]
 
 _LAZY_MODULES = ("viz",)    # imported on first attribute access (matplotlib stays unloaded)

@@ -28,6 +28,17 @@ def check_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
     return v
 
 
+def check_real(name: str, value: Any) -> float:
+    """Return ``float(value)`` if it is a finite real number (bools excluded), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a finite real number, got {value!r} "
+                        f"of type {type(value).__name__}.")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"`{name}` must be a finite real number, got {value!r}.")
+    return v
+
+
 def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
     """Return ``int(value)`` if it is an integer >= ``minimum``, else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -37,6 +48,22 @@ def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
     if v < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {v}.")
     return v
+
+
+def check_float_dtype(name: str, value: Any) -> torch.dtype:
+    """Return ``value`` if it is a floating ``torch.dtype``, else raise."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"`{name}` must be a floating torch.dtype (torch.float32, "
+                        f"torch.float64, ...), got {value!r}.")
+    return value
+
+
+def seeded_generator(seed: Any, name: str = "seed") -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed``, an integer in ``[0, 2^63)``."""
+    seed = check_nonneg_int(name, seed)
+    if seed >= 2 ** 63:
+        raise ValueError(f"`{name}` must be an integer in [0, 2^63), got {seed}.")
+    return torch.Generator().manual_seed(seed)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
@@ -53,13 +80,29 @@ def as_tensor(name: str, value: Any, *, dtype: torch.dtype | None = None,
     if isinstance(value, torch.Tensor):
         t = value
     elif isinstance(value, (np.ndarray, list, tuple, numbers.Number)):
-        t = torch.as_tensor(np.asarray(value))
+        try:
+            a = np.asarray(value)
+        except (ValueError, TypeError) as exc:   # ragged nested lists
+            raise ValueError(f"`{name}` must be a rectangular array of numbers (equal-length "
+                             f"rows), got {_short(value)}.") from exc
+        if a.dtype.kind not in "biufc":
+            raise TypeError(f"`{name}` must hold numbers, got {_short(value)} (numpy dtype "
+                            f"{a.dtype}).")
+        try:
+            t = torch.as_tensor(a)
+        except (TypeError, RuntimeError) as exc:   # e.g. uint16 on old torch
+            raise TypeError(f"`{name}` has dtype {a.dtype}, which torch cannot hold.") from exc
     else:
         raise TypeError(f"`{name}` must be a torch.Tensor or array-like, got "
                         f"{type(value).__name__}.")
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype if dtype is not None else t.dtype, device=device)
     return t
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import check_array, load_npz, save_npz
+from .io import check_array, check_blowups, check_increasing, load_npz, save_npz
 
 _OPTIONAL = ("indices", "xi", "quadratic_variation", "noise_norm")
 
@@ -127,13 +127,22 @@ class Trajectory:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trajectory:
-        """Read a file written by :meth:`save`; a truncated or tampered file (arrays missing or
-        of the wrong dtype or shape) gets a ``ValueError`` naming the file and the problem."""
+        """Read a file written by :meth:`save`.
+
+        Beyond the content digest :func:`sa_clip.io.load_npz` checks, the arrays must be of the
+        right dtype and shape and keep the invariants :func:`~sa_clip.simulate_sgd`
+        guarantees: ``tau`` finite and strictly increasing, ``steps`` non-negative and strictly
+        increasing, each ``blowup_step`` ``-1`` or a step in ``[1, steps[-1]]`` with ``theta``
+        finite at the records before it and NaN from it on, ``clip_fraction`` in ``[0, 1]``
+        or NaN, ``indices`` non-negative (and ``< N`` when the config records ``N``). Anything
+        else is a ``ValueError`` naming the file and the problem.
+        """
         arrays, meta = load_npz(path, kind="Trajectory")
+        where = os.fspath(path)
         theta = check_array(path, arrays, "theta", shape=(None, None, None))
         c, r, p = theta.shape
         if r < 1:
-            raise ValueError(f"{os.fspath(path)!r}: array 'theta' has no records.")
+            raise ValueError(f"{where!r}: array 'theta' has no records.")
         got = {"theta": theta,
                "tau": check_array(path, arrays, "tau", shape=(r,)),
                "steps": check_array(path, arrays, "steps", kinds="iu", shape=(r,)),
@@ -148,13 +157,46 @@ class Trajectory:
                                          optional=True)}
         config = meta.get("config", meta.get("meta", {}))
         if not isinstance(config, dict):
-            raise ValueError(f"{os.fspath(path)!r}: its 'config' is not a JSON object.")
+            raise ValueError(f"{where!r}: its 'config' is not a JSON object.")
+        _check_invariants(where, got, config)
         t = {k: None if v is None else torch.from_numpy(np.array(v)) for k, v in got.items()}
         return cls(**t, meta=config)
 
     def __repr__(self) -> str:
         return (f"Trajectory(chains={self.chains}, records={self.records}, P={self.theta.shape[-1]}"
                 f", tau=[0, {float(self.tau[-1]):.4g}], blown_up={int(self.blown_up.sum())})")
+
+
+def _check_invariants(where: str, a: dict[str, Any], config: dict[str, Any]) -> None:
+    """The invariants of a recorded run (see :meth:`Trajectory.load`)."""
+    check_increasing(where, "tau", a["tau"])
+    steps = check_increasing(where, "steps", a["steps"], minimum=0)
+    blow = check_blowups(where, a["blowup_step"], int(steps[-1]))
+    theta = a["theta"]
+    after = (blow[:, None] >= 0) & (steps[None, :] >= blow[:, None])       # (C, R)
+    finite = np.isfinite(theta).all(-1)
+    nan = np.isnan(theta).all(-1)
+    wrong = np.argwhere(np.where(after, ~nan, ~finite))
+    if wrong.size:
+        ch, rec = (int(v) for v in wrong[0])
+        state = (f"blew up at step {blow[ch]}" if blow[ch] >= 0 else "never blew up")
+        want = "NaN" if after[ch, rec] else "finite"
+        raise ValueError(f"{where!r}: chain {ch} {state}, so 'theta' at record {rec} (step "
+                         f"{steps[rec]}) must be {want}; the file is inconsistent.")
+    cf = a["clip_fraction"]
+    bad = np.argwhere(~np.isnan(cf) & ((cf < 0) | (cf > 1)))
+    if bad.size:
+        ch, rec = (int(v) for v in bad[0])
+        raise ValueError(f"{where!r}: 'clip_fraction' must lie in [0, 1] (or be NaN), found "
+                         f"{cf[ch, rec]} for chain {ch} at record {rec}.")
+    idx = a["indices"]
+    if idx is not None and idx.size:
+        n = config.get("N")
+        hi = n - 1 if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+        if idx.min() < 0 or (hi is not None and idx.max() > hi):
+            raise ValueError(f"{where!r}: 'indices' must lie in [0, "
+                             f"{'N - 1' if hi is None else hi}], found values in "
+                             f"[{idx.min()}, {idx.max()}].")
 
 
 __all__ = ["Trajectory"]

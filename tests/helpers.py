@@ -1,13 +1,78 @@
-"""Shared test helpers: loading example scripts, interrupting a run mid-way."""
+"""Shared test helpers: relative errors, the package's import graph, loading example scripts,
+interrupting a run mid-way."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import pathlib
 
 import sa_clip as sc
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def rel_err(a, b) -> float:
+    """``||a - b|| / ||b||`` (``||b||`` floored at 1e-300), as a float."""
+    return float((a - b).norm() / max(float(b.norm()), 1e-300))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module-level imports between the modules of the ``sa_clip`` package: module -> the
+    ``sa_clip`` modules it imports when it is imported (imports inside functions excluded)."""
+    root = pathlib.Path(ROOT) / "sa_clip"
+    files = {}
+    for f in root.rglob("*.py"):
+        parts = f.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        files[name] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in files.items():
+        pkg = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.parse(f.read_text()).body:
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = ".".join(pkg[:len(pkg) - node.level + 1] + ([node.module]
+                                                                   if node.module else []))
+            elif (node.module or "").split(".")[0] == "sa_clip":
+                base = node.module
+            else:
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                deps.add(sub if sub in files else base)
+        graph[name] = {d for d in deps if d in files} - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a list of modules, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
 
 
 def load_example(name: str):

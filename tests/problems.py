@@ -37,9 +37,10 @@ class SharedTied(nn.Module):
 
 
 def brute_grads(problem: sc.Problem, theta: torch.Tensor) -> torch.Tensor:
-    """(N, P) per-sample gradients by a loop over samples with torch.autograd.grad."""
+    """(N, P) per-sample gradients by a loop over samples with torch.autograd.grad, with
+    respect to the trainable parameters only (those with requires_grad=True)."""
     model = copy.deepcopy(problem.model)
-    params = list(model.parameters())
+    params = [q for q in model.parameters() if q.requires_grad]
     torch.nn.utils.vector_to_parameters(theta.detach().clone(), params)
     rows = []
     for i in range(problem.N):
@@ -50,7 +51,7 @@ def brute_grads(problem: sc.Problem, theta: torch.Tensor) -> torch.Tensor:
         elif problem.loss_name == "cross_entropy":
             l = -torch.log_softmax(out, -1)[0, yi[0]]
         else:
-            l = problem._loss(out[0], yi[0])
+            l = problem.loss_spec(out[0], yi[0])
         gs = torch.autograd.grad(l, params)
         rows.append(torch.cat([g.reshape(-1) for g in gs]))
     return torch.stack(rows)

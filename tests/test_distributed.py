@@ -7,16 +7,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import rel_err
 
 import sa_clip as sc
 from problems import mlp_problem, shared_problem
 
 WORLD = 2
 RULES = [sc.NormClip(0.3), sc.LayerwiseAdaptiveClip(0.1), sc.UnitwiseAGC(0.2, eps=1e-3)]
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
 
 def _thetas(p, k=3):
@@ -28,7 +25,7 @@ def _thetas(p, k=3):
 def _streamed_mlp():
     ref = mlp_problem(n=11, loss="cross_entropy")
     src = sc.ArrayData(ref.X.numpy(), ref.y.numpy())
-    return sc.StreamedProblem(ref.model, src, "cross_entropy")
+    return sc.Problem(ref.model, data=src, loss="cross_entropy")
 
 
 def _compute(distributed):

@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import rel_err
 
 import sa_clip as sc
 from problems import ALL_RULES, SharedTied, shared_problem
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
 
 def _save(tmp_path, X, y, tag=""):
@@ -30,7 +27,8 @@ def test_npy_problem_equals_in_memory_problem(tmp_path, loss):
     if loss == "cross_entropy":   # SharedTied gives 2 logits
         assert ref.y.max() <= 1
     p = sc.Problem.from_npy(SharedTied(), *_save(tmp_path, ref.X, ref.y), loss)
-    assert isinstance(p, sc.StreamedProblem) and p.N == ref.N and p.dtype == torch.float64
+    assert isinstance(p, sc.Problem) and not p.in_memory and isinstance(p.source, sc.NpyData)
+    assert p.N == ref.N and p.dtype == torch.float64
     assert torch.equal(p.theta0, ref.theta0)
     th = _thetas(ref)
     for rule in ALL_RULES:
@@ -55,7 +53,7 @@ def test_chunked_parts_and_memmap_arrays_equal_in_memory(tmp_path):
     b = sc.ArrayData(np.load(xb, mmap_mode="r"), np.load(yb, mmap_mode="r"))
     src = sc.ChunkedData([a, b])
     assert src.n == 17
-    p = sc.StreamedProblem(SharedTied(), src, "mse")
+    p = sc.Problem(SharedTied(), data=src, loss="mse")
     rule = sc.LayerwiseAdaptiveClip(0.1)
     th = _thetas(ref)
     # chunks of 4 straddle the 6 | 11 boundary between the parts
@@ -133,13 +131,61 @@ def test_bad_sources_are_rejected(tmp_path):
         sc.ChunkedData([(np.zeros((2, 3)), np.zeros(2)), (np.zeros((2, 4)), np.zeros(2))])
     with pytest.raises(TypeError, match="`parts` must be a non-empty sequence"):
         sc.ChunkedData([])
-    with pytest.raises(TypeError, match="`source` must be a sa_clip.DataSource"):
-        sc.StreamedProblem(torch.nn.Linear(2, 1), np.zeros((3, 2)))
-    p = sc.StreamedProblem(torch.nn.Linear(2, 1), sc.ArrayData(np.zeros((3, 2)), np.zeros(3)))
+    with pytest.raises(TypeError, match=r"`parts\[0\]` is a TensorData of tensors"):
+        sc.ChunkedData([sc.TensorData(torch.zeros(2, 3), torch.zeros(2))])
+    with pytest.raises(TypeError, match="`data` must be a sa_clip.DataSource"):
+        sc.Problem(torch.nn.Linear(2, 1), data=np.zeros((3, 2)))
+    p = sc.Problem(torch.nn.Linear(2, 1), data=sc.ArrayData(np.zeros((3, 2)), np.zeros(3)))
     with pytest.raises(IndexError, match=r"`index` must lie in \[-3, 2\]"):
         p.take(torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="contiguous slice"):
         p.data(slice(0, 3, 2))
     with pytest.raises(ValueError, match="`scan_rows` must be an integer >= 1"):
-        sc.StreamedProblem(torch.nn.Linear(2, 1), sc.ArrayData(np.zeros((3, 2)), np.zeros(3)),
-                           scan_rows=0)
+        sc.Problem(torch.nn.Linear(2, 1), data=sc.ArrayData(np.zeros((3, 2)), np.zeros(3)),
+                   scan_rows=0)
+
+
+def test_to_keeps_a_streamed_source_on_disk(tmp_path):
+    ref = shared_problem("mse", n=12)
+    p = sc.Problem.from_npy(SharedTied(), *_save(tmp_path, ref.X, ref.y), "mse")
+    p32 = p.to(dtype=torch.float32)
+    assert p32.source is p.source and not p32.in_memory and p.dtype == torch.float64
+    x, y = p32.data(slice(0, 5))
+    assert x.dtype == y.dtype == torch.float32 and torch.equal(x, ref.X[:5].float())
+    assert rel_err(p32.loss(p32.theta0).double(), ref.loss(ref.theta0)) < 1e-6
+
+
+def test_streamed_and_in_memory_share_one_validation(tmp_path):
+    # the same checks and messages whatever the source
+    X = np.zeros((6, 3))
+    X[4, 2] = np.inf
+    for build in (lambda: sc.Problem(torch.nn.Linear(3, 1), X, np.zeros(6)),
+                  lambda: sc.Problem.from_npy(torch.nn.Linear(3, 1),
+                                              *_save(tmp_path, X, np.zeros(6)), scan_rows=2)):
+        with pytest.raises(ValueError, match=r"`X` must be finite; found inf at index \(4, 2\)"):
+            build()
+    Xc = np.zeros((6, 3), np.complex128)
+    for build in (lambda: sc.Problem(torch.nn.Linear(3, 1), Xc, np.zeros(6)),
+                  lambda: sc.Problem.from_npy(torch.nn.Linear(3, 1),
+                                              *_save(tmp_path, Xc, np.zeros(6)))):
+        with pytest.raises(TypeError, match=r"`X` must be real .*complex128"):
+            build()
+    Xw = np.zeros((6, 4))
+    for build in (lambda: sc.Problem(torch.nn.Linear(3, 1), Xw, np.zeros(6)),
+                  lambda: sc.Problem.from_npy(torch.nn.Linear(3, 1),
+                                              *_save(tmp_path, Xw, np.zeros(6)))):
+        with pytest.raises(ValueError, match=r"in_features = 3 inputs per sample, `X` has 4"):
+            build()
+
+
+def test_frozen_parameters_with_streamed_data(tmp_path):
+    ref = shared_problem("mse", n=10)
+    m = SharedTied()
+    m.mix.requires_grad_(False)
+    mem = sc.Problem(m, ref.X, ref.y)
+    p = sc.Problem.from_npy(m, *_save(tmp_path, ref.X, ref.y))
+    assert p.P == mem.P == ref.P - m.mix.numel() and list(p.frozen) == ["mix"]
+    th = mem.theta0 + 0.1
+    for rule in ALL_RULES[:3]:
+        assert rel_err(sc.MeanField(p, rule, chunk_size=3)(th), sc.MeanField(mem, rule)(th)) \
+            < 1e-12

@@ -7,7 +7,7 @@ sets that ship inside scikit-learn (no download).
 """
 
 from .datasets import DATASETS, load_dataset
-from .networks import logistic_regression, paper_network, real_problem
+from .networks import logistic_regression, n_classes, paper_network, real_problem
 from .registry import PROBLEMS, make_problem
 from .toys import (
     Logistic2D,
@@ -22,4 +22,4 @@ from .toys import (
 
 __all__ = ["DATASETS", "load_dataset", "paper_network", "real_problem", "TanhToy", "Logistic2D",
            "Scalar", "tanh_regression", "logistic2d", "location_problem", "PROBLEMS",
-           "make_problem", "quartic", "logistic_regression", "linear1d"]
+           "make_problem", "quartic", "logistic_regression", "linear1d", "n_classes"]

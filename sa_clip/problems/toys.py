@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from .._validate import check_float_dtype, check_nonneg_int, check_real, seeded_generator
 from ..problem import Problem
 
 
@@ -15,8 +17,8 @@ class TanhToy(nn.Module):
 
     def __init__(self, w1: float = 0.5, w2: float = -0.5, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.w1 = nn.Parameter(torch.tensor(w1, dtype=dtype))
-        self.w2 = nn.Parameter(torch.tensor(w2, dtype=dtype))
+        self.w1 = nn.Parameter(torch.tensor(check_real("w1", w1), dtype=dtype))
+        self.w2 = nn.Parameter(torch.tensor(check_real("w2", w2), dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2 * torch.tanh(self.w1 * x.reshape(-1))
@@ -28,7 +30,10 @@ class Logistic2D(nn.Module):
 
     def __init__(self, w: Sequence[float] = (0.0, 0.0), dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.w = nn.Parameter(torch.tensor(list(w), dtype=dtype))
+        if isinstance(w, (str, bytes)) or not isinstance(w, Sequence) or len(w) != 2:
+            raise TypeError(f"`w` must be a sequence of two real numbers, got {w!r}.")
+        self.w = nn.Parameter(torch.tensor([check_real(f"w[{i}]", v) for i, v in enumerate(w)],
+                                           dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x @ self.w
@@ -40,7 +45,7 @@ class Scalar(nn.Module):
 
     def __init__(self, theta: float = 0.0, dtype: torch.dtype = torch.float64):
         super().__init__()
-        self.theta = nn.Parameter(torch.tensor(theta, dtype=dtype))
+        self.theta = nn.Parameter(torch.tensor(check_real("theta0", theta), dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.theta.expand(x.shape[0])
@@ -55,7 +60,13 @@ def tanh_regression(n: int = 64, *, w_true: tuple[float, float] = (1.5, 2.0), no
     >>> tanh_regression().P
     2
     """
-    gen = torch.Generator().manual_seed(seed)
+    n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
+    if isinstance(w_true, (str, bytes)) or not isinstance(w_true, Sequence) or len(w_true) != 2:
+        raise TypeError(f"`w_true` must be a pair of real numbers, got {w_true!r}.")
+    w_true = (check_real("w_true[0]", w_true[0]), check_real("w_true[1]", w_true[1]))
+    noise = check_real("noise", noise)
+    gen = seeded_generator(seed)
     x = torch.randn(n, generator=gen, dtype=dtype) * 1.5
     y = w_true[1] * torch.tanh(w_true[0] * x) + noise * torch.randn(n, generator=gen, dtype=dtype)
     return Problem(TanhToy(dtype=dtype), x[:, None], y, "mse", name="tanh")
@@ -69,7 +80,10 @@ def logistic2d(n: int = 100, *, seed: int = 0, separation: float = 1.0,
     >>> logistic2d().P
     2
     """
-    gen = torch.Generator().manual_seed(seed)
+    n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
+    separation = check_real("separation", separation)
+    gen = seeded_generator(seed)
     labels = torch.arange(n) % 2
     centre = torch.tensor([1.0, 0.5], dtype=dtype) * separation
     x = torch.randn(n, 2, generator=gen, dtype=dtype) + (2 * labels[:, None] - 1) * centre
@@ -89,7 +103,12 @@ def location_problem(data: Sequence[float], *, theta0: float = 0.0,
     >>> location_problem([-3.0, -3.0, 9.0]).P
     1
     """
-    x = torch.as_tensor(list(data), dtype=dtype)
+    try:
+        x = torch.as_tensor(np.asarray(list(data), dtype=np.float64), dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"`data` must be a sequence of real numbers, got {data!r}.") from exc
+    if x.dim() != 1:
+        raise ValueError(f"`data` must be a flat sequence of numbers, got shape {tuple(x.shape)}.")
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, half_squared, name="location")
 
 
@@ -110,7 +129,9 @@ def quartic(n: int = 16, *, theta0: float = 0.5, seed: int = 0,
     >>> quartic().P
     1
     """
-    gen = torch.Generator().manual_seed(seed)
+    n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
+    gen = seeded_generator(seed)
     x = 1.0 + 0.1 * torch.randn(n, generator=gen, dtype=dtype)
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, quartic_loss, name="quartic")
 
@@ -128,7 +149,11 @@ def linear1d(n: int = 64, *, spread: float = 1.3, theta0: float = 2.0, noise: fl
     >>> linear1d().P
     1
     """
-    gen = torch.Generator().manual_seed(seed)
+    n = check_nonneg_int("n", n, minimum=1)
+    dtype = check_float_dtype("dtype", dtype)
+    spread, noise = check_real("spread", spread), check_real("noise", noise)
+    theta0 = check_real("theta0", theta0)
+    gen = seeded_generator(seed)
     x = torch.exp(spread * torch.randn(n, generator=gen, dtype=dtype))
     y = x + noise * torch.randn(n, generator=gen, dtype=dtype)
     model = nn.Linear(1, 1, bias=False, dtype=dtype)

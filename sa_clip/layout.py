@@ -1,0 +1,142 @@
+"""The geometry of the flat parameter vector ``theta``: its blocks, groups and coordinate names.
+
+``theta`` is the concatenation, in ``model.named_parameters()`` order, of the model's trainable
+parameter tensors, each flattened row-major. A :class:`Block` is one such tensor as a slice of
+``theta``; a :class:`Layout` is all of them, plus the groups the clipping rules take norms over
+(one group, one per tensor, or one per output unit); :func:`group_norms` computes those norms.
+This module knows nothing about data, models or losses: everything above it (problems,
+clipping rules, the mean field) imports it, it imports only the validators.
+
+Example
+-------
+>>> import torch
+>>> lay = Layout((Block("w", (2, 3), 0, 6), Block("b", (2,), 6, 8)))
+>>> lay.group_sizes("unit"), lay.coordinate_name(7)
+([3, 3, 2], 'b[1]')
+>>> group_norms(torch.ones(8), lay, "layer")
+tensor([2.4495, 1.4142])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._validate import check_choice
+
+GRANULARITIES = ("global", "layer", "unit")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One parameter tensor of the model, as a slice of the flat vector ``theta``.
+
+    ``theta[start:stop].view(shape)`` is the tensor named ``name``.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+    @property
+    def numel(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+    @property
+    def units(self) -> int:
+        """Output units (rows, dim 0) for tensors with 2+ dims; 0-d and 1-d tensors are one unit."""
+        return self.shape[0] if len(self.shape) >= 2 else 1
+
+
+class Layout:
+    """The blocks of ``theta`` and the groups the clipping rules take norms over.
+
+    Granularity ``"global"`` is one group; ``"layer"`` one group per parameter tensor;
+    ``"unit"`` one group per output unit (dim-0 slice) of tensors with two or more dims, 0-d and
+    1-d tensors as a whole (timm's ``unitwise_norm``). Every group is a contiguous range of
+    ``theta`` since tensors are flattened row-major.
+    """
+
+    def __init__(self, blocks: tuple[Block, ...]):
+        self.blocks = blocks
+        self.size = blocks[-1].stop if blocks else 0
+        self._cache: dict[tuple[str, torch.device], tuple[torch.Tensor, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"Layout(size={self.size}, blocks={[b.name for b in self.blocks]})"
+
+    def group_sizes(self, granularity: str) -> list[int]:
+        """Sizes of the contiguous groups, in order."""
+        check_choice("granularity", granularity, GRANULARITIES)
+        if granularity == "global":
+            return [self.size]
+        if granularity == "layer":
+            return [b.numel for b in self.blocks]
+        sizes = []
+        for b in self.blocks:
+            sizes += [b.numel // b.units] * b.units
+        return sizes
+
+    def groups(self, granularity: str, device: torch.device | str = "cpu"
+               ) -> tuple[torch.Tensor, int]:
+        """``(index, n_groups)``: ``index[p]`` is the group of coordinate ``p`` (shape ``(P,)``)."""
+        key = (granularity, torch.device(device))
+        if key not in self._cache:
+            sizes = self.group_sizes(granularity)
+            index = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+            self._cache[key] = (index.to(device), len(sizes))
+        return self._cache[key]
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of a flat ``theta`` of shape ``(P,)`` as the model's named tensors."""
+        return {b.name: theta[b.start:b.stop].view(b.shape) for b in self.blocks}
+
+    def coordinate_name(self, k: int) -> str:
+        """The name of coordinate ``k`` of ``theta``: ``"w"`` for a one-number tensor ``w``,
+        ``"w[j]"`` for entry ``j`` of a flattened tensor ``w``; ``"theta[k]"`` outside the
+        blocks (``k`` must be an integer in ``[0, P)`` otherwise)."""
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"`k` must be an integer coordinate index, got {k!r}.")
+        for b in self.blocks:
+            if b.start <= k < b.stop:
+                return b.name if b.numel == 1 else f"{b.name}[{k - b.start}]"
+        return f"theta[{k}]"
+
+    def coordinate_names(self) -> list[str]:
+        """:meth:`coordinate_name` of every coordinate, in ``theta`` order (length ``P``)."""
+        return [b.name if b.numel == 1 else f"{b.name}[{j}]"
+                for b in self.blocks for j in range(b.numel)]
+
+
+def group_norms(x: torch.Tensor, layout: Layout, granularity: str) -> torch.Tensor:
+    """Euclidean norms of ``x`` (shape ``(..., P)``) over the groups of ``granularity``.
+
+    Returns shape ``(..., G)``. Differentiable everywhere, a zero norm included (its
+    derivative is taken as 0 instead of sqrt's infinite slope).
+    """
+    check_choice("granularity", granularity, GRANULARITIES)
+    if granularity == "global":
+        sq = torch.linalg.vecdot(x, x).unsqueeze(-1)      # no (..., P) temporary
+    else:
+        # groups are contiguous: per-block sums over reshaped views (a loop over parameter
+        # tensors, not samples) are several times faster than a scatter-add over P
+        lead = x.shape[:-1]
+        parts = []
+        for b in layout.blocks:
+            blk = x[..., b.start:b.stop]
+            k = b.units if granularity == "unit" else 1
+            blk = blk.reshape(*lead, k, b.numel // k)
+            parts.append(torch.linalg.vecdot(blk, blk))
+        sq = torch.cat(parts, -1)
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
+                       torch.zeros_like(sq))
+
+
+__all__ = ["Block", "Layout", "group_norms", "GRANULARITIES"]
