@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from ._validate import check_positive
-from .problem import Layout, group_norms
+from .layout import Layout, group_norms
 
 
 class ClipRule(ABC):  # noqa: B024 - abstract by intent, concrete rules are dataclasses

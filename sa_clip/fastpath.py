@@ -44,7 +44,8 @@ from torch.func import grad, jvp, vmap
 
 from .clipping import ClipRule, ValueClip
 from .engine import Engine
-from .problem import Block, Problem, group_norms
+from .layout import Block, group_norms
+from .problem import Problem
 
 Act = Callable[[torch.Tensor], torch.Tensor]
 
@@ -319,7 +320,7 @@ class LinearStackEngine(Engine):
         """``dl_i/d out_i``, shape ``(K, B, C)``."""
         k, bsz = out.shape[:2]
         p = self.problem
-        loss = p._loss
+        loss = p.loss_spec
         if loss == "mse":
             t = y.reshape(1 if shared else k, bsz, -1).to(out.dtype)
             return 2 * (out - t)
