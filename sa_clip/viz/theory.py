@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.patches import Ellipse
 from scipy.stats import chi2
 
-from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, get_ax, to_numpy
+from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, get_ax, legend, to_numpy
 
 
 def _ellipse(cov: np.ndarray, center: np.ndarray, level: float, **kw) -> Ellipse:
@@ -197,9 +197,11 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.set_title(title or "basins of attraction of the ODE")
-    old_h, old_l = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + old_h, labels=[h.get_label() for h in handles] + old_l,
-              loc="lower right", fontsize=7, framealpha=0.85)
+    # keep what a portrait drawn underneath put in its legend (streamlines, equilibria, ...)
+    old = ax.get_legend()
+    old_h = list(old.legend_handles) if old is not None else ax.get_legend_handles_labels()[0]
+    legend(ax, handles=handles + old_h, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+           ncol=2, fontsize=7)
     return ax
 
 
