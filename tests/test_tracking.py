@@ -82,6 +82,7 @@ def test_tracking_distance_falls_on_convex_real_data():
     assert float(med[0]) > 4 * float(med[-1]), med
 
 
+@pytest.mark.slow
 def test_gap_and_paths_against_a_per_chain_solve():
     # logistic2d, clipped field: gaps and flow segments of the one batched solve against a
     # plain float64 loop that solves each (chain, start) on its own
@@ -89,11 +90,11 @@ def test_gap_and_paths_against_a_per_chain_solve():
     rule = sc.NormClip(0.5)
     field = sc.MeanField(p, rule)
     run = sc.simulate_sgd(p, rule, "harmonic:0.5", steps=40, chains=3, seed=1)
-    starts = [0.0, 0.4, 1.0]
+    starts = [0.0, 1.0]
     res = sc.tracking_distance(run, field, horizon=0.6, starts=starts, n_grid=7,
-                               rtol=1e-10, atol=1e-12, keep_paths=[2, 0])
+                               rtol=1e-9, atol=1e-11, keep_paths=[2, 0])
     G = res.offsets.numel()
-    assert res.gap.shape == (3, 3, G) and res.paths.shape == (2, 3, G, 2)
+    assert res.gap.shape == (3, 2, G) and res.paths.shape == (2, 2, G, 2)
     assert torch.equal(res.offsets, res.h) and res.path_chains.tolist() == [2, 0]
     # the sup over h of the gap is D_T, exactly
     assert torch.equal(res.gap.amax(-1), res.distance)
@@ -101,12 +102,12 @@ def test_gap_and_paths_against_a_per_chain_solve():
     for c in range(3):
         for k, s in enumerate(starts):
             x = run.interpolate([s])[c, 0]
-            sol = sc.solve_ode(field, x, h, rtol=1e-11, atol=1e-13)
+            sol = sc.solve_ode(field, x, h, rtol=1e-9, atol=1e-11)
             bar = run.interpolate(s + h)[c]
             ref = (bar - sol.theta).norm(dim=-1)
-            assert torch.allclose(res.gap[c, k], ref, atol=1e-8), (c, k)
+            assert torch.allclose(res.gap[c, k], ref, atol=1e-7), (c, k)
             if c in (2, 0):
-                assert torch.allclose(res.path(c)[k], sol.theta, atol=1e-8)
+                assert torch.allclose(res.path(c)[k], sol.theta, atol=1e-7)
     assert torch.allclose(res.median_gap(), res.gap.median(0).values)
     with pytest.raises(ValueError, match="`chain` = 1 has no flow segments"):
         res.path(1)

@@ -1,5 +1,7 @@
 """sa_clip.viz: the functions draw what they are given and label their axes."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -268,3 +270,13 @@ def test_shadowing_pca_plane_and_errors(shadow_setup):
     with pytest.raises(ValueError, match="`n_show`"):
         plot_shadowing(run, res, chain=1, n_show=0)
     plt.close("all")
+
+
+@pytest.mark.slow
+def test_shadowing_example_runs_at_tiny_size(tmp_path, capsys):
+    from helpers import load_example
+    path = load_example("shadowing").main(["--steps", "80", "--chains", "3", "--starts", "3",
+                                           "--horizon", "0.5", "--record-every", "2",
+                                           "--out", str(tmp_path)])
+    assert path.endswith("shadowing.png") and os.path.getsize(path) > 1000
+    assert "wrote" in capsys.readouterr().out
