@@ -70,7 +70,9 @@ def test_tracking_clip_noise_norms(setup):
     res = sc.tracking_distance(run, sc.MeanField(p, rule), horizon=0.5, starts=[0.0, 1.0])
     ax = plot_tracking(res, label="classic")
     assert ax.get_yscale() == "log" and "ODE time τ" in ax.get_xlabel()
-    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), res.median.numpy())
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(),
+                               np.quantile(res.distance.numpy(), 0.5, axis=0))
+    assert ax.get_legend().get_texts()[0].get_text() == "classic: median of 5 chains, 10%–90% band"
     ax = plot_clip_fraction(run, window=1)
     raw = np.nanmean(run.clip_fraction.numpy()[:, :-1], 0)       # the last record is NaN
     np.testing.assert_allclose(ax.get_lines()[1].get_ydata()[:-1], raw)

@@ -241,15 +241,15 @@ def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] 
     ax = get_ax(ax, figsize=(6.4, 4.0))
     s, d = to_numpy(result.start), to_numpy(result.distance)
     lo, med, hi = nan_quantiles(d, (band[0], 0.5, band[1]))
-    name = label or "median over chains"
+    name = f"{label}: median" if label else "median"
     ax.fill_between(s, lo, hi, color=color, alpha=0.2, lw=0)
-    ax.plot(s, med, "o-", color=color, ms=4, lw=1.6,
-            label=f"{name} ({band[0]:.0%}–{band[1]:.0%} band)")
+    ax.plot(s, med, "o-", color=color, ms=4, lw=1.6, gid="median",
+            label=f"{name} of {d.shape[0]} chains, {band[0]:.0%}–{band[1]:.0%} band")
     ax.set_yscale("log")
     ax.set_xlabel(f"start time s ({TAU_LABEL})")
     ax.set_ylabel(rf"$D_T(s)$, T = {result.horizon:g}")
-    ax.set_title(r"tracking: $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)-\Phi_h(\bar\theta(s))\|$",
-                 fontsize=10)
+    ax.set_title(r"tracking distance $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)"
+                 r"-\Phi_h(\bar\theta(s))\|$", fontsize=10)
     legend(ax)
     ax.grid(True, which="both", alpha=0.25)
     return ax
