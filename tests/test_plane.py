@@ -109,6 +109,14 @@ def test_portrait_of_a_pca_plane_says_it_is_a_section():
     ax = plot_phase_portrait(pf, chains=run)
     note = [t for t in ax.texts if t.get_gid() == "section-note"]
     assert note and "section" in note[0].get_text() and "not a flow" in note[0].get_text()
+    # one ODE path from the chains' common start is labelled as such
+    run[:, 0] = run[0, 0]
+    ode = run[0, 0] + torch.linspace(0, 1, 4, dtype=p.dtype)[:, None] * pl.d1
+    ax = plot_phase_portrait(pf, chains=run, ode_paths=ode)
+    line = [ln for ln in ax.get_lines() if ln.get_gid() == "start-ode"][0]
+    np.testing.assert_allclose(line.get_xdata(), pl.project(ode)[:, 0].numpy())
+    assert "ODE from the chains' start (circle: start)" in [
+        t.get_text() for t in ax.get_legend().get_texts()]
     assert ax.get_xlabel() == pl.label(0) and "% of variance" in ax.get_xlabel()
     plt.close("all")
 

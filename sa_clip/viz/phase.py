@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,7 +53,8 @@ def plot_phase_portrait(pf: PlaneField, ax=None, *, equilibria: Sequence | None 
         SGD chains (``Trajectory.theta``); at most ``max_chains`` are drawn.
     start_ode : tensor ``(T, P)``, optional
         The ODE solved from the chains' own start (``solve_ode(field, theta0, run.tau).theta``):
-        drawn thick, "ODE from the chains' start".
+        drawn thick, "ODE from the chains' start". A single ``ode_paths`` that starts where
+        all the chains start is drawn as such too.
     ode_paths : tensor ``(T, P)`` or ``(T, K, P)``, optional
         Other ODE solutions (``OdeSolution.theta``, e.g. from a ring of starts), projected onto
         the plane.
@@ -101,6 +103,13 @@ def plot_phase_portrait(pf: PlaneField, ax=None, *, equilibria: Sequence | None 
                 handles.append(Line2D([], [], color="k", ls=style, lw=1.1,
                                       label=f"nullcline d{name}/dτ = 0"))
     drawn = []
+    if start_ode is None and ode_paths is not None and chains is not None:
+        # one ODE path from the chains' own (common) start: say so in the legend
+        o, c0 = torch.as_tensor(ode_paths), torch.as_tensor(chains)[:, 0]
+        o = o[:, 0] if o.dim() == 3 and o.shape[1] == 1 else o
+        if o.dim() == 2 and bool(torch.isfinite(c0).all()) and bool(torch.allclose(
+                c0.double(), o[0].double().expand_as(c0), rtol=1e-6, atol=1e-9)):
+            start_ode, ode_paths = o, None
     if chains is not None:
         c = to_numpy(plane.project(torch.as_tensor(chains)[:max_chains]))
         for k in range(c.shape[0]):
@@ -151,8 +160,8 @@ def plot_phase_portrait(pf: PlaneField, ax=None, *, equilibria: Sequence | None 
     ax.set_title(title or r"phase portrait of $d\theta/d\tau = -H(\theta)$", fontsize=10)
     resid = to_numpy(pf.residual)
     if np.nanmax(resid) > 1e-9 * max(float(np.nanmax(speed)), 1e-300):
-        ax.text(0.01, 0.01, SECTION_NOTE, transform=ax.transAxes, fontsize=7, va="bottom",
-                wrap=True, bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9),
-                zorder=6, gid="section-note")
+        ax.text(0.01, 0.01, textwrap.fill(SECTION_NOTE, 60), transform=ax.transAxes,
+                fontsize=7, va="bottom", zorder=6, gid="section-note",
+                bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     legend(ax, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     return ax
