@@ -78,7 +78,9 @@ class TrackingResult:
     def median_gap(self) -> torch.Tensor:
         """Median over chains of :attr:`gap`, ignoring NaN: shape ``(S, G)``."""
         if self.gap is None:
-            raise ValueError("this TrackingResult has no `gap` (a file from an older version).")
+            raise ValueError("this TrackingResult has no `gap`: it was over the memory budget "
+                             "(pass keep_gap=True to tracking_distance) or is from an older "
+                             "version.")
         return torch.nanmedian(self.gap, dim=0).values
 
     def path(self, chain: int) -> torch.Tensor:
@@ -186,7 +188,8 @@ def tracking_distance(trajectory: Trajectory,
                       field: MeanField | Callable[[torch.Tensor], torch.Tensor], *,
                       horizon: float, starts: Any = None, n_grid: int = 50,
                       method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
-                      max_elements: int = 2 ** 24, keep_paths: Any = 0) -> TrackingResult:
+                      max_elements: int = 2 ** 24, keep_paths: Any = 0,
+                      keep_gap: bool | None = None) -> TrackingResult:
     r"""``D_T(s)`` for every chain of ``trajectory`` and every start time ``s``, with the gaps
     and (for a few chains) the flow segments it is made of.
 
@@ -218,6 +221,10 @@ def tracking_distance(trajectory: Trajectory,
     keep_paths : int or sequence of int
         Keep the flow segments of the first ``keep_paths`` chains (an int, default 0) or of the
         listed chains: ``(K, S, G, P)`` numbers.
+    keep_gap : bool or None
+        Keep :attr:`TrackingResult.gap` (``chains x S x G`` numbers). ``None`` (default): keep
+        it when that is at most ``max_elements`` (long runs recorded densely put thousands of
+        record times into the offset grid); otherwise ``gap`` is None and only ``D_T`` is kept.
 
     Other arguments
     ---------------
@@ -297,7 +304,14 @@ def tracking_distance(trajectory: Trajectory,
     if len(rows):
         _check_field(field, p, y[:1])
 
-    gap = torch.full((chains * n_s, len(h)), float("nan"), dtype=x0.dtype, device=x0.device)
+    if keep_gap is None:
+        keep_gap = chains * n_s * len(h) <= max_elements
+    elif not isinstance(keep_gap, bool):
+        raise TypeError(f"`keep_gap` must be True, False or None, got {keep_gap!r}.")
+    gap = (torch.full((chains * n_s, len(h)), float("nan"), dtype=x0.dtype, device=x0.device)
+           if keep_gap else None)
+    dist = torch.full((chains * n_s,), float("nan"), dtype=x0.dtype, device=x0.device)
+    reached = torch.zeros(len(rows), dtype=x0.dtype, device=x0.device)   # max gap so far
     paths = None
     if kept:
         paths = torch.full((len(kept), n_s, len(h), p), float("nan"), dtype=x0.dtype,
@@ -317,8 +331,12 @@ def tracking_distance(trajectory: Trajectory,
         flow = sol.theta                                             # (L, K, P)
         times = (s[:, None] + grid[None, :]).clamp(max=last)        # (S, L)
         bar = trajectory.interpolate(times.reshape(-1)).reshape(chains * n_s, len(grid), p)
-        gap[:, i:j] = gap[:, i:j].index_copy(0, rows, (bar[rows] - flow.transpose(0, 1))
-                                             .norm(dim=-1))
+        g = (bar[rows] - flow.transpose(0, 1)).norm(dim=-1)          # (K, L)
+        # NaN anywhere in a window (not reached by a failed solve) makes D_T NaN, not smaller
+        reached = torch.where(torch.isnan(g).any(-1) | torch.isnan(reached), float("nan"),
+                              torch.maximum(reached, g.amax(-1)))
+        if gap is not None:
+            gap[:, i:j] = gap[:, i:j].index_copy(0, rows, g)
         if kept:
             ok = kept_slots >= 0
             seg = flow.transpose(0, 1)[kept_slots.clamp(min=0)]     # (K, S, L, P)
@@ -331,9 +349,10 @@ def tracking_distance(trajectory: Trajectory,
         if j >= len(h):
             break
         y, i = flow[-1], j - 1
-    gap = gap.reshape(chains, n_s, len(h))
-    # NaN anywhere in a window (not reached by a failed solve) makes D_T NaN, not smaller
-    dist = torch.where(torch.isnan(gap).any(-1), float("nan"), gap.amax(-1))
+    if len(rows) and (status == 0 or j >= len(h)):    # else: windows left unfinished
+        dist[rows] = reached
+    dist = dist.reshape(chains, n_s)
+    gap = None if gap is None else gap.reshape(chains, n_s, len(h))
     return TrackingResult(start=s, distance=dist, horizon=horizon, h=h, nfev=nfev,
                           status=status, message=message, gap=gap, paths=paths,
                           path_chains=torch.tensor(kept, dtype=torch.long) if kept else None)

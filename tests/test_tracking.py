@@ -159,3 +159,22 @@ def test_field_of_another_problem_is_named():
         sc.tracking_distance(tr, lambda th: th, horizon=0.5, keep_paths=[0, 5])
     with pytest.raises(TypeError, match="`keep_paths`"):
         sc.tracking_distance(tr, lambda th: th, horizon=0.5, keep_paths=True)
+
+
+def test_gap_is_kept_within_the_memory_budget():
+    tr = hand_trajectory()
+    full = sc.tracking_distance(tr, lambda th: th, horizon=1.0, starts=[0.0, 0.5, 1.0],
+                                n_grid=11)
+    assert full.gap is not None                               # small: kept by default
+    g = full.h.numel()
+    small = sc.tracking_distance(tr, lambda th: th, horizon=1.0, starts=[0.0, 0.5, 1.0],
+                                 n_grid=11, max_elements=2 * 3 * g - 1)
+    assert small.gap is None                                  # over the budget: D_T only
+    assert torch.allclose(small.distance, full.distance, atol=1e-12)
+    forced = sc.tracking_distance(tr, lambda th: th, horizon=1.0, starts=[0.0], n_grid=11,
+                                  max_elements=1, keep_gap=True)
+    assert forced.gap is not None and torch.equal(forced.gap.amax(-1), forced.distance)
+    with pytest.raises(TypeError, match="`keep_gap`"):
+        sc.tracking_distance(tr, lambda th: th, horizon=1.0, keep_gap="yes")
+    with pytest.raises(ValueError, match="has no `gap`"):
+        small.median_gap()

@@ -171,7 +171,8 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
         raise TypeError(f"`result` must be a sa_clip.TrackingResult, got "
                         f"{type(result).__name__}.")
     if result.gap is None:
-        raise ValueError("`result` has no `gap`: compute it with sa_clip.tracking_distance.")
+        raise ValueError("`result` has no `gap`: call sa_clip.tracking_distance(..., "
+                         "keep_gap=True, keep_paths=[chain]).")
     if result.distance.shape[0] != trajectory.chains:
         raise ValueError(f"`result` is for {result.distance.shape[0]} chains, `trajectory` has "
                          f"{trajectory.chains}: pass the run the result was computed from.")
