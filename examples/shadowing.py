@@ -60,11 +60,8 @@ def main(argv: list[str] | None = None) -> str:
     res = sc.tracking_distance(run, sc.MeanField(problem, rule), horizon=horizon,
                                starts=starts, keep_paths=[args.chain])
     fig = plot_shadowing(run, res, chain=args.chain, problem=problem,
-                         title=f"Shadowing on {problem.name}, norm clipping λ = {args.lam:g}, "
-                               f"a(n) = {args.schedule.split(':')[1].split(',')[0]}"
-                               f"·(n+1)^-{args.schedule.split(',')[-1]}: the SGD path stays "
-                               "close to the ODE restarted on it, closer as time goes on"
-                         if args.schedule.startswith("power:") else None)
+                         context=f"Shadowing on {problem.name}, norm clipping λ = {args.lam:g}, "
+                                 f"steps {sc.make_schedule(args.schedule)}")
     os.makedirs(args.out, exist_ok=True)
     name = "shadowing.png" if args.problem == "tanh" else f"shadowing_{args.problem}.png"
     path = os.path.join(args.out, name)

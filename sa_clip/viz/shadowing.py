@@ -62,6 +62,21 @@ def _default_plane(trajectory: Trajectory, problem: Problem | None) -> Plane:
     return Plane.pca(theta.reshape(-1, p))
 
 
+def _trend(s: np.ndarray, med: np.ndarray) -> str:
+    """What the median ``D_T`` did from the first to the last start, in words."""
+    ok = np.flatnonzero(np.isfinite(med) & (med > 0))
+    if len(ok) < 2:
+        return "too few finite D_T to say how it changes"
+    first, last = ok[0], ok[-1]
+    ratio = med[first] / med[last]
+    where = f"from s = {s[first]:.3g} to s = {s[last]:.3g}"
+    if ratio >= 1.5:
+        return f"the median D_T falls {ratio:.1f}× {where}"
+    if ratio <= 1 / 1.5:
+        return f"the median D_T grows {1 / ratio:.1f}× {where}"
+    return f"the median D_T stays within a factor 1.5 {where}"
+
+
 def _fit_line(x: np.ndarray, y: np.ndarray) -> float:
     """Least-squares slope of ``y`` against ``x`` (NaN if fewer than 2 distinct x)."""
     if len(x) < 2 or np.ptp(x) == 0:
@@ -106,6 +121,7 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
                    plane: Plane | None = None, problem: Problem | None = None,
                    n_show: int = 6, band: tuple[float, float] = (0.1, 0.9),
                    cmap: str = "plasma", zoom: bool = True, title: str | None = None,
+                   context: str | None = None,
                    figsize: tuple[float, float] = (15.5, 4.8)):
     r"""The shadowing picture in three panels, all from one :func:`sa_clip.tracking_distance`.
 
@@ -150,6 +166,9 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
         How many start times get a flow segment and a gap curve (evenly spread over all).
     zoom : bool
         Add an inset to (a) that zooms on the last restart.
+    title, context : str, optional
+        The figure title; by default it says what the median ``D_T`` did (computed from
+        ``result``), after ``context`` (e.g. the problem and the schedule) if given.
 
     Returns
     -------
@@ -283,8 +302,8 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
                    fontsize=10)
     legend(ax_c, loc="upper right")
     ax_c.grid(True, which="both", alpha=0.25)
-    fig.suptitle(title or "Shadowing: the SGD path stays close to the ODE restarted on it, "
-                 "closer as time goes on", fontsize=12)
+    fig.suptitle(title or f"{context or 'Shadowing'}: the SGD path against the ODE restarted "
+                 f"on it; {_trend(s, med)}", fontsize=12)
     return fig
 
 
