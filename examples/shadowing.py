@@ -39,6 +39,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def describe(schedule) -> str:
+    """``a(n) = 0.5 / (n + 1)^0.6`` for a power law, the schedule's repr otherwise."""
+    if isinstance(schedule, sc.PowerLaw):
+        return f"a(n) = {schedule.a0:g} / (n + {schedule.n0:g})^{schedule.alpha:g}"
+    return repr(schedule)
+
+
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
     matplotlib.use("Agg")
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
                                starts=starts, keep_paths=[args.chain])
     fig = plot_shadowing(run, res, chain=args.chain, problem=problem,
                          context=f"Shadowing on {problem.name}, norm clipping λ = {args.lam:g}, "
-                                 f"steps {sc.make_schedule(args.schedule)}")
+                                 f"steps {describe(sc.make_schedule(args.schedule))}")
     os.makedirs(args.out, exist_ok=True)
     name = "shadowing.png" if args.problem == "tanh" else f"shadowing_{args.problem}.png"
     path = os.path.join(args.out, name)

@@ -247,7 +247,7 @@ def test_shadowing_draws_the_tracking_arrays(shadow_setup):
     assert f"{slope:.2f}" in " ".join(t.get_text() for t in ax_c.texts)
     assert ax_c.get_xscale() == "log" and ax_c.get_yscale() == "log"
     ratio = med[0] / med[-1]
-    assert f"median D_T falls {ratio:.1f}× from s = 0.2 to s = 3" in fig.get_suptitle()
+    assert f"median $D_T$ falls {ratio:.1f}× from s = 0.2 to s = 3" in fig.get_suptitle()
     plt.close("all")
 
 

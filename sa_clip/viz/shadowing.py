@@ -71,10 +71,10 @@ def _trend(s: np.ndarray, med: np.ndarray) -> str:
     ratio = med[first] / med[last]
     where = f"from s = {s[first]:.3g} to s = {s[last]:.3g}"
     if ratio >= 1.5:
-        return f"the median D_T falls {ratio:.1f}× {where}"
+        return f"the median $D_T$ falls {ratio:.1f}× {where}"
     if ratio <= 1 / 1.5:
-        return f"the median D_T grows {1 / ratio:.1f}× {where}"
-    return f"the median D_T stays within a factor 1.5 {where}"
+        return f"the median $D_T$ grows {1 / ratio:.1f}× {where}"
+    return f"the median $D_T$ stays within a factor 1.5 {where}"
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray) -> float:
@@ -302,8 +302,9 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
                    fontsize=10)
     legend(ax_c, loc="upper right")
     ax_c.grid(True, which="both", alpha=0.25)
-    fig.suptitle(title or f"{context or 'Shadowing'}: the SGD path against the ODE restarted "
-                 f"on it; {_trend(s, med)}", fontsize=12)
+    claim = f"the SGD path against the ODE restarted on it: {_trend(s, med)}"
+    fig.suptitle(title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}"),
+                 fontsize=12)
     return fig
 
 
