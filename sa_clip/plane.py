@@ -24,12 +24,17 @@ from .problem import Problem
 
 @dataclass(frozen=True)
 class Plane:
-    """``theta(a, b) = center + a * d1 + b * d2``; ``names`` label the two axes."""
+    """``theta(a, b) = center + a * d1 + b * d2``; ``names`` label the two axes.
+
+    ``explained``: for a PCA plane, the fractions of the points' variance along ``d1`` and
+    ``d2`` (``None`` otherwise); :meth:`label` puts them on the axes.
+    """
 
     center: torch.Tensor
     d1: torch.Tensor
     d2: torch.Tensor
     names: tuple[str, str] = ("a", "b")
+    explained: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (self.center.shape == self.d1.shape == self.d2.shape) or self.center.dim() != 1:
@@ -39,6 +44,15 @@ class Plane:
         basis = torch.stack([self.d1, self.d2], 1).double()
         if torch.linalg.matrix_rank(basis) < 2:
             raise ValueError("`d1` and `d2` must be linearly independent.")
+
+    def label(self, i: int) -> str:
+        """Axis label of coordinate ``i``: the name, with its share of the variance for a PCA
+        plane (``"PC1 (62% of variance)"``)."""
+        if i not in (0, 1):
+            raise ValueError(f"`i` must be 0 or 1, got {i!r}.")
+        if self.explained is None:
+            return self.names[i]
+        return f"{self.names[i]} ({self.explained[i]:.0%} of variance)"
 
     @property
     def basis(self) -> torch.Tensor:
@@ -79,15 +93,20 @@ class Plane:
     @classmethod
     def pca(cls, points: torch.Tensor, center: torch.Tensor | None = None) -> Plane:
         """The two principal directions of ``points (..., P)`` (e.g. ``trajectory.theta``),
-        through ``center`` (default: their mean). Axes are named PC1 and PC2."""
+        through ``center`` (default: their mean). Axes are named PC1 and PC2; ``explained``
+        holds the fraction of the points' total variance along each,
+        ``sigma_i^2 / sum_j sigma_j^2`` (singular values of the centred points)."""
         x = points.reshape(-1, points.shape[-1])
         x = x[torch.isfinite(x).all(-1)]
         if len(x) < 3:
             raise ValueError("`points` must hold at least 3 finite points for a PCA plane.")
         mean = x.mean(0)
-        _, _, vh = torch.linalg.svd((x - mean).double(), full_matrices=False)
+        _, sv, vh = torch.linalg.svd((x - mean).double(), full_matrices=False)
         c = mean if center is None else center
-        return cls(c, vh[0].to(x.dtype), vh[1].to(x.dtype), ("PC1", "PC2"))
+        var = sv ** 2
+        total = float(var.sum())
+        share = (float(var[0]) / total, float(var[1]) / total) if total > 0 else (0.0, 0.0)
+        return cls(c, vh[0].to(x.dtype), vh[1].to(x.dtype), ("PC1", "PC2"), share)
 
     @classmethod
     def random(cls, problem: Problem, center: torch.Tensor | None = None, *, seed: int = 0,

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchdiffeq import odeint
 
 from ._validate import check_nonneg_int, check_positive
 from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField
-from .ode import check_times
+from .ode import check_times, solve_ode
 from .trajectory import Trajectory
 
 
@@ -38,12 +37,21 @@ class TrackingResult:
         ``D_T(s)`` per chain and start; NaN where the window ``[s, s+T]`` reaches a blow-up.
     horizon : float
         ``T``.
-    h : float64 tensor
-        The grid of offsets ``h`` the supremum was taken over.
+    h : float64 tensor ``(G,)``
+        The grid of offsets ``h`` the supremum was taken over (also :attr:`offsets`).
     nfev : int
-        Right-hand-side evaluations of the one batched solve.
+        Right-hand-side evaluations of the one batched solve (summed over its pieces).
     status, message : int, str
-        0 / "success", or -1 and what failed (then ``distance`` is NaN).
+        0 / "success", or -1 and what failed (then the values the solver did not reach are
+        NaN; those it reached are kept).
+    gap : tensor ``(chains, S, G)`` or None
+        ``||theta_bar(s + h) - Phi_h(theta_bar(s))||`` at every offset; ``distance`` is its
+        maximum over the last axis. NaN for windows that reach a blow-up.
+    paths : tensor ``(K, S, G, P)`` or None
+        The flow segments ``Phi_h(theta_bar(s))`` of the chains ``path_chains`` (``keep_paths``
+        of :func:`tracking_distance`).
+    path_chains : int64 tensor ``(K,)`` or None
+        Which chains ``paths`` belongs to.
     """
 
     start: torch.Tensor
@@ -53,15 +61,43 @@ class TrackingResult:
     nfev: int = 0
     status: int = 0
     message: str = "success"
+    gap: torch.Tensor | None = None
+    paths: torch.Tensor | None = None
+    path_chains: torch.Tensor | None = None
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """The offsets ``h`` of the last axis of :attr:`gap` and :attr:`paths`, ``(G,)``."""
+        return self.h
 
     @property
     def median(self) -> torch.Tensor:
         """Median over chains of ``D_T(s)``, ignoring NaN (blown-up chains): shape ``(S,)``."""
         return torch.nanmedian(self.distance, dim=0).values
 
+    def median_gap(self) -> torch.Tensor:
+        """Median over chains of :attr:`gap`, ignoring NaN: shape ``(S, G)``."""
+        if self.gap is None:
+            raise ValueError("this TrackingResult has no `gap`: it was over the memory budget "
+                             "(pass keep_gap=True to tracking_distance) or is from an older "
+                             "version.")
+        return torch.nanmedian(self.gap, dim=0).values
+
+    def path(self, chain: int) -> torch.Tensor:
+        """The flow segments ``Phi_h(theta_bar(s_k))`` of ``chain``, shape ``(S, G, P)``."""
+        kept = [] if self.path_chains is None else self.path_chains.tolist()
+        if chain not in kept:
+            raise ValueError(f"`chain` = {chain} has no flow segments in this result (kept: "
+                             f"{kept}); pass keep_paths=[{chain}] to tracking_distance.")
+        return self.paths[kept.index(chain)]
+
     def save(self, path: str | os.PathLike, config: dict[str, Any] | None = None) -> None:
         """Write to ``path`` (``.npz`` + JSON metadata, atomic, no pickle; ``docs/format.md``)."""
-        save_npz(path, {"start": self.start, "distance": self.distance, "h": self.h},
+        arrays = {"start": self.start, "distance": self.distance, "h": self.h}
+        for name in ("gap", "paths", "path_chains"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        save_npz(path, arrays,
                  {"kind": "TrackingResult", "horizon": self.horizon, "nfev": self.nfev,
                   "status": self.status, "message": self.message, "config": config or {}})
 
@@ -70,16 +106,34 @@ class TrackingResult:
         """Read a file written by :meth:`save` (otherwise a ``ValueError`` naming the file)."""
         arrays, meta = load_npz(path, kind="TrackingResult")
         start = check_array(path, arrays, "start", shape=(None,))
-        dist = check_array(path, arrays, "distance", shape=(None, start.shape[0]))
+        n_s = start.shape[0]
+        dist = check_array(path, arrays, "distance", shape=(None, n_s))
         h = check_array(path, arrays, "h", shape=(None,))
+        gap = check_array(path, arrays, "gap", shape=(dist.shape[0], n_s, h.shape[0]),
+                          optional=True)
+        chains = check_array(path, arrays, "path_chains", kinds="i", shape=(None,),
+                             optional=True)
+        paths = check_array(path, arrays, "paths", optional=True, shape=(
+            None if chains is None else chains.shape[0], n_s, h.shape[0], None))
+        if (paths is None) != (chains is None):
+            raise ValueError(f"{os.fspath(path)!r}: arrays 'paths' and 'path_chains' must come "
+                             "together.")
+        if chains is not None and (chains.size and (chains.min() < 0
+                                                    or chains.max() >= dist.shape[0])):
+            raise ValueError(f"{os.fspath(path)!r}: array 'path_chains' holds {chains.tolist()}, "
+                             f"expected chain indices in [0, {dist.shape[0] - 1}].")
         for key, typ in (("horizon", float), ("nfev", int), ("status", int), ("message", str)):
             v = meta.get(key)
             if isinstance(v, bool) or not isinstance(v, (int, float) if typ is float else typ):
                 raise ValueError(f"{os.fspath(path)!r}: metadata {key!r} is {v!r}, expected "
                                  f"{typ.__name__}.")
-        return cls(start=torch.from_numpy(np.array(start)), distance=torch.from_numpy(
-            np.array(dist)), horizon=float(meta["horizon"]), h=torch.from_numpy(np.array(h)),
-            nfev=meta["nfev"], status=meta["status"], message=meta["message"])
+
+        def t(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else torch.from_numpy(np.array(a))
+
+        return cls(start=t(start), distance=t(dist), horizon=float(meta["horizon"]), h=t(h),
+                   nfev=meta["nfev"], status=meta["status"], message=meta["message"],
+                   gap=t(gap), paths=t(paths), path_chains=t(chains))
 
     def quantile(self, q: float) -> torch.Tensor:
         """``q``-quantile over chains (NaN ignored), shape ``(S,)``."""
@@ -90,47 +144,107 @@ def _inf_norm(x: torch.Tensor) -> torch.Tensor:
     return x.abs().max()
 
 
+def _kept_chains(keep_paths: Any, chains: int) -> list[int]:
+    """``keep_paths``: an int ``k`` (the first ``k`` chains) or a sequence of chain indices."""
+    if isinstance(keep_paths, bool):
+        raise TypeError(f"`keep_paths` must be an int or a sequence of chain indices, got "
+                        f"{keep_paths!r}.")
+    if isinstance(keep_paths, int):
+        k = check_nonneg_int("keep_paths", keep_paths)
+        return list(range(min(k, chains)))
+    try:
+        kept = [int(c) for c in keep_paths]
+    except (TypeError, ValueError):
+        raise TypeError(f"`keep_paths` must be an int or a sequence of chain indices, got "
+                        f"{keep_paths!r}.") from None
+    bad = [c for c in kept if not 0 <= c < chains]
+    if bad or len(set(kept)) != len(kept):
+        raise ValueError(f"`keep_paths` must hold distinct chain indices in [0, {chains - 1}], "
+                         f"got {kept}.")
+    return kept
+
+
+def _check_field(field: Any, p: int, probe: torch.Tensor) -> None:
+    """A field of another number of parameters is named as such (not blamed on theta)."""
+    if isinstance(field, MeanField):
+        if field.problem.P != p:
+            raise ValueError(f"`field` is the mean field of a problem with P = "
+                             f"{field.problem.P} parameters, but the trajectory's chains have "
+                             f"P = {p}: pass the field of the problem the chains were run on.")
+        return
+    try:
+        out = field(probe)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ValueError(f"`field` failed on a (1, {p}) batch of the trajectory's points "
+                         f"({type(exc).__name__}: {exc}); it must accept (K, P) with "
+                         f"P = {p}.") from exc
+    if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+        raise ValueError(f"`field` returned {getattr(out, 'shape', type(out).__name__)} for a "
+                         f"batch of shape {tuple(probe.shape)}; it must return H of the same "
+                         f"shape (P = {p}).")
+
+
 def tracking_distance(trajectory: Trajectory,
                       field: MeanField | Callable[[torch.Tensor], torch.Tensor], *,
                       horizon: float, starts: Any = None, n_grid: int = 50,
                       method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8,
-                      max_elements: int = 2 ** 24) -> TrackingResult:
-    r"""``D_T(s)`` for every chain of ``trajectory`` and every start time ``s``.
+                      max_elements: int = 2 ** 24, keep_paths: Any = 0,
+                      keep_gap: bool | None = None) -> TrackingResult:
+    r"""``D_T(s)`` for every chain of ``trajectory`` and every start time ``s``, with the gaps
+    and (for a few chains) the flow segments it is made of.
+
+    .. math:: g(s, h) = \lVert \bar\theta(s + h) - \Phi_h(\bar\theta(s)) \rVert, \qquad
+              D_T(s) = \sup_{0 \le h \le T} g(s, h).
 
     The supremum over ``h in [0, T]`` is taken over ``n_grid`` evenly spaced offsets plus every
-    record time inside the window (where ``theta_bar`` has its corners). All ``chains x S``
-    flows are ONE batched ODE solve from the ``(chains * S, P)`` start points on the common
-    offset grid (integrated in consecutive pieces of the grid so memory stays below
+    record time inside a window (where ``theta_bar`` has its corners). All ``chains x S``
+    flows are ONE batched :func:`~sa_clip.solve_ode` from the ``(chains * S, P)`` start points
+    on the common offset grid (in consecutive pieces of the grid so memory stays below
     ``max_elements`` numbers; the step-size control uses the max-norm, so every start meets
-    the tolerances, not just their average).
+    the tolerances, not just their average). The same solve gives :attr:`TrackingResult.gap`
+    (all chains) and :attr:`TrackingResult.paths` (the chains in ``keep_paths``), which
+    :func:`sa_clip.viz.plot_shadowing` draws.
+
+    A window ``[s, s + T]`` that reaches a chain's blow-up (its records are NaN from there) is
+    left out of the solve, so one diverging chain cannot spoil the others: its ``distance``
+    and ``gap`` are NaN, for that chain and those windows only.
 
     Main arguments
     --------------
     trajectory : Trajectory
     field : MeanField or callable ``theta -> H(theta)`` accepting ``(K, P)``
+        With the trajectory's ``P``.
     horizon : float > 0
         ``T``; at most the trajectory's last ODE time.
     starts : 1-D times, optional
         Default: 20 points evenly spaced in ``[0, tau_last - T]``.
+    keep_paths : int or sequence of int
+        Keep the flow segments of the first ``keep_paths`` chains (an int, default 0) or of the
+        listed chains: ``(K, S, G, P)`` numbers.
+    keep_gap : bool or None
+        Keep :attr:`TrackingResult.gap` (``chains x S x G`` numbers). ``None`` (default): keep
+        it when that is at most ``max_elements`` (long runs recorded densely put thousands of
+        record times into the offset grid); otherwise ``gap`` is None and only ``D_T`` is kept.
 
     Other arguments
     ---------------
     n_grid : int >= 2
-    method, rtol, atol : passed to ``torchdiffeq.odeint``.
+    method, rtol, atol : passed to :func:`~sa_clip.solve_ode`.
     max_elements : int
         Memory budget of one piece of the grid.
 
     Returns
     -------
     TrackingResult
-        ``start (S,)``, ``distance (chains, S)`` (NaN for windows reaching a chain's blow-up),
-        ``median`` over chains.
+        ``start (S,)``, ``distance (chains, S)``, ``h``/``offsets (G,)``,
+        ``gap (chains, S, G)``, ``paths (K, S, G, P)``, ``median`` over chains.
 
     Raises
     ------
     TypeError, ValueError
-        For a non-Trajectory, ``horizon <= 0`` or longer than the run, starts outside
-        ``[0, tau_last - T]`` or not 1-D/finite/increasing, ``n_grid < 2``.
+        For a non-Trajectory, a field of another number of parameters, ``horizon <= 0`` or
+        longer than the run, starts outside ``[0, tau_last - T]`` or not
+        1-D/finite/increasing, ``n_grid < 2``, ``keep_paths`` not chain indices.
 
     Example
     -------
@@ -138,9 +252,12 @@ def tracking_distance(trajectory: Trajectory,
     >>> p = sc.problems.logistic2d()
     >>> rule = sc.NormClip(1.0)
     >>> run = sc.simulate_sgd(p, rule, "harmonic:1.0", steps=50, chains=3, seed=0)
-    >>> res = sc.tracking_distance(run, sc.MeanField(p, rule), horizon=1.0, starts=[0.0, 2.0])
-    >>> res.distance.shape
-    torch.Size([3, 2])
+    >>> res = sc.tracking_distance(run, sc.MeanField(p, rule), horizon=1.0, starts=[0.0, 2.0],
+    ...                            keep_paths=1)
+    >>> res.distance.shape, res.gap.shape[:2], res.paths.shape[:2]
+    (torch.Size([3, 2]), torch.Size([3, 2]), torch.Size([1, 2]))
+    >>> bool((res.gap.amax(-1) == res.distance).all())
+    True
     """
     if not isinstance(trajectory, Trajectory):
         raise TypeError(f"`trajectory` must be a sa_clip.Trajectory, got "
@@ -150,6 +267,8 @@ def tracking_distance(trajectory: Trajectory,
     horizon = check_positive("horizon", horizon)
     n_grid = check_nonneg_int("n_grid", n_grid, minimum=2)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    chains, p = trajectory.chains, trajectory.theta.shape[-1]
+    kept = _kept_chains(keep_paths, chains)
     tau = trajectory.tau.to(torch.float64)
     last = float(tau[-1])
     if horizon > last:
@@ -165,7 +284,7 @@ def tracking_distance(trajectory: Trajectory,
             raise ValueError(f"`starts` must lie in [0, tau_last - horizon] = [0, "
                              f"{last - horizon}], got values in [{float(s.min())}, "
                              f"{float(s.max())}].")
-    n_s, chains = s.numel(), trajectory.chains
+    n_s = s.numel()
 
     # the common offset grid: n_grid points plus every record time inside some window
     rel = (tau[None, :] - s[:, None]).reshape(-1)
@@ -174,44 +293,69 @@ def tracking_distance(trajectory: Trajectory,
                                                device=tau.device), rel]))
 
     x0 = trajectory.interpolate(s)                                  # (C, S, P)
-    p = x0.shape[-1]
-    y0 = x0.reshape(chains * n_s, p)
-    finite = torch.isfinite(y0).all(1, keepdim=True)
-    y0 = torch.where(finite, y0, trajectory.theta[:, :1].expand(-1, n_s, -1).reshape(-1, p))
-    y0 = torch.where(torch.isfinite(y0), y0, torch.zeros_like(y0))  # placeholder, masked below
+    # theta_bar is finite on [s, s + T] iff the window ends before the segment that reaches
+    # the chain's first NaN record (a blow-up): tau[r - 1] for the blow-up record r
+    r = torch.searchsorted(trajectory.steps, trajectory.blowup_step).clamp(1, len(tau) - 1)
+    last_ok = torch.where(trajectory.blown_up, tau[r - 1], torch.full_like(tau[r], float("inf")))
+    active = (torch.isfinite(x0).all(-1) & (s[None, :] + horizon <= last_ok[:, None])
+              ).reshape(-1)                                          # (C * S,)
+    rows = torch.nonzero(active).reshape(-1)
+    y = x0.reshape(chains * n_s, p)[rows]
+    if len(rows):
+        _check_field(field, p, y[:1])
 
-    count = [0]
-
-    def rhs(_t: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
-        count[0] += 1
-        return -field(th)
-
-    dist = torch.zeros(chains, n_s, dtype=x0.dtype, device=x0.device)
-    piece = max(2, max_elements // max(1, chains * n_s * p))
-    status, message = 0, "success"
-    y, i = y0, 0
-    try:
-        with torch.no_grad():
-            while True:
-                j = min(i + piece, len(h))
-                grid = h[i:j]
-                sol = odeint(rhs, y, grid, method=method, rtol=rtol, atol=atol,
-                             options={"norm": _inf_norm})
-                times = (s[:, None] + grid[None, :]).clamp(max=last)      # (S, L)
-                bar = trajectory.interpolate(times.reshape(-1)).reshape(chains, n_s, -1, p)
-                flow = sol.reshape(len(grid), chains, n_s, p).permute(1, 2, 0, 3)
-                d = (bar - flow).norm(dim=-1).amax(-1)
-                dist = torch.maximum(dist, d) if i else d     # NaN propagates
-                y = sol[-1]
-                if j >= len(h):
-                    break
-                i = j - 1
-    except (AssertionError, RuntimeError) as exc:
-        dist = torch.full_like(dist, float("nan"))
-        status, message = -1, f"ODE solve failed: {type(exc).__name__}: {exc}"
-    dist = torch.where(finite.reshape(chains, n_s), dist, float("nan"))
-    return TrackingResult(start=s, distance=dist, horizon=horizon, h=h, nfev=count[0],
-                          status=status, message=message)
+    if keep_gap is None:
+        keep_gap = chains * n_s * len(h) <= max_elements
+    elif not isinstance(keep_gap, bool):
+        raise TypeError(f"`keep_gap` must be True, False or None, got {keep_gap!r}.")
+    gap = (torch.full((chains * n_s, len(h)), float("nan"), dtype=x0.dtype, device=x0.device)
+           if keep_gap else None)
+    dist = torch.full((chains * n_s,), float("nan"), dtype=x0.dtype, device=x0.device)
+    reached = torch.zeros(len(rows), dtype=x0.dtype, device=x0.device)   # max gap so far
+    paths = None
+    if kept:
+        paths = torch.full((len(kept), n_s, len(h), p), float("nan"), dtype=x0.dtype,
+                           device=x0.device)
+        # where each kept (chain, start) row sits among the solved rows (-1: not solved)
+        slot = torch.full((chains * n_s,), -1, dtype=torch.long, device=x0.device)
+        slot[rows] = torch.arange(len(rows), device=x0.device)
+        kept_slots = slot.reshape(chains, n_s)[kept]                 # (K, S)
+    piece = max(2, max_elements // max(1, len(rows) * p))
+    status, message, nfev, i = 0, "success", 0, 0
+    while len(rows):
+        j = min(i + piece, len(h))
+        grid = h[i:j]
+        sol = solve_ode(field, y, grid, method=method, rtol=rtol, atol=atol,
+                        options={"norm": _inf_norm})
+        nfev += sol.nfev
+        flow = sol.theta                                             # (L, K, P)
+        times = (s[:, None] + grid[None, :]).clamp(max=last)        # (S, L)
+        bar = trajectory.interpolate(times.reshape(-1)).reshape(chains * n_s, len(grid), p)
+        g = (bar[rows] - flow.transpose(0, 1)).norm(dim=-1)          # (K, L)
+        # NaN anywhere in a window (not reached by a failed solve) makes D_T NaN, not smaller
+        reached = torch.where(torch.isnan(g).any(-1) | torch.isnan(reached), float("nan"),
+                              torch.maximum(reached, g.amax(-1)))
+        if gap is not None:
+            gap[:, i:j] = gap[:, i:j].index_copy(0, rows, g)
+        if kept:
+            ok = kept_slots >= 0
+            seg = flow.transpose(0, 1)[kept_slots.clamp(min=0)]     # (K, S, L, P)
+            paths[:, :, i:j] = torch.where(ok[..., None, None], seg, paths[:, :, i:j])
+        if sol.status != 0:
+            status = -1
+            message = (f"ODE solve failed on offsets [{float(grid[0]):.6g}, "
+                       f"{float(grid[-1]):.6g}]: {sol.message}")
+            break
+        if j >= len(h):
+            break
+        y, i = flow[-1], j - 1
+    if len(rows) and (status == 0 or j >= len(h)):    # else: windows left unfinished
+        dist[rows] = reached
+    dist = dist.reshape(chains, n_s)
+    gap = None if gap is None else gap.reshape(chains, n_s, len(h))
+    return TrackingResult(start=s, distance=dist, horizon=horizon, h=h, nfev=nfev,
+                          status=status, message=message, gap=gap, paths=paths,
+                          path_chains=torch.tensor(kept, dtype=torch.long) if kept else None)
 
 
 __all__ = ["tracking_distance", "TrackingResult"]

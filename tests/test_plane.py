@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 
@@ -62,11 +63,72 @@ def test_phase_portrait_draws_everything():
     pf = field_on_plane(field, Plane.coordinates(p), (-3, 3), (-3, 3), n=15)
     eq = sc.find_equilibria(field, starts=torch.tensor([[1.0, 1.0], [0.1, -0.1]],
                                                        dtype=torch.float64))
+    assert {e.kind for e in eq} >= {"saddle"}
     ode = torch.linspace(0, 1, 5, dtype=torch.float64)[:, None] * torch.tensor([1.0, 2.0])
-    chains = torch.randn(3, 6, 2, dtype=torch.float64)
-    ax = plot_phase_portrait(pf, equilibria=eq, ode_paths=ode, chains=chains)
-    labels = ax.get_legend_handles_labels()[1]
-    assert "ODE solution" in labels and "SGD chains" in labels
-    assert any("equilibrium" in s or s == "saddle" for s in labels)
+    own = torch.linspace(0, 1, 4, dtype=torch.float64)[:, None] * torch.tensor([-1.0, 0.5])
+    chains = 0.5 * torch.randn(3, 6, 2, dtype=torch.float64, generator=torch.Generator()
+                               .manual_seed(0))
+    ax = plot_phase_portrait(pf, equilibria=eq, ode_paths=ode, chains=chains, start_ode=own)
+
+    def gid(name):
+        return [line for line in ax.get_lines() if line.get_gid() == name]
+    # the plotted data are the chains, the ODE curves and the equilibria (P = 2: identity)
+    for line, c in zip(gid("chain"), chains):
+        assert line.get_zorder() > 1                    # above the streamlines
+        np.testing.assert_allclose(line.get_xdata(), c[:, 0].numpy())
+        np.testing.assert_allclose(line.get_ydata(), c[:, 1].numpy())
+    np.testing.assert_allclose(gid("ode")[0].get_ydata(), ode[:, 1].numpy())
+    np.testing.assert_allclose(gid("start-ode")[0].get_xdata(), own[:, 0].numpy())
+    marks = np.array([[line.get_xdata()[0], line.get_ydata()[0]] for line in gid("equilibrium")])
+    np.testing.assert_allclose(marks, torch.stack([e.theta for e in eq]).numpy())
+    # axis limits from what is drawn (8% margin), inside the grid
+    pts = np.concatenate([chains.reshape(-1, 2).numpy(), ode.numpy(), own.numpy(), marks])
+    lo, hi = pts.min(0), pts.max(0)
+    mid, half = (lo + hi) / 2, 0.58 * (hi - lo)
+    assert ax.get_xlim() == pytest.approx((max(mid[0] - half[0], -3), min(mid[0] + half[0], 3)))
+    assert ax.get_ylim() == pytest.approx((max(mid[1] - half[1], -3), min(mid[1] + half[1], 3)))
+    # every line style in the legend, the saddle and the grey loss contours included
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    for want in ("loss contours L(θ)", "streamlines of −H (colour: speed)", "saddle",
+                 "ODE from the chains' start (circle: start)",
+                 "ODE solutions from other starts (circle: start)"):
+        assert want in labels, (want, labels)
+    assert any(s.startswith("nullcline") for s in labels)
+    assert not [t for t in ax.texts if t.get_gid() == "section-note"]     # P = 2: the flow
     assert ax.get_xlabel() == "w1"
+    with pytest.raises(ValueError, match="`limits` must be 'auto' or 'grid'"):
+        plot_phase_portrait(pf, limits="none")
     plt.close("all")
+
+
+def test_portrait_of_a_pca_plane_says_it_is_a_section():
+    p = sc.problems.real_problem("iris", hidden=(3,))
+    run = torch.randn(2, 5, p.P, dtype=p.dtype, generator=torch.Generator().manual_seed(0))
+    pl = Plane.pca(run)
+    pf = field_on_plane(sc.MeanField(p, sc.NormClip(0.5)), pl, (-3, 3), (-3, 3), n=5)
+    ax = plot_phase_portrait(pf, chains=run)
+    note = [t for t in ax.texts if t.get_gid() == "section-note"]
+    assert note and "section" in note[0].get_text() and "not a flow" in note[0].get_text()
+    # one ODE path from the chains' common start is labelled as such
+    run[:, 0] = run[0, 0]
+    ode = run[0, 0] + torch.linspace(0, 1, 4, dtype=p.dtype)[:, None] * pl.d1
+    ax = plot_phase_portrait(pf, chains=run, ode_paths=ode)
+    line = [ln for ln in ax.get_lines() if ln.get_gid() == "start-ode"][0]
+    np.testing.assert_allclose(line.get_xdata(), pl.project(ode)[:, 0].numpy())
+    assert "ODE from the chains' start (circle: start)" in [
+        t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_xlabel() == pl.label(0) and "% of variance" in ax.get_xlabel()
+    plt.close("all")
+
+
+def test_pca_plane_reports_explained_variance():
+    gen = torch.Generator().manual_seed(1)
+    pts = torch.randn(500, 3, generator=gen, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5])
+    pl = Plane.pca(pts)
+    ev = torch.linalg.eigvalsh(torch.cov(pts.T)).flip(0)          # descending
+    assert pl.explained == pytest.approx((float(ev[0] / ev.sum()), float(ev[1] / ev.sum())),
+                                         rel=1e-10)
+    assert pl.label(0) == f"PC1 ({float(ev[0] / ev.sum()):.0%} of variance)"
+    assert Plane.coordinates(sc.problems.tanh_regression(n=8)).label(1) == "w2"
+    with pytest.raises(ValueError, match="`i` must be 0 or 1"):
+        pl.label(2)

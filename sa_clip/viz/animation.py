@@ -10,24 +10,19 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib.animation import FuncAnimation
 
 from ..ode import OdeSolution
 from ..plane import PlaneField
 from ..trajectory import Trajectory
-from ._style import ODE_COLOR, SGD_COLOR
+from ._style import ODE_COLOR, SGD_COLOR, legend, to_numpy
 from .dynamics import TAU_LABEL
 from .phase import plot_phase_portrait
 
 
-def _np(x) -> np.ndarray:
-    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution | None = None,
                    equilibria: Sequence | None = None, frames: int = 60, interval: int = 80,
-                   tail: int = 6, figsize: tuple[float, float] = (5.6, 4.6),
+                   tail: int = 6, figsize: tuple[float, float] = (5.6, 5.6),
                    title: str | None = None) -> FuncAnimation:
     """Animate the chains of ``trajectory`` (projected onto ``pf.plane``) over the portrait.
 
@@ -62,16 +57,17 @@ def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution |
     fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     # a lighter background than the still portrait (no loss contours): GIFs stay small
     plot_phase_portrait(pf, ax, equilibria=equilibria, colorbar=False, density=0.8,
-                        loss_levels=None, title=title or "SGD chains flowing along −H")
-    xy = _np(pf.plane.project(trajectory.theta))              # (chains, records, 2)
-    tau = _np(trajectory.tau)
+                        loss_levels=None, title=title or "SGD chains flowing along −H",
+                        limits="grid")
+    xy = to_numpy(pf.plane.project(trajectory.theta))              # (chains, records, 2)
+    tau = to_numpy(trajectory.tau)
     # frames evenly spaced in ODE time (decreasing steps crowd the records at late tau)
     picks = np.unique(np.searchsorted(tau, np.linspace(tau[0], tau[-1], frames)).clip(
         0, trajectory.records - 1))
     ode_xy = None
     if ode is not None:
         th = ode.theta if ode.theta.dim() == 2 else ode.theta[:, 0]
-        ode_xy, ode_t = _np(pf.plane.project(th)), _np(ode.t)
+        ode_xy, ode_t = to_numpy(pf.plane.project(th)), to_numpy(ode.t)
     trails = [ax.plot([], [], ".", color=SGD_COLOR, ms=3, alpha=a)[0]
               for a in np.linspace(0.08, 0.3, max(tail, 0))]
     cloud, = ax.plot([], [], "o", color=SGD_COLOR, ms=4, mec="white", mew=0.4,
@@ -79,7 +75,10 @@ def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution |
     ode_line, = ax.plot([], [], color=ODE_COLOR, lw=2.0, label="ODE solution", zorder=7)
     stamp = ax.text(0.02, 0.97, "", transform=ax.transAxes, va="top", fontsize=10,
                     bbox=dict(boxstyle="round", fc="white", alpha=0.8))
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.85)
+    # the portrait's legend (streamlines, nullclines, equilibria) plus the moving parts
+    old = ax.get_legend()
+    legend(ax, handles=[cloud, ode_line, *(old.legend_handles if old else [])],
+           loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
 
     def update(i: int):
         r = picks[i]

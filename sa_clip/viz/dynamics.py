@@ -14,27 +14,18 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from ..ode import OdeSolution
 from ..plane import Plane, _param_name
 from ..problem import Problem
 from ..tracking import TrackingResult
 from ..trajectory import Trajectory
-from ._style import ODE_COLOR, SGD_COLOR, get_ax
+from ._style import ODE_COLOR, SGD_COLOR, get_ax, legend, nan_quantiles, to_numpy
 
 TAU_LABEL = "ODE time τ"
 
 
-def _np(x) -> np.ndarray:
-    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(
-        x, dtype=float)
-
-
-def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
-    """Quantiles over axis 0 ignoring NaN (blown-up chains); all-NaN columns give NaN."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return [np.nanquantile(values, q, axis=0) for q in qs]
 
 
 def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
@@ -59,16 +50,16 @@ def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
     >>> ax = plot_ensemble(np.arange(4.0), np.ones((3, 4)))
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
-    t, v = _np(t), _np(values)
+    t, v = to_numpy(t), to_numpy(values)
     if v.ndim != 2 or v.shape[1] != t.shape[0]:
         raise ValueError(f"`values` must have shape (chains, len(t)) = (chains, {t.shape[0]}), "
                          f"got {v.shape}.")
-    lo, med, hi = _quantiles(v, (band[0], 0.5, band[1]))
+    lo, med, hi = nan_quantiles(v, (band[0], 0.5, band[1]))
     for k in range(min(n_faint, v.shape[0])):
         ax.plot(t, v[k], color=color, lw=0.6, alpha=0.3)
     if show_band:
         ax.fill_between(t, lo, hi, color=color, alpha=0.2, lw=0,
-                        label=f"{label}: {band[0]:.0%}–{band[1]:.0%} band")
+                        label=f"{label}: {band[0]:.0%}–{band[1]:.0%} of chains")
     ax.plot(t, med, color=color, lw=1.8, label=f"{label}: median of {v.shape[0]}")
     if logy:
         ax.set_yscale("log")
@@ -77,11 +68,11 @@ def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
 
 def _component(problem: Problem | None, plane: Plane | None, coord: int,
                theta: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """``theta[..., coord]`` or the plane coordinate ``coord``, with its axis name."""
+    """``theta[..., coord]`` or the plane coordinate ``coord``, with its axis label."""
     if plane is not None:
         if coord not in (0, 1):
             raise ValueError(f"`coord` must be 0 or 1 with a plane, got {coord}.")
-        return plane.project(theta)[..., coord], plane.names[coord]
+        return plane.project(theta)[..., coord], plane.label(coord)
     if not 0 <= coord < theta.shape[-1]:
         raise ValueError(f"`coord` must index a parameter in [0, {theta.shape[-1] - 1}], got "
                          f"{coord}.")
@@ -89,21 +80,67 @@ def _component(problem: Problem | None, plane: Plane | None, coord: int,
     return theta[..., coord], name
 
 
+def _direction(plane: Plane | None, coord: int, p: int) -> torch.Tensor:
+    """The row ``w`` with ``coordinate = w . theta (+ const)``: ``e_coord``, or the plane's
+    least-squares row (``d1``/``d2`` for an orthonormal PCA plane)."""
+    if plane is None:
+        w = torch.zeros(p, dtype=torch.float64)
+        w[coord] = 1.0
+        return w
+    return torch.linalg.pinv(plane.basis.double().cpu())[coord]
+
+
+def _check_predicted(predicted, p: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``(tau (T,), mean (T, P), cov (T, P, P))`` of a linear-noise prediction, checked."""
+    missing = [k for k in ("tau", "mean", "cov") if not hasattr(predicted, k)]
+    if missing:
+        raise TypeError(f"`predicted` must have attributes .tau, .mean, .cov (e.g. "
+                        f"sa_clip.linear_noise(...)), {type(predicted).__name__} lacks "
+                        f"{', '.join(missing)}.")
+    tau = to_numpy(predicted.tau)
+    mean = torch.as_tensor(predicted.mean).detach().double().cpu()
+    cov = torch.as_tensor(predicted.cov).detach().double().cpu()
+    n = tau.shape[0] if tau.ndim == 1 else -1
+    if n < 1 or mean.shape != (n, p) or cov.shape != (n, p, p):
+        raise ValueError(f"`predicted` must have .tau (T,), .mean (T, P), .cov (T, P, P) with "
+                         f"P = {p}, got {tuple(tau.shape)}, {tuple(mean.shape)}, "
+                         f"{tuple(cov.shape)}.")
+    return tau, mean, cov
+
+
+def _ode_label(trajectory: Trajectory, ode_start: torch.Tensor) -> str:
+    """Say what the ODE is compared from: the chains' common start, or elsewhere."""
+    first = trajectory.theta[:, 0]
+    same = bool(torch.isfinite(first).all()) and bool(
+        torch.allclose(first.double().cpu(), ode_start.double().cpu()[None].expand_as(first),
+                       rtol=1e-6, atol=1e-9))
+    return "ODE from the chains' start θ0" if same else "ODE solution"
+
+
 def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=None, *,
                     coord: int = 0, problem: Problem | None = None, plane: Plane | None = None,
                     band: tuple[float, float] = (0.1, 0.9), n_faint: int = 5,
-                    title: str | None = None):
+                    title: str | None = None, predicted=None):
     r"""One coordinate of the SGD chains and of the ODE solution against ODE time ``tau``.
 
-    The chains ``theta_k(n)`` are drawn at ``tau_n`` (their median, a quantile band, a few
-    chains faintly); the ODE ``theta(tau)`` on top. With ``plane`` the coordinate is a plane
-    coordinate (e.g. PC1 of :meth:`sa_clip.plane.Plane.pca`), else parameter ``coord``, named
-    from ``problem.blocks`` (e.g. ``0.weight[3]``).
+    What is compared: ONE ODE solution (normally from the chains' start ``theta0``) against
+    the whole ensemble of chains: their median, their empirical quantile band and a few chains
+    faintly, at ``tau_n``. (Tracking in Benaim's sense restarts the ODE on each chain's path;
+    :func:`sa_clip.viz.plot_shadowing` draws that.) With ``plane`` the coordinate is a plane
+    coordinate (e.g. PC1 of :meth:`sa_clip.plane.Plane.pca`, labelled with its share of the
+    variance), else parameter ``coord``, named from ``problem.blocks`` (e.g. ``0.weight[3]``).
+
+    With ``predicted`` (any object with ``.tau (T,)``, ``.mean (T, P)``, ``.cov (T, P, P)``,
+    e.g. :func:`sa_clip.linear_noise`), the predicted band is drawn beside the empirical one:
+    ``mean_u(tau) + z sqrt(w^T V(tau) w)`` for ``z`` the standard normal quantiles of ``band``
+    (``+-1.2816`` for 10-90%), ``w`` the direction of the axis (``e_coord``, or ``d1``/``d2``
+    of an orthonormal plane), ``mean_u = w . mean``.
 
     Parameters
     ----------
     trajectory : Trajectory from :func:`sa_clip.simulate_sgd`.
     ode : OdeSolution from :func:`sa_clip.solve_ode` with ``theta`` of shape ``(T, P)``.
+    predicted : linear-noise prediction, optional (see above).
 
     Returns
     -------
@@ -120,22 +157,37 @@ def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=N
     ax = get_ax(ax, figsize=(6.4, 4.0))
     values, name = _component(problem, plane, coord, trajectory.theta)
     plot_ensemble(trajectory.tau, values, ax, band=band, n_faint=n_faint)
+    if predicted is not None:
+        p = trajectory.theta.shape[-1]
+        tau, mean, cov = _check_predicted(predicted, p)
+        w = _direction(plane, coord, p)
+        centre = to_numpy(_component(problem, plane, coord, mean)[0])
+        sd = np.sqrt(np.clip(to_numpy(torch.einsum("tij,i,j->t", cov, w, w)), 0.0, None))
+        z_lo, z_hi = norm.ppf(band[0]), norm.ppf(band[1])
+        ax.fill_between(tau, centre + z_lo * sd, centre + z_hi * sd, facecolor=ODE_COLOR,
+                        alpha=0.12, edgecolor=ODE_COLOR, lw=1.0, ls=":", gid="predicted",
+                        label=f"predicted {band[0]:.0%}–{band[1]:.0%} (linear noise)")
     if ode is not None:
         th = ode.theta if ode.theta.dim() == 2 else ode.theta[:, 0]
         ov, _ = _component(problem, plane, coord, th)
-        ax.plot(_np(ode.t), _np(ov), color=ODE_COLOR, lw=2.0, ls="--", label="ODE solution")
+        ax.plot(to_numpy(ode.t), to_numpy(ov), color=ODE_COLOR, lw=2.0, ls="--", gid="ode",
+                label=_ode_label(trajectory, th[0]))
     ax.set_xlabel(TAU_LABEL)
     ax.set_ylabel(name)
     if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        ax.set_title(title, fontsize=10)
+    legend(ax)
     return ax
 
 
 def ode_vs_sgd_figure(trajectory: Trajectory, ode: OdeSolution | None = None, *,
                       coords: Sequence[int] = (0, 1), problem: Problem | None = None,
-                      plane: Plane | None = None, title: str | None = None, **kwargs):
-    """Several panels of :func:`plot_ode_vs_sgd` side by side (one per coordinate).
+                      plane: Plane | None = None, title: str | None = None, predicted=None,
+                      **kwargs):
+    """Several panels of :func:`plot_ode_vs_sgd` side by side (one per coordinate), one
+    legend, and a footnote that says what is compared.
+
+    ``predicted`` (``.tau``, ``.mean``, ``.cov``): the linear-noise band in every panel.
 
     Returns
     -------
@@ -151,14 +203,19 @@ def ode_vs_sgd_figure(trajectory: Trajectory, ode: OdeSolution | None = None, *,
     coords = list(coords)
     if not coords:
         raise ValueError("`coords` must name at least one coordinate.")
-    fig, axes = plt.subplots(1, len(coords), figsize=(4.6 * len(coords), 3.8),
+    fig, axes = plt.subplots(1, len(coords), figsize=(4.6 * len(coords), 4.0),
                              layout="constrained", squeeze=False)
     for ax, c in zip(axes[0], coords):
-        plot_ode_vs_sgd(trajectory, ode, ax, coord=c, problem=problem, plane=plane, **kwargs)
+        plot_ode_vs_sgd(trajectory, ode, ax, coord=c, problem=problem, plane=plane,
+                        predicted=predicted, **kwargs)
         if ax is not axes[0, 0]:
             ax.get_legend().remove()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=11)
+    if ode is not None:
+        fig.supxlabel(f"One ODE solution against the ensemble of {trajectory.chains} chains. "
+                      "Tracking (Benaïm) restarts the ODE on each chain's path: see the "
+                      "shadowing figure.", fontsize=8, color="0.3")
     return fig
 
 
@@ -182,36 +239,44 @@ def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] 
     >>> ax = plot_tracking(res)
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
-    s, d = _np(result.start), _np(result.distance)
-    lo, med, hi = _quantiles(d, (band[0], 0.5, band[1]))
-    name = label or "median over chains"
+    s, d = to_numpy(result.start), to_numpy(result.distance)
+    lo, med, hi = nan_quantiles(d, (band[0], 0.5, band[1]))
+    name = f"{label}: median" if label else "median"
     ax.fill_between(s, lo, hi, color=color, alpha=0.2, lw=0)
-    ax.plot(s, med, "o-", color=color, ms=4, lw=1.6,
-            label=f"{name} ({band[0]:.0%}–{band[1]:.0%} band)")
+    ax.plot(s, med, "o-", color=color, ms=4, lw=1.6, gid="median",
+            label=f"{name} of {d.shape[0]} chains, {band[0]:.0%}–{band[1]:.0%} band")
     ax.set_yscale("log")
     ax.set_xlabel(f"start time s ({TAU_LABEL})")
     ax.set_ylabel(rf"$D_T(s)$, T = {result.horizon:g}")
-    ax.set_title(r"tracking: $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)-\Phi_h(\bar\theta(s))\|$",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    ax.set_title(r"tracking distance $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)"
+                 r"-\Phi_h(\bar\theta(s))\|$", fontsize=10)
+    legend(ax)
     ax.grid(True, which="both", alpha=0.25)
     return ax
 
 
 def _smooth(x: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average ignoring NaN (edges use the points available)."""
+    """Centred moving average ignoring NaN, over ``window`` points where there is room and a
+    symmetric, shorter window near the ends (``i - k .. i + k`` with ``k`` at most the
+    distance to the nearer end): the first and last values are the raw ones, no edge bias."""
+    n = len(x)
     ok = np.isfinite(x)
-    kernel = np.ones(window)
-    num = np.convolve(np.where(ok, x, 0.0), kernel, mode="same")
-    den = np.convolve(ok.astype(float), kernel, mode="same")
+    csum = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+    ccnt = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(n)
+    k = np.minimum.reduce([np.full(n, (window - 1) // 2), i, n - 1 - i])
+    num = csum[i + k + 1] - csum[i - k]
+    den = ccnt[i + k + 1] - ccnt[i - k]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
 def plot_clip_fraction(trajectory: Trajectory, ax=None, *, window: int | None = None,
                        label: str | None = None, color: str = SGD_COLOR):
-    """Fraction of samples clipped by each step (mean over chains), smoothed by a moving
-    average over ``window`` records (default: about 1/30 of the run), against ``tau``.
+    """Fraction of samples clipped by each step, the mean over chains, against ``tau``:
+    raw (thin) and smoothed by a centred moving average over ``window`` records (default:
+    about 1/30 of the run), whose window shrinks symmetrically near the ends, so the curve
+    starts and ends at the raw value.
 
     For ``clip_per="batch"`` runs the recorded value is 1 when the batch was clipped, so the
     curve is the fraction of clipped steps.
@@ -228,21 +293,22 @@ def plot_clip_fraction(trajectory: Trajectory, ax=None, *, window: int | None = 
     >>> ax = plot_clip_fraction(run)
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
-    t = _np(trajectory.tau)
+    t = to_numpy(trajectory.tau)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(_np(trajectory.clip_fraction), axis=0)
-    w = max(1, len(t) // 30) if window is None else int(window)
-    if w < 1:
-        raise ValueError(f"`window` must be an integer >= 1, got {window}.")
-    sm = _smooth(mean, w)
-    ax.plot(t, mean, color=color, lw=0.5, alpha=0.3)
-    ax.plot(t, sm, color=color, lw=1.8, label=(label or "mean over chains")
-            + (f", moving average of {w}" if w > 1 else ""))
+        mean = np.nanmean(to_numpy(trajectory.clip_fraction), axis=0)
+    w = max(1, len(t) // 30) if window is None else window
+    if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
+        raise ValueError(f"`window` must be an integer >= 1, got {window!r}.")
+    sm = _smooth(mean, int(w))
+    ax.plot(t, mean, color=color, lw=0.5, alpha=0.3, gid="raw")
+    name = label or f"mean over {trajectory.chains} chains"
+    ax.plot(t, sm, color=color, lw=1.8, gid="smoothed",
+            label=name + (f", moving average of {w} records" if w > 1 else ""))
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(TAU_LABEL)
-    ax.set_ylabel("fraction of samples clipped")
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    ax.set_ylabel("fraction of samples clipped\n(mean over chains)")
+    legend(ax)
     return ax
 
 
@@ -281,7 +347,7 @@ def noise_figure(trajectory: Trajectory, axes=None, *, band: tuple[float, float]
     axes[1].set_ylabel("quadratic variation")
     for ax in axes:
         ax.set_xlabel(TAU_LABEL)
-        ax.legend(fontsize=8, loc="best", framealpha=0.85)
+        legend(ax)
     axes[0].set_title(r"martingale noise $\xi(n)=\sum_{k<n} a(k)\,M(k+1)$", fontsize=10)
     axes[1].set_title(r"quadratic variation $\sum_{k<n} a(k)^2\|M(k+1)\|^2$ "
                       "(converges under (A2))", fontsize=10)
@@ -305,14 +371,14 @@ def plot_norms(trajectory: Trajectory, ax=None, *, label: str = "SGD chains",
     >>> ax = plot_norms(run)
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
-    t = _np(trajectory.tau)
-    norms = _np(trajectory.theta.norm(dim=-1))
+    t = to_numpy(trajectory.tau)
+    norms = to_numpy(trajectory.theta.norm(dim=-1))
     for k in range(min(n_faint, norms.shape[0])):
         ax.plot(t, norms[k], color=color, lw=0.8, alpha=0.5,
                 label=f"{label} (‖θ‖ of each chain)" if k == 0 else None)
-    blown = _np(trajectory.blown_up).astype(bool)
+    blown = to_numpy(trajectory.blown_up).astype(bool)
     if blown.any():
-        bt = _np(trajectory.blowup_tau)[blown]
+        bt = to_numpy(trajectory.blowup_tau)[blown]
         # the last finite norm of each blown-up chain, where the cross goes
         last = np.array([norms[k][np.isfinite(norms[k])][-1] for k in np.flatnonzero(blown)])
         ax.plot(bt, last, "x", color="#d73027", ms=9, mew=2,
@@ -320,7 +386,7 @@ def plot_norms(trajectory: Trajectory, ax=None, *, label: str = "SGD chains",
     ax.set_yscale("log")
     ax.set_xlabel(TAU_LABEL)
     ax.set_ylabel("‖θ‖")
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    legend(ax)
     return ax
 
 
@@ -347,19 +413,19 @@ def plot_batch_mean_field(batch_sizes: Sequence[int], means, stderr, ax=None, *,
     >>> ax = plot_batch_mean_field([1, 2, 4], torch.ones(3, 2), torch.zeros(3, 2))
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
-    m, mu, se = _np(batch_sizes), _np(means), _np(stderr)
+    m, mu, se = to_numpy(batch_sizes), to_numpy(means), to_numpy(stderr)
     colors = plt.get_cmap("tab10")
     for j, c in enumerate(coords):
         name = _param_name(problem, c) if problem is not None else f"θ[{c}]"
         ax.errorbar(m, mu[:, c], yerr=2 * se[:, c], fmt="o-", ms=4, capsize=3,
                     color=colors(j % 10), label=f"$H_M$ component {name} (± 2 s.e.)")
         if reference is not None:
-            ax.axhline(float(_np(reference)[c]), color=colors(j % 10), ls=":", lw=1.2,
+            ax.axhline(float(to_numpy(reference)[c]), color=colors(j % 10), ls=":", lw=1.2,
                        label=f"{reference_label}, {name}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size M (per-batch clipping; M = 1 is per-sample H)")
     ax.set_ylabel(r"component of $H_M(\theta)$")
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    legend(ax)
     return ax
 
 

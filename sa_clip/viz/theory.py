@@ -11,16 +11,10 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.colors as mcolors
 import numpy as np
-import torch
 from matplotlib.patches import Ellipse
 from scipy.stats import chi2
 
-from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, get_ax
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(
-        x, dtype=np.float64)
+from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, get_ax, legend, to_numpy
 
 
 def _ellipse(cov: np.ndarray, center: np.ndarray, level: float, **kw) -> Ellipse:
@@ -57,18 +51,18 @@ def plot_fluctuation_ellipses(errors, predicted, empirical=None, ax=None, *,
     >>> ax = plot_fluctuation_ellipses(z, np.eye(2), np.cov(z.T))
     """
     ax = get_ax(ax, figsize=(5.4, 5.0))
-    z = _np(errors)
+    z = to_numpy(errors)
     if z.ndim != 2 or z.shape[1] != 2:
         raise ValueError(f"`errors` must have shape (chains, 2), got {z.shape}.")
     z = z[np.isfinite(z).all(1)]
-    pred = _np(predicted)
+    pred = to_numpy(predicted)
     ax.plot(z[:max_points, 0], z[:max_points, 1], ".", color=SGD_COLOR, ms=2.5, alpha=0.35,
             label=f"chains ({len(z)})")
     zero = np.zeros(2)
     ax.add_patch(_ellipse(pred, zero, level, color=ODE_COLOR, lw=2.2,
                           label=f"predicted (CLT), {level:.0%}"))
     if empirical is not None:
-        ax.add_patch(_ellipse(_np(empirical), z.mean(0) if len(z) else zero, level, color="k",
+        ax.add_patch(_ellipse(to_numpy(empirical), z.mean(0) if len(z) else zero, level, color="k",
                               lw=1.5, ls="--", label=f"empirical, {level:.0%}"))
         inside = np.einsum("ki,ij,kj->k", z, np.linalg.pinv(pred), z) <= chi2.ppf(level, 2)
         ax.text(0.02, 0.02, f"inside predicted: {inside.mean():.1%} (expected {level:.0%})",
@@ -105,12 +99,12 @@ def plot_azuma(radii, frequency, log_bounds: Mapping[str, object], ax=None, *,
     >>> ax = plot_azuma([0.5, 1.0], [0.3, 0.1], {"paper (15)": [-0.2, -3.0]}, chains=100)
     """
     ax = get_ax(ax, figsize=(5.6, 4.2))
-    m = _np(radii)
-    f = _np(frequency)
+    m = to_numpy(radii)
+    f = to_numpy(frequency)
     styles = ["-", "--", "-.", ":"]
     colors = ["#d73027", "#4575b4", "#1a9850", "#7b3294"]
     for k, (label, lb) in enumerate(log_bounds.items()):
-        ax.plot(m, np.minimum(np.exp(_np(lb)), 1.0), styles[k % 4], color=colors[k % 4], lw=2,
+        ax.plot(m, np.minimum(np.exp(to_numpy(lb)), 1.0), styles[k % 4], color=colors[k % 4], lw=2,
                 label=f"bound: {label}")
     pos = f > 0
     ax.plot(m[pos], f[pos], "o", color="k", ms=5, label="empirical frequency")
@@ -139,10 +133,10 @@ def plot_blowup(lams, frequencies: Mapping[str, object], ax=None, *, chains: int
     >>> ax = plot_blowup([1, 2, 4], {"adaptive": [0.0, 0.2, 0.9]}, chains=100)
     """
     ax = get_ax(ax, figsize=(5.6, 4.2))
-    x = _np(lams)
+    x = to_numpy(lams)
     markers = ["o", "s", "^", "D"]
     for k, (label, fr) in enumerate(frequencies.items()):
-        f = _np(fr)
+        f = to_numpy(fr)
         err = np.sqrt(f * (1 - f) / chains) if chains else None
         ax.errorbar(x, f, yerr=err, marker=markers[k % 4], capsize=3, label=label)
     ax.set_xscale("log")
@@ -172,7 +166,7 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     >>> ax = plot_basins(np.arange(3), np.arange(2), np.array([[0, 0, 1], [0, 1, 1]]))
     """
     ax = get_ax(ax)
-    A, Bv, L = _np(a), _np(b), np.asarray(labels)
+    A, Bv, L = to_numpy(a), to_numpy(b), np.asarray(labels)
     n_eq = max(int(L.max()) + 1, len(equilibria or ()), 1)
     palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
     cols = ["#cccccc"] + [palette[k % len(palette)] for k in range(n_eq)]
@@ -192,7 +186,7 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     for k, e in enumerate(equilibria or ()):
         if e is None:                      # a placeholder keeps the numbering of the labels
             continue
-        xy = _np(e.theta)
+        xy = to_numpy(e.theta)
         style = dict(KIND_STYLE.get(e.kind, KIND_STYLE["degenerate"]))
         style.pop("label")
         ax.plot(xy[0], xy[1], linestyle="none", ms=10, mec="k", zorder=6, **style)
@@ -203,9 +197,11 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
     ax.set_title(title or "basins of attraction of the ODE")
-    old_h, old_l = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + old_h, labels=[h.get_label() for h in handles] + old_l,
-              loc="lower right", fontsize=7, framealpha=0.85)
+    # keep what a portrait drawn underneath put in its legend (streamlines, equilibria, ...)
+    old = ax.get_legend()
+    old_h = list(old.legend_handles) if old is not None else ax.get_legend_handles_labels()[0]
+    legend(ax, handles=handles + old_h, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+           ncol=2, fontsize=7)
     return ax
 
 
