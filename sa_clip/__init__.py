@@ -24,6 +24,7 @@ from .fluctuations import (
     scaled_errors,
     trajectory_scaled_errors,
 )
+from .linear_noise import LinearNoiseResult, linear_noise
 from .meanfield import ClipStats, MeanField
 from .ode import OdeSolution, solve_ode
 from .problem import Block, Layout, Problem
@@ -65,4 +66,5 @@ __all__ = [
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
+    "linear_noise", "LinearNoiseResult",
 ]
