@@ -33,7 +33,8 @@ import bisect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import torch

@@ -148,33 +148,58 @@ def _check_wald(x: np.ndarray, pred: np.ndarray, level: float = 1e-3) -> float:
     return float(np.linalg.norm(emp - pred) / np.linalg.norm(emp))
 
 
-CASES = {
-    "tanh": (lambda: sc.problems.tanh_regression(), sc.NormClip(1.0), "power:0.1,0.7", 600),
-    "logistic": (lambda: sc.problems.logistic2d(), sc.NormClip(0.5), "power:0.5,0.7", 600),
+SMALL_STEPS = {      # steps small enough that the O(a) error is below 4000 chains' resolution
+    "tanh": (sc.problems.tanh_regression, sc.NormClip(1.0), "constant:0.01", 300),
+    "logistic": (sc.problems.logistic2d, sc.NormClip(0.5), "constant:0.05", 300),
+}
+TARGET = {           # the issue's target: power-law steps, early / middle / late, within 10%
+    "tanh": (sc.problems.tanh_regression, sc.NormClip(1.0), "power:0.1,0.7", 600),
+    "logistic": (sc.problems.logistic2d, sc.NormClip(0.5), "power:0.5,0.7", 600),
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_agrees_with_4000_chains(name):
-    """Early, middle and late: within sampling error (Wald chi-square at 1e-3) and within the
-    issue's 10% relative Frobenius; the discrete and continuous forms both."""
-    make, rule, sched, steps = CASES[name]
+def _chains_and_prediction(case, form="discrete"):
+    make, rule, sched, steps = case
     p = make()
-    run = sc.simulate_sgd(p, rule, sched, steps=steps, chains=4000, seed=1, record_every=50)
-    rec = [2, len(run.tau) // 2, len(run.tau) - 1]      # steps 100, 300, 600
+    run = sc.simulate_sgd(p, rule, sched, steps=steps, chains=4000, seed=1,
+                          record_every=steps // 6)
+    rec = [1, 3, 6]                                    # early, middle, late
     t = torch.cat([run.tau[:1], run.tau[rec]])
     field = sc.MeanField(p, rule)
-    disc = sc.linear_noise(field, sched, p.theta0, t)
-    cont = sc.linear_noise(field, sched, p.theta0, t, form="continuous")
-    assert disc.success and cont.success
-    for j, i in enumerate(rec, start=1):
-        x = run.theta[:, i].numpy()
-        assert _check_wald(x, disc.cov[j].numpy()) < 0.10
+    preds = {f: sc.linear_noise(field, sched, p.theta0, t, form=f)
+             for f in (("discrete", "continuous") if form == "both" else (form,))}
+    assert all(r.success for r in preds.values())
+    return [run.theta[:, i].numpy() for i in rec], preds
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:the schedule")
+@pytest.mark.parametrize("name", sorted(SMALL_STEPS))
+def test_agrees_with_4000_chains_within_sampling_error(name):
+    """Early, middle, late: the Wald chi-square test at level 1e-3 (per time) accepts the
+    discrete prediction; the chains' mean is on the ODE path. The continuous form drops the
+    O(a ||J||) terms, which 4000 chains resolve early on the tanh toy (||J|| is large there):
+    it is held to 10% relative Frobenius."""
+    xs, preds = _chains_and_prediction(SMALL_STEPS[name], "both")
+    for j, x in enumerate(xs, start=1):
+        _check_wald(x, preds["discrete"].cov[j].numpy())
         emp = np.cov(x, rowvar=False)
-        assert np.linalg.norm(emp - cont.cov[j].numpy()) / np.linalg.norm(emp) < 0.10
-        # the mean path: the chains' mean within O(a) of the ODE
-        assert float(np.linalg.norm(x.mean(0) - disc.mean[j].numpy())) < 0.05
+        cont = preds["continuous"].cov[j].numpy()
+        assert np.linalg.norm(emp - cont) / np.linalg.norm(emp) < 0.10
+        se = x.std(0) / math.sqrt(len(x))
+        assert (np.abs(x.mean(0) - preds["discrete"].mean[j].numpy()) < 4 * se + 1e-3).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TARGET))
+def test_issue_target_ten_percent_of_4000_chains(name):
+    """Power-law steps (a(0) = 0.1 and 0.5): the discrete prediction within 10% relative
+    Frobenius of 4000 chains' covariance at early, middle and late times."""
+    xs, preds = _chains_and_prediction(TARGET[name])
+    for j, x in enumerate(xs, start=1):
+        emp = np.cov(x, rowvar=False)
+        rel = np.linalg.norm(emp - preds["discrete"].cov[j].numpy()) / np.linalg.norm(emp)
+        assert rel < 0.10, (j, rel)
 
 
 # ---------------------------------------------------------------- a 2-D problem, DH diagonal
