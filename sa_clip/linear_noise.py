@@ -9,9 +9,14 @@ and the covariance of one step's update noise along the path (maths: ``docs/line
   .. math:: \frac{dV}{d\tau} = -J V - V J^T + a(\tau)\, S(\theta(\tau)), \qquad V(0) = 0,
 
   with ``J = DH(theta(tau))``, ``S`` the covariance of one step's update direction and
-  ``a(tau)`` the step size in force at ODE time ``tau``. ``theta`` and ``V`` are integrated
-  together by torchdiffeq (one adaptive solve of the pair); its cost does not grow with the
-  number of SGD steps.
+  ``a(tau)`` the step size in force at ODE time ``tau``. Its cost does not grow with the
+  number of SGD steps. Integrated on the ODE's grid by default (``integrator="grid"``:
+  ``theta`` by :func:`~sa_clip.solve_ode` on a grid, ``J`` and ``S`` batched on it, RK4 for
+  ``V``) or by torchdiffeq on the pair (``integrator="joint"``). Measured (loaded machine,
+  ``benchmarks/bench_linear_noise.py --quick``, tanh toy): the grid within 2e-3 of its own
+  eighth-step refinement at about the cost of the ODE solve alone; the joint solve 6e-4 at
+  about 30 times that (the kinks of clipped ``H`` make it reject steps, and ``J`` is computed
+  one point at a time).
 * **discrete form** (``form="discrete"``, default), one SGD step at a time:
 
   .. math:: V_{n+1} = (I - a_n J_n) V_n (I - a_n J_n)^T + a_n^2 S_n,
@@ -75,7 +80,8 @@ class LinearNoiseResult:
     message : str
     nfev : int
         Points of the path where ``H``, ``DH`` and ``S`` were evaluated (discrete: one per SGD
-        step; continuous: right-hand-side evaluations of the joint solve).
+        step; continuous: grid nodes and midpoints, or right-hand-side evaluations of the
+        joint solve).
     steps : int
         SGD steps of the schedule up to ``tau[-1]``.
     noise : str
@@ -308,7 +314,12 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
       error is controlled on ``theta`` and ``V`` separately). ``a(tau)`` is the step in force
       at ``tau``, made continuous (linear through the step midpoints). The limit of small
       steps; its cost does not grow with the number of steps, so use it for long runs with
-      small steps (``a ||J|| << 1``, where the two forms agree).
+      small steps (``a ||J|| << 1``, where the two forms agree). ``integrator="grid"``
+      (default) solves ``theta`` with :func:`~sa_clip.solve_ode` on a grid of step
+      ``grid_step`` (default ``min(0.05, 0.5 / ||DH(theta0)||)``) between the outputs and
+      integrates ``V`` by RK4 on it, ``J`` and ``S`` evaluated in batches;
+      ``integrator="joint"`` solves the pair with torchdiffeq, error-controlled (much slower:
+      see ``docs/linear_noise.md``).
 
     ``S`` is the covariance of one step's update direction: ``S_1 / M`` for per-sample
     clipping with ``M = batch_size`` samples drawn with replacement (``S_1`` exact over the
@@ -356,6 +367,10 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         Memory budget, in numbers, of one batched per-sample computation.
     invariance_tol : float
         Relative tolerance of the invariance check of ``basis``.
+    integrator : ``"grid"`` | ``"joint"``
+        How the continuous form is integrated (above).
+    grid_step : float, optional
+        ODE-time step of the ``"grid"`` integrator.
 
     Returns
     -------
@@ -370,10 +385,10 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     TypeError, ValueError
         For a ``field`` that is not a MeanField; a bad schedule; ``theta0`` not ``(P,)`` or
         not finite; ``tau`` not 1-D, finite, strictly increasing from 0, or beyond
-        ``max_steps`` steps; ``batch_size < 1``; an unknown ``clip_per``, ``form`` or
-        ``method``; non-positive tolerances; ``P > max_full`` without ``basis``; a ``basis``
-        of the wrong shape, without orthonormal columns, not invariant, or with
-        ``clip_per="batch"``.
+        ``max_steps`` steps; ``batch_size < 1``; an unknown ``clip_per``, ``form``,
+        ``integrator`` or ``method``; non-positive tolerances or ``grid_step``;
+        ``P > max_full`` without ``basis``; a ``basis`` of the wrong shape, without
+        orthonormal columns, not invariant, or with ``clip_per="batch"``.
 
     Example
     -------

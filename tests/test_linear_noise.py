@@ -177,17 +177,19 @@ def _chains_and_prediction(case, form="discrete"):
 @pytest.mark.parametrize("name", sorted(SMALL_STEPS))
 def test_agrees_with_4000_chains_within_sampling_error(name):
     """Early, middle, late: the Wald chi-square test at level 1e-3 (per time) accepts the
-    discrete prediction; the chains' mean is on the ODE path. The continuous form drops the
-    O(a ||J||) terms, which 4000 chains resolve early on the tanh toy (||J|| is large there):
-    it is held to 10% relative Frobenius."""
+    discrete prediction; the chains' mean is within O(a) of the ODE path. The continuous
+    form drops the O(a ||J||) terms, which 4000 chains resolve early on the tanh toy (||J|| is
+    large there): it is held to 10% relative Frobenius."""
     xs, preds = _chains_and_prediction(SMALL_STEPS[name], "both")
     for j, x in enumerate(xs, start=1):
         _check_wald(x, preds["discrete"].cov[j].numpy())
         emp = np.cov(x, rowvar=False)
         cont = preds["continuous"].cov[j].numpy()
         assert np.linalg.norm(emp - cont) / np.linalg.norm(emp) < 0.10
+        # first order gets the mean only to O(a) (Euler steps, curvature of H on the spread)
         se = x.std(0) / math.sqrt(len(x))
-        assert (np.abs(x.mean(0) - preds["discrete"].mean[j].numpy()) < 4 * se + 1e-3).all()
+        a = sc.make_schedule(SMALL_STEPS[name][2])(0)
+        assert (np.abs(x.mean(0) - preds["discrete"].mean[j].numpy()) < 4 * se + a).all()
 
 
 @pytest.mark.slow
