@@ -178,8 +178,8 @@ def _chains_and_prediction(case, form="discrete"):
 def test_agrees_with_4000_chains_within_sampling_error(name):
     """Early, middle, late: the Wald chi-square test at level 1e-3 (per time) accepts the
     discrete prediction; the chains' mean is within O(a) of the ODE path. The continuous
-    form drops the O(a ||J||) terms, which 4000 chains resolve early on the tanh toy (||J|| is
-    large there): it is held to 10% relative Frobenius."""
+    form drops the O(a ||J||) terms, which 4000 chains resolve early on the tanh toy: it is
+    held to 10% relative Frobenius."""
     xs, preds = _chains_and_prediction(SMALL_STEPS[name], "both")
     for j, x in enumerate(xs, start=1):
         _check_wald(x, preds["discrete"].cov[j].numpy())
