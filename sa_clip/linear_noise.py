@@ -144,7 +144,8 @@ class _Noise:
                 idx = torch.cartesian_prod(*[torch.arange(p.N)] * batch_size).reshape(
                     -1, batch_size)
             else:
-                gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+                gen = torch.Generator()
+                gen.manual_seed(int(seed)) if seed is not None else gen.seed()
                 idx = torch.randint(p.N, (noise_samples, batch_size), generator=gen)
                 self.noise = f"monte carlo ({noise_samples} batches)"
             self.idx = idx.to(p.device)
@@ -355,7 +356,7 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     noise_samples : int >= 2
         Batches for per-batch clipping.
     seed : int or None
-        Seeds the Monte-Carlo batches.
+        Seeds the Monte-Carlo batches of per-batch clipping (None: a fresh random seed).
     method, rtol, atol, max_nfev
         The torchdiffeq solver (both forms solve the ODE with them), its tolerances, and the
         most right-hand-side evaluations before giving up (``status = -1``).
@@ -524,7 +525,7 @@ def _discrete(noise: _Noise, h_fn, th0, times, grid, rates, method, rtol, atol, 
                 break
         J = noise.jacobians(th)
         _, S = noise.moments(th)
-        a = rates[start:stop].to(th0.dtype)
+        a = rates[start:stop].to(th0)
         A = eye - a[:, None, None] * J
         Q = (a * a)[:, None, None] * S
         for i in range(stop - start):
@@ -630,8 +631,9 @@ def _continuous(noise: _Noise, th0, times, grid, rates, method, rtol, atol, max_
         return -h[0], -JV - JV.T + rate(float(t)) * S[0]
 
     V0 = torch.zeros(q, q, dtype=th0.dtype, device=th0.device)
-    mean = torch.full((len(times), th0.numel()), float("nan"), dtype=th0.dtype)
-    cov = torch.full((len(times), q, q), float("nan"), dtype=th0.dtype)
+    mean = torch.full((len(times), th0.numel()), float("nan"), dtype=th0.dtype,
+                      device=th0.device)
+    cov = torch.full((len(times), q, q), float("nan"), dtype=th0.dtype, device=th0.device)
     status, message = 0, "success"
     try:
         with torch.no_grad():

@@ -43,7 +43,7 @@ def test_constant_steps_discrete_closed_form(rule, m):
 
 
 @pytest.mark.parametrize("rule", [sc.NoClip(), sc.NormClip(1e6)], ids=["none", "inactive"])
-@pytest.mark.parametrize("integrator", ["grid", "joint"])
+@pytest.mark.parametrize("integrator", ["grid", pytest.param("joint", marks=pytest.mark.slow)])
 def test_constant_steps_continuous_closed_form(rule, integrator):
     a = 0.05
     t = taus(0.0, 0.3, 1.0, 2.5)
@@ -205,6 +205,7 @@ def test_issue_target_ten_percent_of_4000_chains(name):
 
 
 # ---------------------------------------------------------------- a 2-D problem, DH diagonal
+@pytest.mark.slow
 def test_late_covariance_over_step_is_the_clt_covariance():
     """Harmonic steps a0/(n + n0) from the equilibrium, clipping active there: V/a(n) tends to
     the Sigma of clt_covariance, at rate O(a(n)) (the discrete form's a J V J^T terms)."""
