@@ -268,6 +268,40 @@ def test_projected_on_a_block_of_a_block_diagonal_jacobian(form):
     assert abs(float(c[0, 1] / (c[0, 0] * c[1, 1]).sqrt())) > 0.05   # blocks' noise correlated
 
 
+class Scalings(nn.Module):
+    """f(w, x) = w * x, element-wise over P features: DH is diagonal."""
+
+    def __init__(self, p: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((p,), 0.5, dtype=D))
+
+    def forward(self, x):
+        return self.w * x
+
+
+@pytest.mark.slow
+def test_projected_beyond_max_full_matches_the_small_problem():
+    """P = 5000 > max_full: the full call refuses; basis = two coordinates (a block of the
+    diagonal DH) gives what the 2-feature problem gives in full."""
+    g = torch.Generator().manual_seed(0)
+    x = 1.0 + torch.randn(30, 5000, generator=g, dtype=D)
+    y = 2.0 * x + 0.3 * torch.randn(30, 5000, generator=g, dtype=D)
+    big = sc.Problem(Scalings(5000), x, y, "mse")
+    small = sc.Problem(Scalings(2), x[:, :2].clone(), y[:, :2].clone(), "mse")
+    t = taus(0.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match="exceeds `max_full`"):
+        sc.linear_noise(sc.MeanField(big, sc.NoClip()), "constant:0.05", big.theta0, t)
+    u = torch.zeros(5000, 2, dtype=D)
+    u[0, 0] = u[1, 1] = 1.0
+    part = sc.linear_noise(sc.MeanField(big, sc.NoClip()), "constant:0.05", big.theta0, t,
+                           basis=u)
+    full = sc.linear_noise(sc.MeanField(small, sc.NoClip()), "constant:0.05", small.theta0, t)
+    assert part.cov.shape == (3, 2, 2) and part.mean.shape == (3, 5000)
+    # the two ODE solves see different dimensions (RMS error norms), so agree to ~rtol
+    torch.testing.assert_close(part.mean[:, :2], full.mean, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(part.cov, full.cov, rtol=1e-5, atol=1e-12)
+
+
 def test_projected_refuses_a_basis_that_does_not_close():
     p = two_scalings()
     u = torch.tensor([[1.0], [1.0]], dtype=D) / 2 ** 0.5
