@@ -371,15 +371,12 @@ def test_errors(kw, exc, match):
 def test_example_runs_and_writes_its_figure(tmp_path, capsys):
     """examples/linear_noise.py at a tiny size: prints "wrote ..." and the PNG exists; the
     failing case's chains spread more than predicted."""
-    import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "linear_noise.py")
-    spec = importlib.util.spec_from_file_location("example_linear_noise", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out = mod.main(["--chains", "200", "--steps", "120", "--switch-steps", "400",
-                    "--out", str(tmp_path)])
+    from helpers import load_example
+
+    out = load_example("linear_noise").main(["--chains", "200", "--steps", "120",
+                                             "--switch-steps", "400", "--out", str(tmp_path)])
     assert os.path.getsize(out["figure"]) > 10_000
     assert "wrote " in capsys.readouterr().out
     sd_chain, sd_pred = out["fails"]
