@@ -20,7 +20,7 @@ from .clipping import (
     ValueClip,
     make_rule,
 )
-from .equilibria import ClippingBias, Equilibrium, clipping_bias, find_equilibria
+from .equilibria import ClippingBias, Equilibria, Equilibrium, clipping_bias, find_equilibria
 from .fluctuations import (
     clt_covariance,
     empirical_covariance,
@@ -28,7 +28,8 @@ from .fluctuations import (
     scaled_errors,
     trajectory_scaled_errors,
 )
-from .meanfield import ClipStats, MeanField
+from .linear_noise import LinearNoiseResult, linear_noise
+from .meanfield import ClipStats, MeanField, NonFiniteThetaError
 from .ode import OdeSolution, solve_ode
 from .plane import Plane, PlaneField, field_on_plane
 from .problem import Block, Layout, Problem
@@ -70,6 +71,7 @@ __all__ = [
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
     "Plane", "PlaneField", "field_on_plane", "TensorData",
+    "linear_noise", "LinearNoiseResult", "Equilibria", "NonFiniteThetaError",
 ]
 
 _LAZY_MODULES = ("viz",)    # imported on first attribute access (matplotlib stays unloaded)
