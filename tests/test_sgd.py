@@ -6,6 +6,7 @@ import torch
 
 import sa_clip as sc
 from problems import brute_clip, brute_grads, mlp_problem
+from sa_clip.sgd import make_generator, sgd_init, sgd_step
 
 D = torch.float64
 
@@ -283,3 +284,60 @@ def test_simulate_sgd_errors():
         sc.simulate_sgd("p", r, s, steps=1)
     with pytest.raises(TypeError, match="`seed`"):
         sc.simulate_sgd(p, r, s, steps=1, seed=1.5)
+
+
+def test_seed_above_2_63_is_a_clear_value_error():
+    # issue 11 item 12: a huge seed leaked torch's RuntimeError ("Overflow when unpacking long")
+    p = sc.problems.logistic2d(n=10)
+    for seed in (2 ** 63, 2 ** 64, 10 ** 30):
+        with pytest.raises(ValueError, match=rf"`seed` must be an integer in \[0, 2\*\*63 - 1\].*"
+                           rf"got {seed}"):
+            sc.simulate_sgd(p, sc.NormClip(0.5), "harmonic:0.5", steps=2, seed=seed)
+        with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 2\*\*63 - 1\]"):
+            sc.batch_mean_field(p, sc.NormClip(0.5), p.theta0, 2, seed=seed)
+    gen, s = make_generator(2 ** 63 - 1)
+    assert s == 2 ** 63 - 1 and torch.equal(
+        torch.randint(9, (5,), generator=gen),
+        torch.randint(9, (5,), generator=torch.Generator().manual_seed(2 ** 63 - 1)))
+    with pytest.raises(ValueError, match="`seed`"):
+        make_generator(-1)
+
+
+def test_field_is_checked_against_problem_and_rule():
+    p, q = mlp_problem(n=7), mlp_problem(n=7)
+    r = sc.NormClip(0.3)
+    with pytest.raises(ValueError, match="built on the same `problem`"):
+        sc.simulate_sgd(p, r, "harmonic:0.5", steps=1, field=sc.MeanField(q, r))
+    with pytest.raises(ValueError, match="built on the same `problem`"):
+        sc.simulate_sgd(p, r, "harmonic:0.5", steps=1, field="fast")
+    f = sc.MeanField(p, r, method="vmap")
+    run = sc.simulate_sgd(p, r, "harmonic:0.5", steps=3, chains=2, seed=0, field=f)
+    assert torch.equal(run.theta, sc.simulate_sgd(p, r, "harmonic:0.5", steps=3, chains=2,
+                                                  seed=0, field=f).theta)
+
+
+def test_sgd_step_is_the_recursion():
+    # the explicit state API: one step by hand equals sgd_step; dead chains stay frozen
+    p = mlp_problem(n=7)
+    rule = sc.NormClip(0.3)
+    field = sc.MeanField(p, rule)
+    theta0 = p.theta0 + 0.2 * torch.randn(3, p.P, generator=torch.Generator().manual_seed(0),
+                                          dtype=D)
+    state = sgd_init(p, 3, theta0, record_noise=True)
+    idx = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    new, info = sgd_step(field, state, idx, 0.25, step=0, stats=True)
+    u_ref = torch.stack([sum(brute_clip(rule, g, theta0[c], p)
+                             for g in brute_grads(p, theta0[c])[idx[c]]) / 2 for c in range(3)])
+    assert torch.allclose(new.theta, theta0 - 0.25 * u_ref, rtol=0, atol=1e-13)
+    assert torch.allclose(info.direction, u_ref, rtol=0, atol=1e-13)
+    m = u_ref - field(theta0)
+    assert torch.allclose(new.xi, 0.25 * m, atol=1e-13)
+    assert torch.allclose(info.noise_norm, m.norm(dim=1), atol=1e-13)
+    assert info.clip_fraction.shape == (3,) and bool(new.alive.all())
+    # a blow-up radius below the new norms kills every chain at step 1; theta stays
+    dead, _ = sgd_step(field, state, idx, 0.25, step=0, blowup_radius=1e-3)
+    assert not bool(dead.alive.any()) and dead.blowup_step.tolist() == [1, 1, 1]
+    assert torch.equal(dead.theta, theta0)
+    again, info = sgd_step(field, dead, idx, 0.25, step=1, stats=True)
+    assert torch.equal(again.theta, theta0) and again.blowup_step.tolist() == [1, 1, 1]
+    assert bool(torch.isnan(info.clip_fraction).all())
