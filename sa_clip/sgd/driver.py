@@ -146,10 +146,10 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
     if seed is None and saved is not None:   # the run being resumed drew a fresh seed: keep it
         seed = saved.meta["config"]["seed"]
     gen, used_seed = make_generator(seed)
+    run.check_memory(record_noise, record_indices, indices is None)
     state = sgd_init(problem, chains, theta0, record_noise=bool(record_noise))
     replay = None if indices is None else check_indices(indices, steps, chains, batch_size,
                                                         problem.N, problem.device)
-    run.check_memory(record_noise, record_indices, replay is None)
     sampler = make_sampler(gen, sampling=sampling, n=problem.N, chains=chains,
                            batch_size=batch_size, steps=steps, replay=replay)
     tau = run.schedule.tau(steps)
@@ -251,7 +251,7 @@ class _Run:
                 state, info = sgd_step(self.field, state, idx, rates[n], step=n,
                                        clip_per=self.clip_per, project_radius=self.project_radius,
                                        blowup_radius=self.blowup_radius,
-                                       stats=recorder.slot(n) >= 0)
+                                       stats=recorder.slot(n) >= 0, inplace=True)
                 recorder.step(n, state, info)
         return state
 

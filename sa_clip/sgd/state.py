@@ -52,6 +52,9 @@ class ChainState:
         Noise sum ``sum_{k<n} a(k) M(k+1)`` with ``M(k+1) = u - H(theta(k))`` (noise recorded).
     qv : ``(K,)`` or None
         Its quadratic variation ``sum_{k<n} a(k)^2 ||M(k+1)||^2``.
+    sq_norm : float64 ``(K,)`` or None
+        ``||theta||^2`` as carried by the in-place step (a cache, not part of a checkpoint:
+        recomputed exactly every few steps and after a resume).
     """
 
     theta: torch.Tensor
@@ -59,6 +62,7 @@ class ChainState:
     blowup_step: torch.Tensor
     xi: torch.Tensor | None = None
     qv: torch.Tensor | None = None
+    sq_norm: torch.Tensor | None = None
 
     @property
     def chains(self) -> int:
@@ -75,15 +79,16 @@ class StepInfo:
 
     Attributes
     ----------
-    direction : ``(K, P)``
-        The update directions ``u`` (before the step size).
+    direction : ``(K, P)`` or None
+        The update directions ``u`` (before the step size); None from the in-place step,
+        which never forms them.
     clip_fraction : ``(K,)`` or None
         Fraction of each batch clipped (``stats=True``).
     noise_norm : ``(K,)`` or None
         ``||M(n+1)|| = ||u - H(theta(n))||`` (when the state carries noise sums).
     """
 
-    direction: torch.Tensor
+    direction: torch.Tensor | None
     clip_fraction: torch.Tensor | None = None
     noise_norm: torch.Tensor | None = None
 
@@ -147,9 +152,12 @@ def bad_rows(new: torch.Tensor, radius: float) -> torch.Tensor:
     return bad
 
 
+from ._fused import fused_engine, fused_step  # noqa: E402 - the kernel uses bad_rows above
+
+
 def sgd_step(field: MeanField, state: ChainState, batch: torch.Tensor, a: float, *,
              step: int, clip_per: str = "sample", project_radius: float | None = None,
-             blowup_radius: float = math.inf, stats: bool = False
+             blowup_radius: float = math.inf, stats: bool = False, inplace: bool = False
              ) -> tuple[ChainState, StepInfo]:
     """Advance every chain of ``state`` by one step of size ``a`` on ``batch (K, B)``.
 
@@ -158,8 +166,24 @@ def sgd_step(field: MeanField, state: ChainState, batch: torch.Tensor, a: float,
     ``M = u - H(theta)`` (one full-data ``H`` per step) is added to them. The arithmetic is
     ``theta - a * u``, projected, then frozen where bad, in this order (bit-exact across
     versions of this function).
+
+    ``inplace=True`` allows the fused kernel of :mod:`sa_clip.sgd._fused` where it applies (a
+    stack of Linear layers on the fast path, a global or no-clipping rule that is not relative,
+    no projection, no noise sums): ``state.theta`` is then updated in place (the returned
+    state shares it) and ``info.direction`` is None. Same maths, rounded differently.
     """
     theta, alive = state.theta, state.alive
+    if inplace and project_radius is None and state.xi is None:
+        eng = fused_engine(field)
+        if eng is not None:
+            bad, sq, frac = fused_step(eng, field.rule, theta, alive, state.sq_norm, batch, a,
+                                       step=step, clip_per=clip_per,
+                                       blowup_radius=blowup_radius, stats=stats)
+            blowup = torch.where(bad, step + 1, state.blowup_step)
+            if frac is not None:
+                frac = torch.where(alive, frac, float("nan"))
+            return (ChainState(theta, alive & ~bad, blowup, sq_norm=sq),
+                    StepInfo(None, frac, None))
     u, frac = step_direction(field, theta, batch, clip_per, stats)
     new = theta - a * u
     if project_radius is not None:
