@@ -147,9 +147,12 @@ def fused_step(eng: Any, rule: ClipRule, theta: torch.Tensor, alive: torch.Tenso
     thr2 = thr * thr
     safe = alive & torch.isfinite(pred) & (pred <= thr2) & (sq_norm <= thr2) & (upd <= thr2)
     exact = alive & ~safe
-    keep = safe.view(-1, 1, 1)
-    _apply(Ws, bs, [torch.where(keep, x, 0.0) for x in ins],
-           [torch.where(keep, d, 0.0) for d in dts])
+    if bool(safe.all()):
+        _apply(Ws, bs, ins, dts)
+    else:   # zero updates (and inputs: 0 * inf is NaN) of the rows not stepped here
+        keep = safe.view(-1, 1, 1)
+        _apply(Ws, bs, [torch.where(keep, x, 0.0) for x in ins],
+               [torch.where(keep, d, 0.0) for d in dts])
     new_sq = torch.where(safe, pred, sq_norm)
     bad = torch.zeros_like(alive)
     if bool(exact.any()):
