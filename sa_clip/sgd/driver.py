@@ -117,7 +117,12 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         ``theta (chains, records, P)``, ``tau (records,)``, ``steps (records,)``,
         ``blowup_step (chains,)``, ``clip_fraction (chains, records)`` and the optional records.
         Recorded steps use :meth:`MeanField.directions_stats` (the update and the clipping
-        fraction from one gradient pass), the others :meth:`MeanField.directions`.
+        fraction from one gradient pass), the others :meth:`MeanField.directions`. For a stack
+        of ``Linear`` layers on the fast path with a global or no-clipping rule that is not
+        relative, without projection or noise records, the step is the in-place kernel of
+        :mod:`sa_clip.sgd._fused` instead (updates written into ``theta``, norms from the
+        layer inputs and output gradients): the same recursion, rounded differently (agrees
+        with the general step to round-off; blow-ups at the same step).
 
     Raises
     ------
