@@ -164,11 +164,13 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                         record_indices=bool(record_indices), record_noise=bool(record_noise))
     recorder.start(state)
     meta = run.meta(used_seed, replay is not None)
-    cp.config = {**{k: v for k, v in meta.items() if k != "sa_clip_version"},
-                 "record_indices": bool(record_indices), "record_noise": bool(record_noise),
-                 "device": str(problem.device), "theta0": ckpt.tensor_digest(state.theta),
-                 "indices": None if replay is None else ckpt.tensor_digest(replay)}
-    cp.seed = used_seed
+    if cp.path is not None:   # what a checkpoint must match (hashes: only when checkpointing)
+        cp.config = {**{k: v for k, v in meta.items() if k != "sa_clip_version"},
+                     "record_indices": bool(record_indices),
+                     "record_noise": bool(record_noise), "device": str(problem.device),
+                     "theta0": ckpt.tensor_digest(state.theta),
+                     "indices": None if replay is None else ckpt.tensor_digest(replay)}
+        cp.seed = used_seed
     first = 0
     if saved is not None:
         state, first = cp.restore(saved, problem, state, sampler, recorder)
