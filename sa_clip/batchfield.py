@@ -20,7 +20,7 @@ from ._validate import check_nonneg_int
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
 from .problem import Problem
-from .sgd import _check_seed
+from .sgd.samplers import make_generator
 
 
 def batch_mean_field(problem: Problem, rule: ClipRule | str, theta: Any, batch_size: int, *,
@@ -94,7 +94,7 @@ def batch_mean_field(problem: Problem, rule: ClipRule | str, theta: Any, batch_s
             h = field.directions(th, idx, "batch")
         return out(h, torch.zeros_like(h))
 
-    gen, _ = _check_seed(seed)
+    gen, _ = make_generator(seed)
     rows = max(1, min(k * samples, max_elements // max(1, m * p)))
     total = torch.zeros_like(th)
     total_sq = torch.zeros_like(th)

@@ -188,10 +188,12 @@ class PowerLaw(Schedule):
 
 @dataclass(frozen=True)
 class FunctionSchedule(Schedule):
-    """Any callable ``fn(n) -> a(n)``. ``fn`` is first tried on an int64 tensor of steps
-    (vectorised); when that fails or gives the wrong shape it is called once per step with a
-    Python ``int``. Values must be finite and > 0: checked where evaluated, the error names the
-    step. (A2) cannot be checked, so it is declared with ``a2`` (default False).
+    """Any callable ``fn(n) -> a(n)``. ``fn`` is first tried on a float64 tensor holding the
+    step numbers (vectorised; exact for ``n < 2**53``, and evaluated in float64: an int64 tensor
+    would make ``0.3 / (n + 5)`` float32); when that fails or gives the wrong shape it is called
+    once per step with a Python ``int``. Values must be finite and > 0: checked where
+    evaluated, the error names the step. (A2) cannot be checked, so it is declared with ``a2``
+    (default False).
 
     >>> FunctionSchedule(lambda n: 0.5 / (n + 2), a2=True).rates(2)
     tensor([0.2500, 0.1667], dtype=torch.float64)
@@ -207,7 +209,7 @@ class FunctionSchedule(Schedule):
 
     def _eval(self, n: torch.Tensor) -> torch.Tensor:
         try:
-            a = torch.as_tensor(self.fn(n), dtype=torch.float64)
+            a = torch.as_tensor(self.fn(n.to(torch.float64)), dtype=torch.float64)
             if a.shape == n.shape:
                 return a
         except Exception:  # noqa: BLE001 - not vectorisable: fall back to a loop over steps

@@ -37,7 +37,7 @@ from ._validate import check_choice, check_nonneg_int, check_positive
 from .clipping import ClipRule
 from .meanfield import MeanField
 from .problem import Problem
-from .sgd import simulate_sgd
+from .sgd import simulate_sgd, step_direction
 
 AZUMA_FORMS = ("paper", "standard")
 
@@ -97,7 +97,8 @@ def claim2_ratio(u_norm: torch.Tensor, theta_norm: torch.Tensor, lam: float, eps
 
 def update_directions(run: Any, field: MeanField, clip_per: str | None = None) -> torch.Tensor:
     """The update directions ``u(theta_k(n); batch_k(n))`` of every step of a recorded run,
-    recomputed with :meth:`MeanField.directions` in one batched call: ``(chains, steps, P)``.
+    recomputed by the step of :func:`sa_clip.sgd.sgd_step` (its
+    :func:`~sa_clip.sgd.step_direction`) in one batched call: ``(chains, steps, P)``.
 
     ``run`` must be a :class:`~sa_clip.Trajectory` recorded at every step (``record_every=1``)
     with its batches (``record_indices=True``). Steps after a chain's blow-up are NaN.
@@ -123,8 +124,9 @@ def update_directions(run: Any, field: MeanField, clip_per: str | None = None) -
     idx = run.indices.reshape(K * steps, -1).to(theta.device)
     ok = torch.isfinite(theta).all(-1)
     u = torch.full_like(theta, float("nan"))
-    if bool(ok.any()):
-        u[ok] = field.directions(theta[ok], idx[ok], clip_per)
+    if bool(ok.any()):   # the direction of sgd_step, for all (chain, step) pairs at once
+        with torch.no_grad():
+            u[ok] = step_direction(field, theta[ok], idx[ok], clip_per)[0]
     return u.reshape(K, steps, P)
 
 

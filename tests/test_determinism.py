@@ -89,4 +89,12 @@ def test_same_seed_same_numbers_across_fresh_processes(tmp_path):
     # and the same as in this process
     here = _namespace()["results"]()
     assert outs[0] == "".join(f"{k} {v}\n" for k, v in sorted(here.items()))
-    assert hashlib.sha256(outs[0].encode()).hexdigest()  # non-empty output
+    # each line is a result's name and the SHA-256 of its numbers, and the results differ
+    lines = [line.split() for line in outs[0].splitlines()]
+    assert [k for k, _ in lines] == ["batch_mean_field", "equilibria", "sgd_epoch", "sgd_iid",
+                                     "tracking"]
+    digests = [d for _, d in lines]
+    assert all(len(d) == 64 and int(d, 16) >= 0 for d in digests)
+    assert len(set(digests)) == len(digests)
+    empty = hashlib.sha256(b"").hexdigest()   # a digest of nothing would mean no numbers
+    assert empty not in digests

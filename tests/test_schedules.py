@@ -92,3 +92,17 @@ def test_schedule_errors():
         sc.make_schedule(3)
     with pytest.raises(ValueError, match="unknown schedule"):
         sc.schedule_from_dict({"schedule": "bogus"})
+
+
+def test_callable_schedule_is_evaluated_in_float64():
+    # issue 11 item 6: on an int64 tensor `0.3 / (n + 5)` is float32 (off by ~4e-8 relative)
+    s = sc.FunctionSchedule(lambda n: 0.3 / (n + 5))
+    a = s.rates(1000)
+    ref = torch.tensor([0.3 / (k + 5) for k in range(1000)], dtype=torch.float64)
+    # float64 to the last bits (torch's scalar / tensor may round once more than Python)
+    assert a.dtype == torch.float64 and float(((a - ref) / ref).abs().max()) < 1e-15
+    assert float(((s.tau(1000)[1:] - torch.cumsum(ref, 0)) / torch.cumsum(ref, 0)).abs().max()) \
+        < 1e-14
+    # a callable that needs Python ints still works (the per-step fallback)
+    steps = [0.2, 0.1, 0.05]
+    assert sc.FunctionSchedule(lambda n: steps[n]).rates(3).tolist() == steps

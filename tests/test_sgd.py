@@ -6,6 +6,8 @@ import torch
 
 import sa_clip as sc
 from problems import brute_clip, brute_grads, mlp_problem
+from sa_clip.sgd import make_generator, sgd_init, sgd_step
+from sa_clip.sgd._fused import fused_engine as sgd_fused_engine
 
 D = torch.float64
 
@@ -283,3 +285,155 @@ def test_simulate_sgd_errors():
         sc.simulate_sgd("p", r, s, steps=1)
     with pytest.raises(TypeError, match="`seed`"):
         sc.simulate_sgd(p, r, s, steps=1, seed=1.5)
+
+
+def test_seed_above_2_63_is_a_clear_value_error():
+    # issue 11 item 12: a huge seed leaked torch's RuntimeError ("Overflow when unpacking long")
+    p = sc.problems.logistic2d(n=10)
+    for seed in (2 ** 63, 2 ** 64, 10 ** 30):
+        with pytest.raises(ValueError, match=rf"`seed` must be an integer in \[0, 2\*\*63 - 1\].*"
+                           rf"got {seed}"):
+            sc.simulate_sgd(p, sc.NormClip(0.5), "harmonic:0.5", steps=2, seed=seed)
+        with pytest.raises(ValueError, match=r"`seed` must be an integer in \[0, 2\*\*63 - 1\]"):
+            sc.batch_mean_field(p, sc.NormClip(0.5), p.theta0, 2, seed=seed)
+    gen, s = make_generator(2 ** 63 - 1)
+    assert s == 2 ** 63 - 1 and torch.equal(
+        torch.randint(9, (5,), generator=gen),
+        torch.randint(9, (5,), generator=torch.Generator().manual_seed(2 ** 63 - 1)))
+    with pytest.raises(ValueError, match="`seed`"):
+        make_generator(-1)
+
+
+def test_field_is_checked_against_problem_and_rule():
+    p, q = mlp_problem(n=7), mlp_problem(n=7)
+    r = sc.NormClip(0.3)
+    with pytest.raises(ValueError, match="built on the same `problem`"):
+        sc.simulate_sgd(p, r, "harmonic:0.5", steps=1, field=sc.MeanField(q, r))
+    with pytest.raises(ValueError, match="built on the same `problem`"):
+        sc.simulate_sgd(p, r, "harmonic:0.5", steps=1, field="fast")
+    f = sc.MeanField(p, r, method="vmap")
+    run = sc.simulate_sgd(p, r, "harmonic:0.5", steps=3, chains=2, seed=0, field=f)
+    assert torch.equal(run.theta, sc.simulate_sgd(p, r, "harmonic:0.5", steps=3, chains=2,
+                                                  seed=0, field=f).theta)
+
+
+def test_sgd_step_is_the_recursion():
+    # the explicit state API: one step by hand equals sgd_step; dead chains stay frozen
+    p = mlp_problem(n=7)
+    rule = sc.NormClip(0.3)
+    field = sc.MeanField(p, rule)
+    theta0 = p.theta0 + 0.2 * torch.randn(3, p.P, generator=torch.Generator().manual_seed(0),
+                                          dtype=D)
+    state = sgd_init(p, 3, theta0, record_noise=True)
+    idx = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    new, info = sgd_step(field, state, idx, 0.25, step=0, stats=True)
+    u_ref = torch.stack([sum(brute_clip(rule, g, theta0[c], p)
+                             for g in brute_grads(p, theta0[c])[idx[c]]) / 2 for c in range(3)])
+    assert torch.allclose(new.theta, theta0 - 0.25 * u_ref, rtol=0, atol=1e-13)
+    assert torch.allclose(info.direction, u_ref, rtol=0, atol=1e-13)
+    m = u_ref - field(theta0)
+    assert torch.allclose(new.xi, 0.25 * m, atol=1e-13)
+    assert torch.allclose(info.noise_norm, m.norm(dim=1), atol=1e-13)
+    assert info.clip_fraction.shape == (3,) and bool(new.alive.all())
+    # a blow-up radius below the new norms kills every chain at step 1; theta stays
+    dead, _ = sgd_step(field, state, idx, 0.25, step=0, blowup_radius=1e-3)
+    assert not bool(dead.alive.any()) and dead.blowup_step.tolist() == [1, 1, 1]
+    assert torch.equal(dead.theta, theta0)
+    again, info = sgd_step(field, dead, idx, 0.25, step=1, stats=True)
+    assert torch.equal(again.theta, theta0) and again.blowup_step.tolist() == [1, 1, 1]
+    assert bool(torch.isnan(info.clip_fraction).all())
+
+
+class PlainField(sc.MeanField):
+    """Same numbers as MeanField, but overriding `directions` keeps runs on the general
+    (out-of-place) step: the reference for the fused in-place kernel."""
+
+    def directions(self, *a, **k):
+        return super().directions(*a, **k)
+
+    def directions_stats(self, *a, **k):
+        return super().directions_stats(*a, **k)
+
+
+def _both_paths(p, rule, sched, **kw):
+    fused = sc.simulate_sgd(p, rule, sched, **kw)
+    plain = sc.simulate_sgd(p, rule, sched, **kw, field=PlainField(p, rule))
+    return fused, plain
+
+
+@pytest.mark.parametrize("clip_per", ["sample", "batch"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("rule", [sc.NormClip(0.3), sc.NoClip()], ids=lambda r: r.name)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_fused_inplace_step_agrees_with_the_general_step(rule, batch_size, clip_per, dtype):
+    # issue 16: the in-place kernel (no (K, P) gradient, predicted norms) is the same recursion;
+    # blow-ups at the same step, clipping fractions identical
+    p = mlp_problem(n=9, loss="cross_entropy")
+    if dtype == torch.float32:
+        p = sc.Problem(p.model.float(), p.X.float(), p.y, "cross_entropy")
+    assert sgd_fused_engine(sc.MeanField(p, rule)) is not None
+    kw = dict(steps=25, chains=6, batch_size=batch_size, clip_per=clip_per, seed=3,
+              record_every=2, theta0=p.theta0 + torch.randn(6, p.P, generator=torch.Generator()
+                                                            .manual_seed(1)).to(dtype))
+    fused, plain = _both_paths(p, rule, sc.Harmonic(2.0), **kw)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert torch.allclose(fused.theta, plain.theta, rtol=0, atol=tol, equal_nan=True)
+    assert torch.equal(fused.clip_fraction.isnan(), plain.clip_fraction.isnan())
+    assert torch.equal(fused.clip_fraction.nan_to_num(), plain.clip_fraction.nan_to_num())
+    # a blow-up radius crossed mid-run: the same chains blow up at the same steps
+    norms = plain.theta.norm(dim=-1).max(1).values.sort().values   # each chain's largest norm
+    radius = float(norms[2] + norms[3]) / 2                        # not a norm of any chain
+    fused, plain = _both_paths(p, rule, sc.Harmonic(2.0), **kw, blowup_radius=radius)
+    assert 0 < int(plain.blown_up.sum()) < 6
+    assert torch.equal(fused.blowup_step, plain.blowup_step)
+    assert torch.allclose(fused.theta, plain.theta, rtol=0, atol=tol, equal_nan=True)
+    # and against the float64 brute-force loop through the same batches
+    if dtype == torch.float64:
+        idx = sc.simulate_sgd(p, rule, sc.Harmonic(2.0), **kw, record_indices=True).indices
+        run = sc.simulate_sgd(p, rule, sc.Harmonic(2.0), **{**kw, "record_every": 1},
+                              indices=idx)
+        ref = brute_sgd(p, rule, sc.Harmonic(2.0).rates(25), kw["theta0"], idx, clip_per)
+        assert torch.allclose(run.theta, ref, rtol=0, atol=1e-11)
+
+
+def test_fused_step_detects_non_finite_iterates_at_the_exact_step():
+    # no radius (inf): only non-finite iterates count; huge steps overflow some chains
+    p = mlp_problem(n=9)
+    th0 = p.theta0 * torch.tensor([1.0, 30.0, 1.0, 300.0], dtype=D)[:, None]
+    kw = dict(steps=150, chains=4, seed=0, theta0=th0, blowup_radius=float("inf"))
+    sc.schedules._WARNED.clear()
+    with pytest.warns(UserWarning):
+        fused, plain = _both_paths(p, sc.NoClip(), sc.Constant(1e3), **kw)
+    assert bool(plain.blown_up.any())
+    assert torch.equal(fused.blowup_step, plain.blowup_step)
+    assert torch.equal(torch.isfinite(plain.theta), torch.isfinite(fused.theta))
+    # the iterates grow by orders of magnitude a step: compare relative to their size
+    # (finite entries whose squared norm overflows are not a blow-up with an infinite radius)
+    live = torch.isfinite(plain.theta.norm(dim=-1))
+    scale = plain.theta[live].norm(dim=-1)
+    rel = (fused.theta[live] - plain.theta[live]).norm(dim=-1) / scale
+    assert float(scale.max()) > 1e100 and float(rel.max()) < 1e-9
+
+
+def test_fused_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    import sa_clip.sgd.driver as driver
+    p = mlp_problem(n=9, loss="cross_entropy")
+    rule = sc.NormClip(0.3)
+    kw = dict(steps=40, chains=5, batch_size=2, seed=2, record_every=3, blowup_radius=3.0)
+    ref = sc.simulate_sgd(p, rule, "harmonic:1.0", **kw)
+    real, calls = driver.sgd_step, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) > 23:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+    ck = tmp_path / "f.npz"
+    monkeypatch.setattr(driver, "sgd_step", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        sc.simulate_sgd(p, rule, "harmonic:1.0", **kw, checkpoint=ck, checkpoint_every=10)
+    monkeypatch.setattr(driver, "sgd_step", real)
+    out = sc.simulate_sgd(p, rule, "harmonic:1.0", **kw, checkpoint=ck, checkpoint_every=10,
+                          resume=True)
+    for k in ("theta", "clip_fraction", "blowup_step"):
+        assert torch.equal(getattr(out, k).nan_to_num(7.0), getattr(ref, k).nan_to_num(7.0)), k
