@@ -42,7 +42,7 @@ from .schedules import (
     make_schedule,
     schedule_from_dict,
 )
-from .sgd import simulate_sgd
+from .sgd import ChainState, StepInfo, make_generator, sgd_init, sgd_step, simulate_sgd
 from .sources import TensorData
 from .stability import (
     BlowupResult,
@@ -72,6 +72,7 @@ __all__ = [
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
     "Plane", "PlaneField", "field_on_plane", "TensorData",
     "linear_noise", "LinearNoiseResult", "Equilibria", "NonFiniteThetaError",
+    "ChainState", "StepInfo", "make_generator", "sgd_init", "sgd_step",
 ]
 
 _LAZY_MODULES = ("viz",)    # imported on first attribute access (matplotlib stays unloaded)
