@@ -136,6 +136,21 @@ def test_new_chains_and_play_pause(ex):
     assert not ex.playing
 
 
+def test_blitted_frames(ex):
+    """Where the canvas can blit, a frame redraws the chains only (from a saved background)."""
+    assert not ex.blit                               # Agg: no window, plain redraws
+    if not ex.fig.canvas.supports_blit:
+        pytest.skip("this canvas cannot blit")
+    ex.blit = True
+    ex.recompute(field=False)
+    ex.fig.canvas.draw()
+    assert ex._background is not None and all(a.get_animated() for a in ex._animated)
+    ex.frame = 0
+    ex._advance()
+    assert ex.frame == 1
+    np.testing.assert_allclose(ex.heads.get_data()[0], ex.run.theta[:, 1, 0].numpy())
+
+
 def test_tracking_panel_shows_median(ex):
     med = np.nanmedian(ex.tracking.distance.numpy(), axis=0)
     line = [ln for ln in ex.ax_dt.get_lines() if ln.get_label() == "median"][0]

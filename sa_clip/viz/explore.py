@@ -82,7 +82,7 @@ SLIDER_RANGES = {"lam": (0.05, 5.0), "eps": (0.001, 1.0), "a0": (0.05, 2.0),
 #: batches of the common-random-numbers estimate of H_M (per-batch clipping)
 BATCH_SAMPLES = 32
 #: records kept per run, the frames of the animation
-FRAMES = 60
+FRAMES = 50
 #: root-finding iterations per start (a start that wanders off a kink is given up early)
 EQ_MAX_ITER = 40
 DEFAULT_EXTENT = {"tanh": 3.0, "logistic2d": 5.0}
@@ -109,7 +109,7 @@ class Settings:
     batch_size: int = 1
     clip_per: str = "sample"
     chains: int = 24
-    steps: int = 200
+    steps: int = 150
     seed: int = 0
     extent: float | None = None
     grid: int = 25
@@ -203,7 +203,7 @@ class FixedBatchField:
         return ((h[:p] - h[p:]) / (2 * step)).T
 
 
-def equilibrium_starts(pf: PlaneField, max_starts: int = 6) -> torch.Tensor:
+def equilibrium_starts(pf: PlaneField, max_starts: int = 5) -> torch.Tensor:
     """Root-finding starts for the equilibria shown: the grid points where the speed
     ``||H||`` is a local minimum over its 3 x 3 neighbourhood (not on the border), slowest
     first, at most ``max_starts``; shape ``(K, 2)`` (plane coordinates = parameters for
@@ -282,6 +282,12 @@ class Explorer:
         self.last_update_s = float("nan")
         self._field_key: tuple | None = None
         self._build_figure(figure)
+        # blitting (matplotlib's generic API) where the canvas supports it and a window shows
+        # it: an animation frame then redraws the chains only, not the streamlines
+        self.blit = bool(animate and _interactive_backend()
+                         and getattr(self.fig.canvas, "supports_blit", False))
+        self._background = None
+        self.fig.canvas.mpl_connect("draw_event", self._on_draw)
         self.timer = self.fig.canvas.new_timer(interval=80)
         self.timer.add_callback(self._advance)
         self.recompute()
@@ -428,7 +434,7 @@ class Explorer:
         ax.cla()
         what = "H_M" if self.batch_field else "H"
         plot_phase_portrait(self.pf, ax, equilibria=None, loss_levels=10, colorbar=False,
-                            density=0.9, title="")
+                            density=0.7, title="")
         strm = next(c for c in ax.collections if isinstance(c, LineCollection)
                     and c.get_array() is not None)
         self.cax.cla()
@@ -466,6 +472,9 @@ class Explorer:
         ax.set_title(f"{self.problem.name}: streamlines of −{what}, {rule}{per}", fontsize=11)
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
         self._draw_tracking()
+        self._animated = [self.trails, self.heads, self.ode_line, self.ode_head, self.dt_cursor]
+        for art in self._animated:
+            art.set_animated(self.blit)
         self._show_frame()
 
     def _draw_tracking(self) -> None:
@@ -500,11 +509,26 @@ class Explorer:
         self.dt_cursor.set_xdata([float(self.run.tau[k])] * 2)
 
     # ------------------------------------------------------------------ animation
+    def _on_draw(self, _event) -> None:
+        if self.blit:
+            self._background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+            self._draw_animated()
+
+    def _draw_animated(self) -> None:
+        for art in getattr(self, "_animated", ()):
+            self.fig.draw_artist(art)
+
     def _advance(self) -> None:
         n = self.run.tau.shape[0]
         self.frame = (self.frame + 1) % n
         self._show_frame()
-        self.fig.canvas.draw_idle()
+        canvas = self.fig.canvas
+        if self.blit and self._background is not None:
+            canvas.restore_region(self._background)
+            self._draw_animated()
+            canvas.blit(self.fig.bbox)
+        else:
+            canvas.draw_idle()
 
     def play(self) -> None:
         """Start the animation from the first record (no-op on non-interactive backends)."""
@@ -562,6 +586,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 _NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
 
 
+def _interactive_backend() -> bool:
+    """Whether pyplot's backend shows figures live (a GUI or ipympl), not as images."""
+    name = matplotlib.get_backend().lower()
+    return "inline" not in name and name.rsplit(".", 1)[-1] not in _NON_INTERACTIVE
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The :class:`Settings` named by parsed options (``ValueError`` for a bad one)."""
     names = {f.name for f in fields(Settings)}
@@ -584,8 +614,7 @@ def main(args: argparse.Namespace) -> int:
         ex.fig.savefig(args.snapshot, dpi=args.dpi)
         print(f"wrote {args.snapshot} (update took {ex.last_update_s:.2f} s)")
         return 0
-    backend = matplotlib.get_backend().lower()
-    if backend.split(".")[-1].replace("module://", "") in _NON_INTERACTIVE:
+    if not _interactive_backend():
         raise ValueError(f"matplotlib backend {matplotlib.get_backend()!r} cannot open a "
                          "window: set MPLBACKEND (e.g. TkAgg, QtAgg) or use --snapshot PATH.")
     ex = Explorer(settings)
