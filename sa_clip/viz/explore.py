@@ -104,7 +104,7 @@ class Settings:
     rule: str = "norm"
     lam: float = 1.0
     eps: float = 1e-3
-    a0: float = 0.5
+    a0: float = 1.0
     alpha: float = 0.7
     batch_size: int = 1
     clip_per: str = "sample"
