@@ -198,3 +198,20 @@ def test_no_window_without_interactive_backend():
 def test_unknown_keyword():
     with pytest.raises(TypeError, match="lamda"):
         explore.Explorer(lamda=1.0)
+
+
+@pytest.mark.slow
+def test_runs_as_module():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "sa_clip.viz.explore", "--alpha", "0"],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("sa-clip explore: error: `--alpha` must be a finite number "
+                                  "> 0, got 0.0.")
