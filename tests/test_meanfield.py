@@ -255,7 +255,7 @@ def test_theta_that_overflows_the_problem_dtype_is_refused(monkeypatch):
     monkeypatch.setattr(meanfield, "_NOTED", {"dtype"})           # no float32 note here
     X = torch.randn(6, 2)
     f = sc.MeanField(sc.Problem(torch.nn.Linear(2, 1), X, X.sum(1)), sc.NoClip())
-    with pytest.raises(meanfield.NonFiniteThetaError, match=r"found inf at index \(0, 1\)"):
+    with pytest.raises(meanfield.NonFiniteThetaError, match=r"found inf at index \(1,\)"):
         f(torch.tensor([0.0, 1e300, 0.0], dtype=torch.float64))    # 1e300 is inf in float32
 
 

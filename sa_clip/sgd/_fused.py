@@ -41,7 +41,7 @@ import torch
 from ..clipping import ClipRule
 from ..fastpath import LinearStackEngine
 from ..meanfield import MeanField
-from .state import bad_rows
+from ._blowup import bad_rows
 
 #: Steps between exact recomputations of ``||theta||^2`` (the prediction's drift is bounded by
 #: about ``RESYNC`` roundings, far inside the factor-2 margin).

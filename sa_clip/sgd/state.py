@@ -34,6 +34,8 @@ import torch
 from .._validate import as_tensor
 from ..meanfield import MeanField
 from ..problem import Problem
+from ._blowup import bad_rows
+from ._fused import fused_engine, fused_step
 
 
 @dataclass(frozen=True)
@@ -135,24 +137,6 @@ def step_direction(field: MeanField, theta: torch.Tensor, batch: torch.Tensor,
     return field.directions(theta, batch, clip_per), None
 
 
-def bad_rows(new: torch.Tensor, radius: float) -> torch.Tensor:
-    """Rows of ``new`` that are non-finite or have ``||row|| > radius`` (``(K,)`` bool).
-
-    One norm pass instead of an ``isfinite`` pass and a norm pass: a NaN entry makes the norm
-    NaN and an inf entry makes it inf, so ``~(norm <= radius)`` is the test, except for an
-    infinite ``radius``, where an infinite norm may come from finite entries whose squares
-    overflow: those rows (rare) are checked entry by entry.
-    """
-    norm = torch.linalg.vector_norm(new, dim=1)
-    bad = ~(norm <= radius)
-    if math.isinf(radius):
-        inf = torch.isinf(norm)
-        if bool(inf.any()):
-            bad[inf] = ~torch.isfinite(new[inf]).all(1)
-    return bad
-
-
-from ._fused import fused_engine, fused_step  # noqa: E402 - the kernel uses bad_rows above
 
 
 def sgd_step(field: MeanField, state: ChainState, batch: torch.Tensor, a: float, *,
