@@ -17,6 +17,7 @@ from .clipping import (
     make_rule,
 )
 from .equilibria import ClippingBias, Equilibrium, clipping_bias, find_equilibria
+from .experiment import Experiment, RuleReport, run_experiment
 from .fluctuations import (
     clt_covariance,
     empirical_covariance,
@@ -66,3 +67,4 @@ __all__ = [
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
     "batch_mean_field", "tracking_distance", "TrackingResult", "io",
 ]
+__all__ += ["run_experiment", "Experiment", "RuleReport"]

@@ -13,9 +13,11 @@ from .dynamics import (
     plot_tracking,
 )
 from .phase import plot_phase_portrait
+from ._save import save_animation, save_figure
 from .theory import plot_azuma, plot_basins, plot_blowup, plot_fluctuation_ellipses
 
 __all__ = ["plot_phase_portrait", "plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sgd_figure",
            "plot_tracking", "plot_clip_fraction", "noise_figure", "plot_norms",
            "plot_batch_mean_field", "animate_chains", "plot_fluctuation_ellipses", "plot_azuma",
            "plot_blowup", "plot_basins"]
+__all__ += ["save_figure", "save_animation"]
