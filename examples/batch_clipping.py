@@ -12,16 +12,11 @@ error bars of two standard errors.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import save_figure  # noqa: E402
-from sa_clip.viz import plot_batch_mean_field  # noqa: E402
+import sa_clip as sc
+from sa_clip.viz import plot_batch_mean_field, save_figure
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,16 +10,13 @@ the fraction of samples clipped.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import matplotlib.pyplot as plt
 
-import matplotlib.pyplot as plt  # noqa: E402
+import sa_clip as sc
+from sa_clip.viz import plot_clip_fraction, plot_ensemble, save_figure
 
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import COLORS, save_figure  # noqa: E402
-from sa_clip.viz import plot_clip_fraction, plot_ensemble  # noqa: E402
+COLORS = ["#2166ac", "#b35806", "#1b7837", "#762a83", "#d6604d"]
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

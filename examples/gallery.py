@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
 
 #: example -> extra arguments for the gallery
 GALLERY = {

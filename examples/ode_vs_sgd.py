@@ -12,18 +12,13 @@ coordinates of the run, the loss, and the clipping fraction, each against ODE ti
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import matplotlib.pyplot as plt
+import torch
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import save_figure  # noqa: E402
-from sa_clip.plane import Plane  # noqa: E402
-from sa_clip.viz import ode_vs_sgd_figure, plot_clip_fraction, plot_ensemble  # noqa: E402
+import sa_clip as sc
+from sa_clip.plane import Plane
+from sa_clip.viz import ode_vs_sgd_figure, plot_clip_fraction, plot_ensemble, save_figure
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
