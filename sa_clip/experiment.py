@@ -14,8 +14,9 @@ For each rule ``r`` on one problem, :func:`run_experiment` computes
 It is what ``sa-clip run`` computes before it draws; a notebook gets the same numbers with::
 
     import sa_clip as sc
-    exp = sc.run_experiment(sc.problems.make_problem("wine"), ["norm", "adaptive"],
-                            "power:1.0,0.6", steps=3000, chains=64)
+    exp = sc.run_experiment(sc.problems.make_problem("wine"),
+                            [sc.NormClip(1.0), sc.AdaptiveClip(0.3)], "power:1.0,0.6",
+                            steps=3000, chains=64)
     exp["norm"].tracking.median, exp["adaptive"].loss_ode[-1]
 
 The mathematics of the tracking distance is in ``docs/theory.md``.
@@ -160,13 +161,13 @@ def _rules(rules: Any) -> dict[str, ClipRule]:
     if isinstance(rules, Mapping):
         items = list(rules.items())
     else:
-        items = [(r if isinstance(r, str) else r.name, r) for r in rules]
+        items = [(getattr(r, "name", r), r) for r in rules]
     out: dict[str, ClipRule] = {}
     for name, r in items:
-        rule = make_rule(r) if isinstance(r, str) else r
-        if not isinstance(rule, ClipRule):
+        if not isinstance(r, (str, ClipRule)):
             raise TypeError(f"`rules` must hold ClipRule objects or rule names, got "
                             f"{type(r).__name__}.")
+        rule = make_rule(r) if isinstance(r, str) else r
         if name in out:
             raise ValueError(f"`rules` names {name!r} twice; pass a dict to name them apart.")
         out[name] = rule
@@ -245,7 +246,9 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     Main arguments
     --------------
     problem : Problem
-    rules : rule name, ClipRule, or a list (or ``{name: rule}`` dict) of them
+    rules : ClipRule, rule name, or a list (or ``{name: rule}`` dict) of them
+        A name is built by :func:`~sa_clip.make_rule` with its defaults (``"none"``; rules
+        with a threshold need a ClipRule object).
         The reports are keyed by registry name (``"norm"``, ``"adaptive"``, ...) or the dict's
         keys.
     schedule : Schedule, spec string (``"power:1.0,0.6"``) or callable ``n -> a(n)``
@@ -282,8 +285,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     Example
     -------
     >>> import sa_clip as sc
-    >>> exp = sc.run_experiment(sc.problems.logistic2d(), ["norm", "none"], "harmonic:1.0",
-    ...                         steps=40, chains=4, record_every=2, starts=3)
+    >>> exp = sc.run_experiment(sc.problems.logistic2d(), [sc.NormClip(1.0), "none"],
+    ...                         "harmonic:1.0", steps=40, chains=4, record_every=2, starts=3)
     >>> [r.name for r in exp], exp["norm"].tracking.distance.shape
     (['norm', 'none'], torch.Size([4, 3]))
     """

@@ -62,7 +62,7 @@ def test_run_writes_figures_summary_manifest_and_table(tmp_path, capsys):
     assert [r["rule"]["rule"] for r in summary["results"]] == ["norm", "adaptive"]
     assert summary["config"]["steps"] == 30 and summary["config"]["hidden"] == "4"
     # the problem as fields, not a repr
-    assert summary["problem"] == {"name": "wine-mlp4", "N": 30, "P": 67,
+    assert summary["problem"] == {"name": "wine-mlp4", "N": 30, "P": 71,
                                   "loss": "cross_entropy", "dtype": "torch.float64",
                                   "device": "cpu", "model": "Sequential"}
     r = summary["results"][0]
