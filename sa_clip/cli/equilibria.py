@@ -60,8 +60,8 @@ def accounting(found: list[Any], shown: list[Any], args: argparse.Namespace) -> 
         ids = {id(e) for e in shown}
         n = sum(e.count for e in found if id(e) not in ids)
         lines.append(f"({hidden} more with ||theta|| > {args.max_norm:g}, reached from {n} "
-                     "start(s), not shown: far out, saturated activations make H vanish "
-                     "numerically; --max-norm shows them)")
+                     "start(s), not shown: zeros far out are usually numerical, where "
+                     "saturated activations make H vanish; a larger --max-norm shows them)")
     unaccounted = args.n_starts - sum(e.count for e in found)
     if unaccounted > 0:
         lines.append(f"({unaccounted} of {args.n_starts} start(s) converged to no zero of H "

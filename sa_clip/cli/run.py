@@ -216,7 +216,7 @@ def comparison_figures(exp: Experiment) -> Iterator[tuple[str, Any]]:
     ax.set_xlabel("ODE time τ")
     ax.set_ylabel("full-data loss L(θ)")
     ax.set_title(f"loss along the ODE and the SGD chains ({exp.problem.name})", fontsize=10)
-    ax.legend(fontsize=7, framealpha=0.85)
+    ax.legend(fontsize=7, framealpha=0.85, loc="upper right")   # "best" costs seconds here
     yield "loss.png", fig
 
 
