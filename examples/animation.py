@@ -1,6 +1,6 @@
 """A cloud of clipped-SGD chains flowing along the field -H of a 2-parameter toy (a GIF).
 
-    python examples/animation.py                  # figures/animation.gif
+    python examples/animation.py   # figures/animation.gif, about 30 s CPU
     python examples/animation.py --out movies --format mp4   # needs ffmpeg
 """
 

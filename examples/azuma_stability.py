@@ -7,7 +7,7 @@ the paper's (15), 2 exp(-2 m^2 / (gamma lam^2)), is below the observed frequency
 Right: adaptive clipping (Claim 2 only bounds ||u|| by lam ||theta||) on a 1-D linear
 regression with log-normal inputs blows up more often as lam grows; classic clipping never.
 
-    python examples/azuma_stability.py                  # a few seconds
+    python examples/azuma_stability.py   # figures/azuma_stability.png, about 10 s CPU
     python examples/azuma_stability.py --chains 8000 --out figures
 """
 

@@ -5,7 +5,7 @@ starts, classified by the eigenvalues of DH (two stable minima, a saddle at the 
 point of a grid is integrated by the ODE d theta/d tau = -H(theta) in ONE batched solve and
 coloured by the equilibrium it reaches.
 
-    python examples/equilibria_basins.py               # a few seconds
+    python examples/equilibria_basins.py   # figures/equilibria_basins.png, about 35 s CPU
     python examples/equilibria_basins.py --grid 61 --horizon 60
 """
 

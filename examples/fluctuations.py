@@ -5,7 +5,7 @@ theta* of H is found by root finding; B = DH(theta*) and the exact noise covaria
 CLT covariance Sigma of (theta(n) - theta*)/sqrt(a(n)) (Lyapunov equation, a(n) = a0/(n+n0)),
 drawn over the cloud of many chains with the empirical covariance ellipse.
 
-    python examples/fluctuations.py                    # a few seconds
+    python examples/fluctuations.py   # figures/fluctuations.png, about 12 s CPU
     python examples/fluctuations.py --chains 4000 --steps 3000
 """
 
