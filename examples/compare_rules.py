@@ -14,6 +14,7 @@ import argparse
 import matplotlib.pyplot as plt
 
 import sa_clip as sc
+from sa_clip.experiment import batched_loss
 from sa_clip.viz import plot_clip_fraction, plot_ensemble, save_figure
 
 COLORS = ["#2166ac", "#b35806", "#1b7837", "#762a83", "#d6604d"]
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> str:
                               chains=args.chains, seed=args.seed,
                               record_every=args.record_every)
         sol = sc.solve_ode(sc.MeanField(problem, rule), problem.theta0, run.tau)
-        losses = problem.loss(run.theta.reshape(-1, problem.P)).reshape(run.chains, -1)
+        losses = batched_loss(problem, run.theta)   # (chains, records), bounded memory
         plot_ensemble(run.tau, losses, a1, color=COLORS[k], label=f"SGD, {name}", n_faint=0,
                       logy=True, show_band=False)
         a1.plot(sol.t, problem.loss(sol.theta), "--", color=COLORS[k], lw=1.5,

@@ -5,7 +5,7 @@ streamlines of d theta/d tau = -H(theta) coloured by speed, loss contours, nullc
 equilibria found by root finding (marked by stability), ODE solutions from a ring of starts, and
 clipped-SGD chains started at theta0.
 
-    python examples/phase_portrait.py                  # figures/phase_portrait.png
+    python examples/phase_portrait.py   # figures/phase_portrait.png, about 14 s CPU
     python examples/phase_portrait.py --rule adaptive --lam 0.5 --chains 64
 """
 
