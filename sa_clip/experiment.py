@@ -199,15 +199,22 @@ def _chains(run: Trajectory, lo: int, hi: int) -> Trajectory:
                                quadratic_variation=None, noise_norm=None)
 
 
+#: tracking_distance keywords that concern the first chains only (sent to the first group)
+FIRST_GROUP_ONLY = ("keep_paths",)
+
+
 def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: torch.Tensor,
                        chains: int | None = None,
-                       group_elements: int = TRACKING_GROUP_ELEMENTS) -> TrackingResult:
+                       group_elements: int = TRACKING_GROUP_ELEMENTS,
+                       options: dict[str, Any] | None = None) -> TrackingResult:
     """:func:`~sa_clip.tracking_distance` of the first ``chains`` chains, solved in groups of
     chains so that one group's ``(offsets, group * starts, P)`` array stays near
     ``group_elements`` numbers (bounded memory). Each chain's ``D_T(s)`` meets the solver
     tolerances on its own (max-norm step control), so grouping changes the numbers only
     within those tolerances. Per-chain fields are concatenated; ``nfev`` is the sum; the
-    other fields come from the first group; a failed group's status and message win."""
+    other fields come from the first group; a failed group's status and message win.
+    ``options`` are further keywords of ``tracking_distance`` (those in
+    :data:`FIRST_GROUP_ONLY`, such as ``keep_paths``, go to the first group only)."""
     total = min(chains or run.chains, run.chains)
     # the offset grid tracking_distance builds: n_grid = 50 points plus the record times
     # inside the windows (an upper bound is enough here)
@@ -219,8 +226,9 @@ def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: tor
     parts = []
     for lo in range(0, total, group):
         part = _chains(run, lo, min(total, lo + group))
+        extra = {k: v for k, v in (options or {}).items() if lo == 0 or k not in FIRST_GROUP_ONLY}
         parts.append(tracking_distance(part, fld, horizon=horizon, starts=starts,
-                                       max_elements=per_chain * part.chains))
+                                       max_elements=per_chain * part.chains, **extra))
     if len(parts) == 1:
         return parts[0]
     merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts)}
@@ -239,7 +247,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                    starts: int = 12, tracking_chains: int | None = None,
                    max_nfev: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
                    checkpoint_every: int = 500, resume: bool = False, progress: bool = False,
-                   shard: bool = False,
+                   shard: bool = False, tracking_options: dict[str, Any] | None = None,
                    on_stage: Callable[[str, str, float], None] | None = None) -> Experiment:
     r"""SGD chains vs the ODE, tracking distances and losses, for each of ``rules``.
 
@@ -274,6 +282,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         tqdm bars.
     shard : bool
         Shard ``H`` over the ``torch.distributed`` process group (``torchrun``).
+    tracking_options : dict, optional
+        More keywords of :func:`~sa_clip.tracking_distance` (see :func:`tracking_in_groups`).
     on_stage : callable ``(rule_name, stage, seconds)``, optional
         Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``).
 
@@ -320,7 +330,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         last = float(run.tau[-1])
         hz = min(horizon, 0.5 * last)
         s = torch.linspace(0.0, last - hz, starts, dtype=torch.float64)
-        tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains)
+        tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
+                                options=tracking_options)
         t = stage("tracking", t)
         loss_sgd = batched_loss(problem, run.theta)
         loss_ode = batched_loss(problem, sol.theta)

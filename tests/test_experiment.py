@@ -85,3 +85,26 @@ def test_bad_rules_are_refused():
         sc.run_experiment(p, [sc.NormClip(1.0), sc.NormClip(0.5)], "harmonic:1.0", **kw)
     with pytest.raises(TypeError, match="`rules` must hold ClipRule objects or rule names"):
         sc.run_experiment(p, [3.0], "harmonic:1.0", **kw)
+
+
+def test_tracking_options_reach_tracking_distance(monkeypatch):
+    import sa_clip.experiment as experiment
+
+    p = sc.problems.logistic2d()
+    rule = sc.NormClip(1.0)
+    run = sc.simulate_sgd(p, rule, "harmonic:1.0", steps=30, chains=3, seed=0)
+    starts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    seen = []
+    real = experiment.tracking_distance
+
+    def spy(traj, field, **kw):
+        seen.append({k: kw.get(k) for k in ("n_grid", "keep_paths")})
+        kw.pop("keep_paths", None)              # (the real function may not take it yet)
+        return real(traj, field, **kw)
+
+    monkeypatch.setattr(experiment, "tracking_distance", spy)
+    res = tracking_in_groups(run, sc.MeanField(p, rule), horizon=1.0, starts=starts,
+                             group_elements=1, options={"n_grid": 3, "keep_paths": 1})
+    assert seen == [{"n_grid": 3, "keep_paths": 1}, {"n_grid": 3, "keep_paths": None},
+                    {"n_grid": 3, "keep_paths": None}]
+    assert res.distance.shape == (3, 2)
