@@ -1,6 +1,7 @@
 """Matplotlib figures from results. Functions take an ``ax`` (or make a figure), return it,
 compute nothing that the engines compute, and never save: callers decide where files go."""
 
+from ._save import save_animation, save_figure
 from .animation import animate_chains
 from .dynamics import (
     noise_figure,
@@ -13,7 +14,6 @@ from .dynamics import (
     plot_tracking,
 )
 from .phase import plot_phase_portrait
-from ._save import save_animation, save_figure
 from .theory import plot_azuma, plot_basins, plot_blowup, plot_fluctuation_ellipses
 
 __all__ = ["plot_phase_portrait", "plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sgd_figure",
