@@ -1,6 +1,6 @@
 """A cloud of clipped-SGD chains flowing along the field -H of a 2-parameter toy (a GIF).
 
-    python examples/animation.py                  # figures/animation.gif
+    python examples/animation.py   # figures/animation.gif, about 30 s CPU
     python examples/animation.py --out movies --format mp4   # needs ffmpeg
 """
 
@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import save_animation  # noqa: E402
-from sa_clip.plane import Plane, field_on_plane  # noqa: E402
-from sa_clip.viz import animate_chains  # noqa: E402
+import sa_clip as sc
+from sa_clip.plane import Plane, field_on_plane
+from sa_clip.viz import animate_chains, save_animation
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

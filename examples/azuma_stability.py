@@ -7,7 +7,7 @@ the paper's (15), 2 exp(-2 m^2 / (gamma lam^2)), is below the observed frequency
 Right: adaptive clipping (Claim 2 only bounds ||u|| by lam ||theta||) on a 1-D linear
 regression with log-normal inputs blows up more often as lam grows; classic clipping never.
 
-    python examples/azuma_stability.py                  # a few seconds
+    python examples/azuma_stability.py   # figures/azuma_stability.png, about 10 s CPU
     python examples/azuma_stability.py --chains 8000 --out figures
 """
 
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
+import sa_clip as sc
+from sa_clip.viz import save_figure
 
 
 def parse(argv=None):
@@ -83,11 +80,8 @@ def main(argv=None):
     plot_blowup(args.lams, {"adaptive clipping (17)": ada.frequency,
                             "classic clipping (11)": nrm.frequency}, ax=a2,
                 chains=args.blowup_chains, title="blow-up frequency, linear1d, a = 0.5")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "azuma_stability.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure saved to {path}")
+    path = save_figure(fig, args.out, "azuma_stability.png", dpi=110)
+    print(f"wrote {path}")
     return {"radii": radii, "frequency": freq, "bounds": bounds, "adaptive": ada,
             "classic": nrm, "figure": path}
 

@@ -6,22 +6,17 @@ field H_M = E_B[clip(g_B)] depends on M: it moves from H_1 at M = 1 to the full-
 gradient at M = N. Each H_M is a Monte-Carlo estimate (sa_clip.batch_mean_field) drawn with
 error bars of two standard errors.
 
-    python examples/batch_clipping.py             # figures/batch_clipping.png
+    python examples/batch_clipping.py   # figures/batch_clipping.png, about 9 s CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import save_figure  # noqa: E402
-from sa_clip.viz import plot_batch_mean_field  # noqa: E402
+import sa_clip as sc
+from sa_clip.viz import plot_batch_mean_field, save_figure
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,23 +5,20 @@ starts, classified by the eigenvalues of DH (two stable minima, a saddle at the 
 point of a grid is integrated by the ODE d theta/d tau = -H(theta) in ONE batched solve and
 coloured by the equilibrium it reaches.
 
-    python examples/equilibria_basins.py               # a few seconds
+    python examples/equilibria_basins.py   # figures/equilibria_basins.png, about 35 s CPU
     python examples/equilibria_basins.py --grid 61 --horizon 60
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.plane import Plane, field_on_plane  # noqa: E402
+import sa_clip as sc
+from sa_clip.plane import Plane, field_on_plane
+from sa_clip.viz import save_figure
 
 
 def parse(argv=None):
@@ -82,11 +79,8 @@ def main(argv=None):
     plot_phase_portrait(pf, ax=ax, equilibria=[e for e in shown if e is not None], density=1.0)
     plot_basins(ax_pts, ax_pts, labels.numpy(), ax=ax, equilibria=shown, names=plane.names,
                 title=f"tanh toy, lam = {args.lam:g}: equilibria and basins")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "equilibria_basins.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure saved to {path}")
+    path = save_figure(fig, args.out, "equilibria_basins.png", dpi=110)
+    print(f"wrote {path}")
     return {"equilibria": eqs, "labels": np.asarray(labels), "figure": path}
 
 

@@ -5,22 +5,19 @@ theta* of H is found by root finding; B = DH(theta*) and the exact noise covaria
 CLT covariance Sigma of (theta(n) - theta*)/sqrt(a(n)) (Lyapunov equation, a(n) = a0/(n+n0)),
 drawn over the cloud of many chains with the empirical covariance ellipse.
 
-    python examples/fluctuations.py                    # a few seconds
+    python examples/fluctuations.py   # figures/fluctuations.png, about 12 s CPU
     python examples/fluctuations.py --chains 4000 --steps 3000
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
+import sa_clip as sc
+from sa_clip.viz import save_figure
 
 
 def parse(argv=None):
@@ -62,10 +59,8 @@ def main(argv=None):
     print(f"{'entry':>8} {'predicted':>10} {'empirical':>10} {'sampling sd':>12}")
     for (i, j), name in zip([(0, 0), (0, 1), (1, 1)], ["S11", "S12", "S22"]):
         print(f"{name:>8} {sigma[i, j]:10.4f} {emp[i, j]:10.4f} {sd[i, j]:12.4f}")
-    print(f"{'eig':>8} " + " ".join(f"{v:10.4f}" for v in np.linalg.eigvalsh(sigma)) +
-          "  (predicted)")
-    print(f"{'eig':>8} " + " ".join(f"{v:10.4f}" for v in np.linalg.eigvalsh(emp)) +
-          "  (empirical)")
+    for k, (vp, ve) in enumerate(zip(np.linalg.eigvalsh(sigma), np.linalg.eigvalsh(emp))):
+        print(f"{f'eig {k + 1}':>8} {vp:10.4f} {ve:10.4f} {'-':>12}")
 
     import matplotlib
     matplotlib.use("Agg")
@@ -77,11 +72,8 @@ def main(argv=None):
     plot_fluctuation_ellipses(z, sigma, emp, ax=ax, names=("w1", "w2"),
                               title=f"CLT fluctuations, tanh toy, lam = {args.lam:g}, "
                                     f"n = {args.steps}")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "fluctuations.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure saved to {path}")
+    path = save_figure(fig, args.out, "fluctuations.png", dpi=110)
+    print(f"wrote {path}")
     return {"predicted": sigma, "empirical": emp, "errors": z, "figure": path}
 
 

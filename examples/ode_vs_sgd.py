@@ -5,25 +5,21 @@ The paper's sigmoid network on the wine data set (bundled with scikit-learn), cl
 clipping, step sizes a(n) = a0 / (n + 1)^alpha. Draws two weights of the first layer, the PCA
 coordinates of the run, the loss, and the clipping fraction, each against ODE time.
 
-    python examples/ode_vs_sgd.py                    # figures/ode_vs_sgd*.png, ~20 s
+    python examples/ode_vs_sgd.py   # figures/ode_vs_sgd*.png, about 29 s CPU
     python examples/ode_vs_sgd.py --chains 128 --steps 4000
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import matplotlib.pyplot as plt
+import torch
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import save_figure  # noqa: E402
-from sa_clip.plane import Plane  # noqa: E402
-from sa_clip.viz import ode_vs_sgd_figure, plot_clip_fraction, plot_ensemble  # noqa: E402
+import sa_clip as sc
+from sa_clip.experiment import batched_loss
+from sa_clip.plane import Plane
+from sa_clip.viz import ode_vs_sgd_figure, plot_clip_fraction, plot_ensemble, save_figure
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[str]:
                             title="the same run projected on its PCA plane")
     paths.append(save_figure(fig, args.out, "ode_vs_sgd_pca.png"))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-    losses = problem.loss(run.theta.reshape(-1, problem.P)).reshape(run.chains, -1)
+    losses = batched_loss(problem, run.theta)   # (chains, records), bounded memory
     plot_ensemble(run.tau, losses, a1, logy=True)
     a1.plot(sol.t, problem.loss(sol.theta), "--", color="#b2182b", lw=2, label="ODE solution")
     a1.set_xlabel("ODE time τ")

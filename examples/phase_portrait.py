@@ -5,7 +5,7 @@ streamlines of d theta/d tau = -H(theta) coloured by speed, loss contours, nullc
 equilibria found by root finding (marked by stability), ODE solutions from a ring of starts, and
 clipped-SGD chains started at theta0.
 
-    python examples/phase_portrait.py                  # figures/phase_portrait.png
+    python examples/phase_portrait.py   # figures/phase_portrait.png, about 14 s CPU
     python examples/phase_portrait.py --rule adaptive --lam 0.5 --chains 64
 """
 
@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
-from sa_clip.cli import save_figure  # noqa: E402
-from sa_clip.plane import Plane, field_on_plane  # noqa: E402
-from sa_clip.viz import plot_phase_portrait  # noqa: E402
+import sa_clip as sc
+from sa_clip.plane import Plane, field_on_plane
+from sa_clip.viz import plot_phase_portrait, save_figure
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

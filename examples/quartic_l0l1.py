@@ -7,22 +7,19 @@ farthest start it crawls near the minimum. Clipped GD (clip the full gradient at
 most a lam per step from far away and converges at the same step a. The table gives the
 iterations to reach |theta - theta*| < tol from each start distance.
 
-    python examples/quartic_l0l1.py                    # a few seconds
+    python examples/quartic_l0l1.py   # figures/quartic_l0l1.png, about 11 s CPU
     python examples/quartic_l0l1.py --starts 2 8 32 128 --steps 4000
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-import sa_clip as sc  # noqa: E402
+import sa_clip as sc
+from sa_clip.viz import save_figure
 
 
 def parse(argv=None):
@@ -97,11 +94,8 @@ def main(argv=None):
     ax.set_ylabel(f"iterations to ||θ| − θ*| < {args.tol:g}")
     ax.set_title(r"$(L_0, L_1)$-smooth quartic: clipped vs fixed-step GD")
     ax.legend(fontsize=8)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "quartic_l0l1.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"figure saved to {path}")
+    path = save_figure(fig, args.out, "quartic_l0l1.png", dpi=110)
+    print(f"wrote {path}")
     return {"iterations": iters, "runs": runs, "figure": path}
 
 

@@ -21,6 +21,7 @@ from .clipping import (
     make_rule,
 )
 from .equilibria import ClippingBias, Equilibria, Equilibrium, clipping_bias, find_equilibria
+from .experiment import Experiment, RuleReport, run_experiment
 from .fluctuations import (
     clt_covariance,
     empirical_covariance,
@@ -73,6 +74,7 @@ __all__ = [
     "Plane", "PlaneField", "field_on_plane", "TensorData",
     "linear_noise", "LinearNoiseResult", "Equilibria", "NonFiniteThetaError",
     "ChainState", "StepInfo", "make_generator", "sgd_init", "sgd_step",
+    "run_experiment", "Experiment", "RuleReport",
 ]
 
 _LAZY_MODULES = ("viz",)    # imported on first attribute access (matplotlib stays unloaded)

@@ -1,17 +1,32 @@
-"""The `sa-clip` command: every subcommand at tiny size, bad arguments, --config TOML."""
+"""The `sa-clip` command: every subcommand at tiny size, bad arguments, --config TOML, output
+folders (checked first, locked, atomic, manifest last), and the argparse shim."""
 
+import argparse
+import gc
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
+import warnings
+from pathlib import Path
 
 import pytest
+import torch
 from helpers import InterruptingField
 
+import sa_clip.experiment as experiment
 from sa_clip import cli
+from sa_clip.cli import bench, equilibria, options, output, parser
+from sa_clip.cli._argparse_compat import option_actions, option_name
 
+ROOT = Path(cli.__file__).resolve().parents[2]
 TINY_RUN = ["run", "--quick", "--steps", "30", "--chains", "3", "--samples", "30",
             "--starts", "2", "--tracking-chains", "2", "--noise-chains", "2",
             "--portrait-grid", "5", "--hidden", "4", "--quiet"]
+TINY_PORTRAIT = ["portrait", "--steps", "10", "--chains", "3", "--grid", "9", "--ode-starts",
+                 "2", "--n-starts", "2", "--quiet"]
 
 
 def pngs(folder):
@@ -21,28 +36,59 @@ def pngs(folder):
     return {f.name for f in files}
 
 
+def fail(argv, capsys):
+    """Run the CLI, expect exit 2 with one error line and no traceback; return that line."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sa-clip: error:"), err
+    assert "Traceback" not in err
+    return err
+
+
+def resolved(argv):
+    ap = cli.build_parser()
+    args = ap.parse_args(argv)
+    mod = parser.command_module(args.command)
+    return options.resolve_options(args, ap.commands[args.command], mod.DEFAULTS, mod.QUICK)
+
+
+# ---------------------------------------------------------------------------- commands
 @pytest.mark.slow
-def test_run_writes_figures_summary_and_table(tmp_path, capsys):
+def test_run_writes_figures_summary_manifest_and_table(tmp_path, capsys):
     assert cli.main([*TINY_RUN, "--out", str(tmp_path)]) == 0
     names = pngs(tmp_path)
-    assert {"ode_vs_sgd_norm.png", "ode_vs_sgd_adaptive.png", "tracking.png",
-            "clip_fraction.png", "loss.png", "noise_norm.png", "portrait_norm.png"} <= names
+    expected = {"ode_vs_sgd_norm.png", "ode_vs_sgd_adaptive.png", "tracking.png",
+                "clip_fraction.png", "loss.png", "noise_norm.png", "portrait_norm.png"}
+    assert expected <= names
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["rule"]["rule"] for r in summary["results"]] == ["norm", "adaptive"]
     assert summary["config"]["steps"] == 30 and summary["config"]["hidden"] == "4"
+    # the problem as fields, not a repr
+    assert summary["problem"] == {"name": "wine-mlp4", "N": 30, "P": 71,
+                                  "loss": "cross_entropy", "dtype": "torch.float64",
+                                  "device": "cpu", "model": "Sequential"}
     r = summary["results"][0]
     assert r["final_loss_ode"] > 0 and r["tracking_early"] > 0 and r["blowups"] == 0
+    stages = summary["stages"]
+    assert {"setup", "norm.sgd", "norm.ode", "norm.tracking", "adaptive.tracking", "figures",
+            "noise"} <= set(stages["seconds"])
+    assert 200 < stages["peak_rss_mb"] < 5000
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["command"] == "run"
+    assert set(manifest["files"]) == expected | {"summary.json"}
+    assert not list(tmp_path.glob(".staging-*")) and not list(tmp_path.glob(".*.tmp*"))
     out = capsys.readouterr().out
     assert "D_T early" in out and "adaptive" in out and "summary.json" in out
 
 
 def test_portrait_with_gif(tmp_path, capsys):
-    code = cli.main(["portrait", "--steps", "10", "--chains", "3", "--grid", "9",
-                     "--ode-starts", "2", "--n-starts", "2", "--gif", "--frames", "3",
-                     "--out", str(tmp_path), "--quiet"])
-    assert code == 0
+    assert cli.main([*TINY_PORTRAIT, "--gif", "--frames", "3", "--out", str(tmp_path)]) == 0
     assert pngs(tmp_path) == {"portrait.png"}
     assert (tmp_path / "portrait.gif").stat().st_size > 1000
+    assert capsys.readouterr().out.count("wrote") == 2
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["files"] == ["portrait.png", "portrait.gif"]
+    assert oct((tmp_path / "portrait.png").stat().st_mode & 0o777) != oct(0o600)
 
 
 def test_portrait_adaptive_rule(tmp_path):
@@ -52,12 +98,14 @@ def test_portrait_adaptive_rule(tmp_path):
     assert pngs(tmp_path) == {"portrait.png"}
 
 
-def test_tracking(tmp_path, capsys):
+def test_tracking_prints_a_header_and_a_table(tmp_path, capsys):
     code = cli.main(["tracking", "--steps", "20", "--chains", "2", "--starts", "2",
                      "--horizon", "0.5", "--out", str(tmp_path), "--quiet"])
     assert code == 0
     assert pngs(tmp_path) == {"tracking.png"}
     out = capsys.readouterr().out
+    header = out.splitlines()[:2]
+    assert "logreg" in header[0] and "NormClip" in header[1] and "power:2" in header[1]
     assert "median D_T" in out and out.count("norm") >= 2
 
 
@@ -71,7 +119,23 @@ def test_equilibria_table(capsys):
     assert "stable node" in out and "eigenvalues of DH" in out and "||grad L(θ*)||" in out
     # the tanh toy: two minima and the saddle at the origin, far-out numerical zeros hidden
     assert out.count("stable node") == 2 and "saddle" in out and "[0, 0]" in out
-    assert "not shown" in out
+    assert "not shown" in out and "reached from" in out
+
+
+def test_equilibria_explains_zero_found_and_unaccounted_starts():
+    class Eq:
+        def __init__(self, norm, count):
+            self.theta, self.count = torch.tensor([norm]), count
+
+    args = argparse.Namespace(n_starts=10, max_norm=5.0)
+    far = Eq(1e3, 3)
+    lines = equilibria.accounting([far], [], args)
+    text = "\n".join(lines)
+    assert "1 more with ||theta|| > 5, reached from 3 start(s)" in text
+    assert "7 of 10 start(s) converged to no zero" in text
+    assert text.count("0 found") == 1 and "--n-starts" in text
+    near = Eq(1.0, 10)
+    assert equilibria.accounting([near], [near], args) == []
 
 
 def test_bench_builtin(capsys):
@@ -81,6 +145,37 @@ def test_bench_builtin(capsys):
     assert "H, clipped" in out and "gradient, unclipped" in out and "ms" in out
 
 
+def test_bench_runs_only_from_a_verified_source_checkout(tmp_path):
+    assert bench.source_checkout() == ROOT          # this checkout is one
+    pkg = tmp_path / "site-packages" / "sa_clip"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "benchmarks").mkdir()              # e.g. opacus installs one
+    with pytest.raises(cli.CliError, match="no pyproject.toml"):
+        bench.source_checkout(pkg)
+    (pkg.parent / "pyproject.toml").write_text('[project]\nname = "opacus"\n')
+    with pytest.raises(cli.CliError, match="does not describe the project sa-clip"):
+        bench.source_checkout(pkg)
+    (pkg.parent / "pyproject.toml").write_text('[project]\nname = "sa_clip"\n')
+    assert bench.source_checkout(pkg) == pkg.parent
+    (pkg.parent / "benchmarks").rmdir()
+    with pytest.raises(cli.CliError, match="no benchmarks/ folder.*--builtin"):
+        bench.source_checkout(pkg)
+    other = tmp_path / "elsewhere" / "not_sa_clip"
+    other.mkdir(parents=True)
+    with pytest.raises(cli.CliError, match="not named sa_clip"):
+        bench.source_checkout(other)
+
+
+def test_bench_refuses_outside_a_checkout(monkeypatch, tmp_path, capsys):
+    pkg = tmp_path / "sa_clip"
+    pkg.mkdir()
+    real = bench.source_checkout
+    monkeypatch.setattr(bench, "source_checkout", lambda: real(pkg))
+    err = fail(["bench"], capsys)
+    assert "only from a source checkout" in err
+
+
+# ---------------------------------------------------------------------------- options
 def test_config_file_and_command_line_precedence(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('n-starts = 3\nlam = 0.5\nrule = "adaptive"\nadaptive_lam = 0.2\n')
@@ -88,71 +183,295 @@ def test_config_file_and_command_line_precedence(tmp_path, capsys):
     out = capsys.readouterr().out
     # the file's rule and adaptive lam, and "from 3 starts"; --lam 2.0 on the line wins
     assert "AdaptiveClip(lam=0.2" in out and "from 3 starts" in out
-    parser = cli.build_parser()
-    args = parser.parse_args(["run", "--config", str(cfg), "--lam", "2.0", "--steps", "7"])
-    sub = parser._subparsers._group_actions[0].choices["run"]
     with pytest.raises(cli.CliError, match="unknown key 'n-starts'"):
-        cli._finish(args, sub)        # n-starts is not an option of `run`
-    cfg.write_text('lam = 0.5\nsteps = 9\nquick = true\n')
-    args = cli._finish(parser.parse_args(["run", "--config", str(cfg), "--lam", "2.0"]), sub)
-    assert args.lam == 2.0 and args.steps == 9 and args.chains == cli.QUICK["chains"]
+        resolved(["run", "--config", str(cfg), "--lam", "2.0", "--steps", "7"])
+    cfg.write_text('lam = 1\nsteps = 9\nquick = true\n')      # an integer for a float is fine
+    args = resolved(["run", "--config", str(cfg), "--lam", "2.0"])
+    assert args.lam == 2.0 and args.steps == 9 and args.chains == cli.run.QUICK["chains"]
+    args = resolved(["run", "--config", str(cfg)])
+    assert args.lam == 1.0 and isinstance(args.lam, float)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps = 3.7", "key 'steps' (`--steps`) must be an integer, got 3.7"),
+    ('quick = "false"', "key 'quick' (`--quick`) must be true or false, got 'false'"),
+    ('quiet = "no"', "key 'quiet' (`--quiet`) must be true or false, got 'no'"),
+    ("out = 5", "key 'out' (`--out`) must be a string, got 5"),
+    ("steps = true", "must be an integer, got True"),
+    ('lam = "big"', "key 'lam' (`--lam`) must be a number, got 'big'"),
+    ('dtype = "float16"', "must be one of"),
+    ("lam = [\n", "not valid TOML"),
+])
+def test_toml_types_must_match_exactly(text, message, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text + "\n")
+    assert message in fail(["run", "--config", str(cfg)], capsys)
+
+
+def test_non_utf8_toml(tmp_path, capsys):
+    cfg = tmp_path / "latin1.toml"
+    cfg.write_bytes('problem = "wïne"\n'.encode("latin-1"))
+    assert "is not UTF-8 text" in fail(["run", "--config", str(cfg)], capsys)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--lam", "-1", "--quick"], "`lam` must be a number > 0"),
+    (["run", "--lam", "-1", "--quick"], "`--lam` must be a finite number > 0, got -1.0"),
+    (["run", "--adaptive-lam", "0"], "`--adaptive-lam` must be a finite number > 0"),
+    (["run", "--eps", "nan"], "`--eps` must be a finite number > 0"),
     (["run", "--steps", "0"], "`--steps` must be an integer >= 1"),
+    (["run", "--samples", "0"], "`--samples` must be an integer >= 1, got 0"),
+    (["run", "--max-nfev", "0"], "`--max-nfev` must be an integer >= 1"),
+    (["run", "--batch-size", "0"], "`--batch-size` must be an integer >= 1"),
+    (["run", "--noise-chains", "-1"], "`--noise-chains` must be an integer >= 0"),
+    (["run", "--seed", str(2 ** 63)], "`--seed` must be an integer from 0 to 2**63-1"),
+    (["run", "--seed", "-1"], "`--seed` must be an integer from 0 to 2**63-1"),
     (["run", "--rule", "nope"], "`--rule` must be one or more of"),
     (["portrait", "--problem", "wine"], "needs a 2-parameter problem"),
-    (["run", "--schedule", "fast:1"], "`schedule` must start with one of"),
+    (["run", "--problem", "quartic"], "`--problem` 'quartic' has P = 1 parameter(s)"),
+    (["run", "--schedule", "fast:1"], "`--schedule` 'fast:1': must start with one of"),
+    (["run", "--device", "tpu"], "`--device` must be cpu, cuda, cuda:N or auto"),
+    (["run", "--device", "nonsense"], "`--device` must be cpu, cuda, cuda:N or auto"),
     (["run", "--steps", "abc"], "invalid int value"),
     (["run", "--bogus"], "unrecognized arguments"),
     (["equilibria", "--config", "/nonexistent.toml"], "--config"),
 ])
-def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        sys.exit(cli.main(argv))
+        sys.exit(cli.main([*argv, "--out", str(tmp_path / "o")]))
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error:" in err and message in err
+    assert err.count("\n") == 1 and "error:" in err and message in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()          # refused before anything was written
 
 
-def test_bad_toml(tmp_path, capsys):
-    cfg = tmp_path / "bad.toml"
-    cfg.write_text("lam = [\n")
-    assert cli.main(["equilibria", "--config", str(cfg)]) == 2
-    assert "not valid TOML" in capsys.readouterr().err
-    cfg.write_text('lam = "big"\n')
-    assert cli.main(["equilibria", "--config", str(cfg)]) == 2
-    assert "key 'lam' must be a float" in capsys.readouterr().err
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda(capsys):
+    err = fail(["equilibria", "--device", "cuda"], capsys)
+    assert "`--device` 'cuda': CUDA is not available" in err
 
 
-@pytest.mark.parametrize("cmd", ["run", "portrait", "tracking", "equilibria", "bench"])
-def test_every_subcommand_explains_itself(cmd, capsys):
+def test_library_errors_name_the_option_as_typed():
+    ap = cli.build_parser().commands["run"]
+    msg = options.as_typed("`lam` must be > 0; `batch_size` too; `theta` untouched", ap)
+    assert msg == "`--lam` must be > 0; `--batch-size` too; `theta` untouched"
+
+
+@pytest.mark.parametrize("cmd", list(cli.COMMANDS))
+def test_every_subcommand_has_quick(cmd):
+    args = resolved([cmd, "--quick"])
+    quick = parser.command_module(cmd).QUICK
+    assert quick and all(getattr(args, k) == v for k, v in quick.items())
+
+
+@pytest.mark.parametrize("cmd", list(cli.COMMANDS))
+def test_every_subcommand_explains_itself_without_markup(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([cmd, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: sa-clip {cmd}" in out and "--config FILE.toml" in out
+    assert "--quick" in out
+    for markup in ("``", ":class:", ":func:", ":mod:", ".. "):
+        assert markup not in out, markup
+
+
+def test_top_level_help_without_markup(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and all(c in out for c in cli.COMMANDS)
+
+
+def test_a_subcommand_from_another_module_is_one_registry_line(monkeypatch, tmp_path,
+                                                              capsys):
+    mod = tmp_path / "my_explore.py"
+    mod.write_text("def add_arguments(p):\n    p.add_argument('--port', type=int, default=1)\n"
+                   "def main(args):\n    print('port', args.port)\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(parser.COMMANDS, "explore", "my_explore")
+    assert cli.main(["explore", "--port", "7"]) == 0
+    assert capsys.readouterr().out == "port 7\n"
+
+
+def test_argparse_shim_lists_the_options_as_typed():
+    ap = cli.build_parser().commands["run"]
+    actions = option_actions(ap)
+    assert {"steps", "batch_size", "quick", "config", "max_nfev"} <= set(actions)
+    assert "help" not in actions
+    assert option_name(actions["batch_size"]) == "--batch-size"
+    assert actions["quick"].nargs == 0 and actions["steps"].type is int
 
 
 @pytest.mark.slow
 def test_module_entry_point_in_a_subprocess():
-    cwd = cli.Path(cli.__file__).parents[1]
     res = subprocess.run([sys.executable, "-m", "sa_clip.cli", "--help"], capture_output=True,
-                         text=True, cwd=cwd)
+                         text=True, cwd=ROOT)
     assert res.returncode == 0 and "usage: sa-clip" in res.stdout and "equilibria" in res.stdout
     res = subprocess.run([sys.executable, "-m", "sa_clip.cli", "run", "--chains", "-3"],
-                         capture_output=True, text=True, cwd=cwd)
+                         capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert "`--chains` must be an integer >= 1" in res.stderr
 
 
+# ---------------------------------------------------------------------------- --max-nfev
+def test_max_nfev_reaches_solve_ode(tmp_path, monkeypatch):
+    seen = []
+    real = experiment.solve_ode
+
+    def spy(*a, **k):
+        seen.append(k.get("max_nfev"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(experiment, "solve_ode", spy)
+    assert cli.main([*TINY_RUN, "--rule", "norm", "--noise-chains", "0", "--portrait-grid",
+                     "0", "--max-nfev", "5000", "--out", str(tmp_path)]) == 0
+    assert seen == [5000]
+
+
+# ---------------------------------------------------------------------------- output folders
+def test_out_naming_a_file_is_refused_before_compute(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(experiment, "simulate_sgd", None)     # would fail if compute started
+    target = tmp_path / "f.txt"
+    target.write_text("x")
+    assert "is a file, not a folder" in fail([*TINY_RUN, "--out", str(target)], capsys)
+    err = fail([*TINY_RUN, "--out", str(target / "sub")], capsys)
+    assert "`--out`" in err and "cannot be written" in err
+    err = fail([*TINY_RUN, "--out", str(tmp_path / "o"), "--checkpoint", str(target)], capsys)
+    assert "`--checkpoint`" in err and "is a file" in err
+
+
+def test_second_run_on_a_locked_folder_is_refused(tmp_path, capsys):
+    holder = output.OutputFolder(tmp_path, "run").open()
+    try:
+        err = fail([*TINY_PORTRAIT, "--out", str(tmp_path)], capsys)
+        assert f"in use by another sa-clip run (pid {os.getpid()})" in err
+    finally:
+        holder.publish()
+    assert cli.main([*TINY_PORTRAIT, "--out", str(tmp_path)]) == 0   # free again
+
+
+def test_full_disk_keeps_what_was_written_and_says_so(tmp_path, capsys, monkeypatch):
+    real = output.OutputFolder.save_animation
+
+    def full(self, anim, name, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output.OutputFolder, "save_animation", full)
+    err = fail([*TINY_PORTRAIT, "--gif", "--frames", "2", "--out", str(tmp_path)], capsys)
+    assert "No space left on device" in err and "kept the 1 file(s)" in err
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete" and manifest["files"] == ["portrait.png"]
+    assert (tmp_path / "portrait.png").stat().st_size > 1000
+    monkeypatch.setattr(output.OutputFolder, "save_animation", real)
+    with warnings.catch_warnings():          # the unsaved animation warns when it is freed
+        warnings.simplefilter("ignore")
+        gc.collect()
+
+
+def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from sa_clip.viz import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    good = save_figure(fig, tmp_path, "a.png")
+    before = good.read_bytes()
+
+    class Killed(Exception):
+        pass
+
+    fig, _ = plt.subplots()
+
+    def dies(path, **kw):
+        Path(path).write_bytes(b"")          # a 0-byte file at the temporary name
+        raise Killed
+
+    fig.savefig = dies
+    with pytest.raises(Killed):
+        save_figure(fig, tmp_path, "a.png")
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_concurrent_json_writes_are_never_torn(tmp_path):
+    from sa_clip.viz._save import write_text_atomic
+
+    path = tmp_path / "summary.json"
+    write_text_atomic(path, json.dumps({"w": -1, "pad": "x" * 50_000}))
+    stop, bad = threading.Event(), []
+
+    def writer(k):
+        for i in range(60):
+            write_text_atomic(path, json.dumps({"w": k, "i": i, "pad": "x" * 50_000}))
+
+    def reader():
+        while not stop.is_set():
+            try:
+                json.loads(path.read_text())
+            except ValueError as exc:
+                bad.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    r = threading.Thread(target=reader)
+    r.start()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    stop.set()
+    r.join()
+    assert not bad and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+@pytest.mark.slow
+def test_kill_mid_run_leaves_the_previous_run_intact(tmp_path):
+    out = tmp_path / "o"
+    assert cli.main([*TINY_PORTRAIT, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    proc = subprocess.Popen([sys.executable, "-m", "sa_clip.cli", *TINY_PORTRAIT, "--steps",
+                             "100000", "--out", str(out)], cwd=ROOT)
+    try:
+        for _ in range(600):                 # wait until the run holds the folder
+            if list(out.glob(".staging-*")) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert after == before
+    assert cli.main([*TINY_PORTRAIT, "--out", str(out)]) == 0     # stale staging cleaned
+    assert not list(out.glob(".staging-*"))
+
+
 def test_save_animation_rejects_other_suffixes(tmp_path):
+    from sa_clip.viz import save_animation
+
     with pytest.raises(ValueError, match="must end in .gif or .mp4"):
-        cli.save_animation(object(), tmp_path / "a.avi")
+        save_animation(object(), tmp_path / "a.avi")
 
 
+def test_animation_figure_shim():
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    from sa_clip.viz._save import figure_of_animation
+
+    fig, _ = plt.subplots()
+    anim = FuncAnimation(fig, lambda i: [], frames=2)
+    assert figure_of_animation(anim) is fig
+    with pytest.raises(TypeError, match="expected a matplotlib Animation"):
+        figure_of_animation(object())
+    plt.close(fig)
+    with warnings.catch_warnings():          # never drawn: matplotlib warns when it is freed
+        warnings.simplefilter("ignore")
+        del anim
+        gc.collect()
+
+
+# ---------------------------------------------------------------------------- resume, ranks
 @pytest.mark.slow
 def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch):
     base = [*TINY_RUN, "--noise-chains", "0", "--portrait-grid", "0"]
@@ -160,7 +479,7 @@ def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch):
     ref = json.loads((tmp_path / "a" / "summary.json").read_text())["results"]
     ck = tmp_path / "ck"
     # an interrupted first run: the SGD of the second rule dies after its checkpoint is written
-    real = cli.simulate_sgd
+    real = experiment.simulate_sgd
     calls = []
 
     def dying(problem, rule, *a, **k):
@@ -170,12 +489,12 @@ def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch):
             k["field"] = InterruptingField(problem, rule, 15, KeyboardInterrupt)
         return real(problem, rule, *a, **k)
 
-    monkeypatch.setattr(cli, "simulate_sgd", dying)
+    monkeypatch.setattr(experiment, "simulate_sgd", dying)
     with pytest.raises(KeyboardInterrupt):
         cli.main([*base, "--out", str(tmp_path / "b"), "--checkpoint", str(ck),
                   "--checkpoint-every", "10"])
     assert sorted(p.name for p in ck.iterdir()) == ["adaptive.ckpt.npz", "norm.ckpt.npz"]
-    monkeypatch.setattr(cli, "simulate_sgd", real)
+    monkeypatch.setattr(experiment, "simulate_sgd", real)
     assert cli.main([*base, "--out", str(tmp_path / "b"), "--checkpoint", str(ck),
                      "--checkpoint-every", "10", "--resume"]) == 0
     got = json.loads((tmp_path / "b" / "summary.json").read_text())["results"]
@@ -187,17 +506,17 @@ def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_tracking_under_torchrun_two_ranks_equals_one_process(tmp_path):
-    cwd = cli.Path(cli.__file__).parents[1]
     args = ["tracking", "--steps", "20", "--chains", "2", "--starts", "2", "--quiet"]
     one = subprocess.run([sys.executable, "-m", "sa_clip.cli", *args, "--out",
-                          str(tmp_path / "one")], capture_output=True, text=True, cwd=cwd,
+                          str(tmp_path / "one")], capture_output=True, text=True, cwd=ROOT,
                          timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", "-m", "sa_clip.cli", *args, "--out",
-                          str(tmp_path / "two")], capture_output=True, text=True, cwd=cwd,
-                         timeout=300, env={**cli.os.environ, "OMP_NUM_THREADS": "1"})
+                          str(tmp_path / "two")], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-2000:]
+
     def table(out):
         return [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("wrote")]
 

@@ -1,6 +1,7 @@
 """Every script in examples/ runs at tiny size (Agg backend) and writes non-empty files."""
 
 import os
+import re
 
 import matplotlib
 import pytest
@@ -28,14 +29,44 @@ SLOW: set[str] = set()          # every example runs in a few seconds at tiny si
 
 
 
-
 def test_tracking_example_runs_at_tiny_size(tmp_path, capsys):
-    fig = tmp_path / "t.png"
     res = load_example("tracking").main(["--steps", "20", "--chains", "2", "--starts", "2",
-                                 "--horizon", "0.5", "--figure", str(fig)])
+                                         "--horizon", "0.5", "--out", str(tmp_path)])
     assert res.distance.shape == (2, 2) and torch.isfinite(res.distance).all()
-    assert "median D_T falls" in capsys.readouterr().out
-    assert fig.exists()
+    out = capsys.readouterr().out
+    assert "median D_T falls" in out and f"wrote {tmp_path / 'tracking.png'}" in out
+    assert (tmp_path / "tracking.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_use_only_public_api_and_one_convention(name):
+    """No sys.path tricks, no CLI internals, no private names; --out and "wrote ..."."""
+    src = open(os.path.join(ROOT, "examples", f"{name}.py")).read()
+    assert "sys.path" not in src and "sa_clip.cli" not in src
+    imports = re.findall(r"^\s*(?:from\s+(\S+)\s+import\s+(.+)|import\s+(\S+))", src, re.M)
+    for module, names, plain in imports:
+        mod = module or plain
+        assert not any(part.startswith("_") for part in mod.split(".") if part != "__future__"), mod
+        assert not any(n.strip().startswith("_") for n in names.split(",") if n.strip()
+                       and "__future__" not in mod), names
+    assert '"--out"' in src
+    if name != "gallery":                    # the gallery runs the others, which print
+        assert 'print(f"wrote' in src or 'print("wrote' in src
+
+
+def test_fluctuations_table_columns_line_up(tmp_path, capsys):
+    load_example("fluctuations").main(["--chains", "50", "--steps", "50", "--out",
+                                       str(tmp_path)])
+    lines = [ln for ln in capsys.readouterr().out.splitlines()
+             if ln.strip().startswith(("entry", "S1", "S2", "eig "))]
+    assert len(lines) == 6
+    ends = {len(ln) for ln in lines}
+    assert len(ends) == 1, lines                     # every row as wide as the header
+    header = lines[0]
+    for col in ("predicted", "empirical"):
+        end = header.index(col) + len(col)
+        for ln in lines[1:]:
+            assert ln[end - 1] != " " and (end == len(ln) or ln[end] == " "), (col, ln)
 
 
 def test_every_example_has_a_smoke_test():

@@ -1,6 +1,7 @@
 """Matplotlib figures from results. Functions take an ``ax`` (or make a figure), return it,
 compute nothing that the engines compute, and never save: callers decide where files go."""
 
+from ._save import save_animation, save_figure
 from .animation import animate_chains
 from .dynamics import (
     noise_figure,
@@ -20,4 +21,4 @@ __all__ = ["plot_phase_portrait", "plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sg
            "plot_tracking", "plot_clip_fraction", "noise_figure", "plot_norms",
            "plot_batch_mean_field", "animate_chains", "plot_fluctuation_ellipses", "plot_azuma",
            "plot_blowup", "plot_basins",
-           "plot_shadowing", "step_size_at"]
+           "plot_shadowing", "step_size_at", "save_figure", "save_animation"]

@@ -1,0 +1,67 @@
+"""The ``sa-clip`` command: run clipped SGD against its ODE and draw what happens.
+
+Subcommands (``sa-clip SUBCOMMAND --help`` for each): ``run`` (the main job: ODE vs many
+SGD chains, tracking, figures and summary.json), ``portrait``, ``tracking``, ``equilibria``
+and ``bench``.
+
+Layout of this package:
+
+* :mod:`~sa_clip.cli.options`  the parser class, shared options, ``--config`` and checks;
+* :mod:`~sa_clip.cli.parser`   the registry of subcommands and :func:`build_parser`;
+* :mod:`~sa_clip.cli.builders` problem, rules, fields and chains from the options;
+* :mod:`~sa_clip.cli.output`   output folders (checked, locked, staged, manifest last);
+* :mod:`~sa_clip.cli.report`   tables, the problem as fields, stage timings;
+* one module per subcommand: ``run``, ``portrait``, ``tracking``, ``equilibria``, ``bench``.
+
+Library users call :func:`sa_clip.run_experiment` (what ``run`` computes) and
+:func:`sa_clip.viz.save_figure` directly; nothing here is needed outside the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from .. import distributed  # noqa: E402
+from .options import PROG, CliError, as_typed, resolve_options  # noqa: E402
+from .parser import COMMANDS, build_parser, command_module  # noqa: E402
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sa-clip`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    command_parser = parser.commands[args.command]
+    module = command_module(args.command)
+    started = distributed.init_from_env()          # under torchrun: shard H over the ranks
+    try:
+        if hasattr(module, "DEFAULTS"):
+            args = resolve_options(args, command_parser, module.DEFAULTS,
+                                   getattr(module, "QUICK", {}))
+        if not distributed.is_main_process():      # one rank prints and writes files
+            args.quiet, args.progress = True, False
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                return args.command_main(args)
+        return args.command_main(args)
+    except (CliError, ValueError, TypeError, OSError) as exc:
+        text = str(exc) if not isinstance(exc, OSError) or not exc.strerror else (
+            f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror)
+        msg = " ".join(as_typed(text, command_parser).split())
+        print(f"{PROG}: error: {msg} (see `{PROG} {args.command} --help`)", file=sys.stderr)
+        return 2
+    finally:
+        if started:
+            import torch
+            torch.distributed.destroy_process_group()
+
+
+__all__ = ["main", "build_parser", "CliError", "COMMANDS", "PROG"]

@@ -1,0 +1,231 @@
+"""sa-clip run: the main job. The paper's network, classic and adaptive clipping, the ODE
+against many SGD chains, tracking distances; figures, summary.json and a table."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from typing import Any
+
+from ..experiment import Experiment, RuleReport, run_experiment
+from .builders import build_problem, build_rules, checkpoint_dir, run_chains
+from .options import add_common_options, add_model_options, config_dict
+from .output import OutputFolder, check_folder
+from .report import StageClock, color, label, log, problem_fields, table
+
+HELP = "ODE vs many SGD chains on the paper's network (main job)"
+DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-learn, classic "
+               "and adaptive clipping: the ODE against many SGD chains, tracking distances "
+               "D_T(s), clipping fractions, martingale noise. Writes PNGs, summary.json and "
+               "manifest.json to --out and prints a table. About 30 s on a 2-core CPU; --quick "
+               "for seconds.")
+DEFAULTS: dict[str, Any] = dict(
+    problem="wine", hidden="16", rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
+    schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
+    record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=64,
+    noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
+    resume=False)
+QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
+                             noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_options(p, DEFAULTS, QUICK)
+    add_model_options(p)
+    p.add_argument("--horizon", type=float, help="T of D_T(s), ODE time (default 1)")
+    p.add_argument("--starts", type=int, help="number of start times s (default 12)")
+    p.add_argument("--tracking-chains", type=int,
+                   help="chains used for D_T(s) (default 64, all; each costs an ODE solve per "
+                        "start)")
+    p.add_argument("--noise-chains", type=int,
+                   help="chains of the extra run recording the martingale noise, which costs "
+                        "a full-data H per step (default 8; 0 skips it)")
+    p.add_argument("--noise-steps", type=int, help="steps of that run (default 1000)")
+    p.add_argument("--max-nfev", type=int,
+                   help="budget of H evaluations of each ODE solve (default: solve_ode's)")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="write simulate_sgd checkpoints into DIR (one file per rule)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between checkpoints (default 500)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the runs from their checkpoints (default folder "
+                        "OUT/checkpoints); the result equals an uninterrupted run")
+    p.add_argument("--portrait-grid", type=int,
+                   help="grid points per side of the PCA-plane portrait (default 21; 0 skips)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """ODE vs SGD chains for each rule, tracking distances, figures and summary.json."""
+    clock = StageClock()
+    problem = build_problem(args, min_params=2)
+    rules = build_rules(args)
+    ckpt = checkpoint_dir(args)
+    if ckpt is not None:                                    # checked before any compute
+        check_folder(ckpt, "--checkpoint")
+    folder = OutputFolder(args.out, "run").open()
+    log(args, f"{problem!r}\nschedule {args.schedule}, {args.steps} steps, {args.chains} "
+              f"chains, batch size {args.batch_size}, clip per {args.clip_per}")
+    clock.stage("setup")
+    with folder:
+        exp = run_experiment(
+            problem, rules, args.schedule, steps=args.steps, chains=args.chains,
+            batch_size=args.batch_size, clip_per=args.clip_per, seed=args.seed,
+            record_every=args.record_every, horizon=args.horizon, starts=args.starts,
+            tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
+            checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
+            progress=args.progress, shard=_sharded(),
+            on_stage=lambda rule, stage, s: clock.stage(f"{rule}.{stage}"))
+        for k, report in enumerate(exp):
+            log(args, f"  {label(report.name)}: " + ", ".join(
+                f"{st} {s:.1f} s" for st, s in report.seconds.items())
+                + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
+            for name, fig in rule_figures(exp, report, args, first=k == 0):
+                folder.save_figure(fig, name)
+        clock.stage("figures")
+        if args.noise_chains > 0:
+            first = next(iter(exp))
+            folder.save_figure(noise_figure(exp, first, args), f"noise_{first.name}.png")
+            clock.stage("noise")
+        for name, fig in comparison_figures(exp):
+            folder.save_figure(fig, name)
+        clock.stage("figures")
+        folder.write_json("summary.json", summary(exp, args, folder, clock))
+    print(table([[label(r["name"]), r["final_loss_ode"], r["final_loss_sgd_median"],
+                  r["clip_fraction_late"], r["tracking_early"], r["tracking_late"],
+                  r["blowups"]] for r in _results(exp)],
+                ["rule", "loss ODE", "loss SGD", "clipped", "D_T early", "D_T late",
+                 "blow-ups"]))
+    n_figs = sum(f.endswith(".png") for f in folder.files)
+    print(f"wrote {n_figs} figures, summary.json and manifest.json to {folder.out}/ in "
+          f"{clock.total:.0f} s")
+    return 0
+
+
+def _sharded() -> bool:
+    from .. import distributed
+    return distributed.is_active()
+
+
+def _results(exp: Experiment) -> list[dict[str, Any]]:
+    return [{"name": r.name, "label": label(r.name), **r.summary()} for r in exp]
+
+
+def rule_figures(exp: Experiment, report: RuleReport, args: argparse.Namespace, *,
+                 first: bool) -> Iterator[tuple[str, Any]]:
+    """The figures of one rule as ``(file name, figure)`` pairs, drawn one at a time (each is
+    saved and closed before the next is drawn). Adding a figure is one ``yield`` here."""
+
+    from ..viz import ode_vs_sgd_figure
+
+    run, sol, name = report.trajectory, report.ode, report.name
+    plane = pca_plane(run.theta, sol.theta)
+    yield f"ode_vs_sgd_{name}.png", ode_vs_sgd_figure(
+        run, sol, coords=(0, 1), plane=plane,
+        title=f"{exp.problem.name}, {label(name)} clipping ({report.rule}): SGD chains vs ODE "
+              "on the PCA plane")
+    if first and args.portrait_grid > 1:
+        yield f"portrait_{name}.png", portrait_figure(report, plane, args.portrait_grid)
+
+
+def pca_plane(*paths: Any, chunk: int = 4096) -> Any:
+    """The plane of the two principal directions of all finite points of ``paths`` (each
+    ``(..., P)``) through their mean, like :meth:`sa_clip.plane.Plane.pca`, from the ``P x P``
+    covariance accumulated in chunks (float64) instead of an SVD of all points: the same
+    directions (up to sign) without the SVD's ``points x P`` work arrays (~0.2 GB for the
+    default run)."""
+    import torch
+
+    from ..plane import Plane
+
+    pts = [p.reshape(-1, p.shape[-1]) for p in paths]
+    pts = [x[torch.isfinite(x).all(-1)] for x in pts]
+    n = sum(len(x) for x in pts)
+    if n < 3:
+        raise ValueError("the PCA plane needs at least 3 finite points.")
+    mean = sum(x.sum(0, dtype=torch.float64) for x in pts) / n
+    cov = torch.zeros(len(mean), len(mean), dtype=torch.float64, device=mean.device)
+    for x in pts:
+        for i in range(0, len(x), chunk):
+            xc = x[i:i + chunk].to(torch.float64) - mean
+            cov.addmm_(xc.T, xc)
+    _, vecs = torch.linalg.eigh(cov)                     # ascending eigenvalues
+    dtype = pts[0].dtype
+    return Plane(mean.to(dtype), vecs[:, -1].to(dtype), vecs[:, -2].to(dtype), ("PC1", "PC2"))
+
+
+def portrait_figure(report: RuleReport, plane: Any, grid: int) -> Any:
+    """``-H`` projected on the PCA plane with the ODE and 16 chains."""
+    from ..plane import field_on_plane
+    from ..viz import plot_phase_portrait
+
+    run, sol = report.trajectory, report.ode
+    pf = field_on_plane(report.field, plane, *plane_ranges(plane, run.theta, sol.theta), n=grid)
+    ax = plot_phase_portrait(pf, ode_paths=sol.theta, chains=run.theta, max_chains=16,
+                             title=f"−H projected on the PCA plane ({label(report.name)})")
+    return ax.figure
+
+
+def plane_ranges(plane: Any, *paths: Any) -> tuple[tuple[float, float], ...]:
+    """Plane coordinate ranges covering ``paths`` with a 15% margin."""
+    import torch
+
+    pts = torch.cat([plane.project(p.reshape(-1, p.shape[-1])) for p in paths])
+    pts = pts[torch.isfinite(pts).all(1)]
+    lo, hi = pts.min(0).values, pts.max(0).values
+    pad = 0.15 * (hi - lo).clamp(min=1e-3)
+    return tuple((float(lo[i] - pad[i]), float(hi[i] + pad[i])) for i in range(2))
+
+
+def noise_figure(exp: Experiment, report: RuleReport, args: argparse.Namespace) -> Any:
+    """An extra short run of ``--noise-chains`` chains recording the martingale noise."""
+    from ..viz import noise_figure as draw
+
+    nrun = run_chains(exp.problem, report.rule, args, chains=args.noise_chains,
+                      steps=min(args.noise_steps, args.steps), record_noise=True,
+                      field=report.field)
+    fig = draw(nrun)
+    fig.suptitle(f"martingale noise, {label(report.name)} clipping, {args.noise_chains} "
+                 f"chains, first {int(nrun.steps[-1])} steps")
+    return fig
+
+
+def comparison_figures(exp: Experiment) -> Iterator[tuple[str, Any]]:
+    """Figures with one curve per rule: tracking, clipped fraction, loss."""
+    import matplotlib.pyplot as plt
+
+    from ..viz import plot_clip_fraction, plot_ensemble, plot_tracking
+
+    def axes():
+        return plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+
+    fig, ax = axes()
+    for k, r in enumerate(exp):
+        plot_tracking(r.tracking, ax, label=label(r.name), color=color(k))
+    yield "tracking.png", fig
+    fig, ax = axes()
+    for k, r in enumerate(exp):
+        plot_clip_fraction(r.trajectory, ax, label=label(r.name), color=color(k))
+    ax.set_title("fraction of samples clipped per step", fontsize=10)
+    yield "clip_fraction.png", fig
+    fig, ax = axes()
+    for k, r in enumerate(exp):
+        plot_ensemble(r.trajectory.tau, r.loss_sgd, ax, color=color(k),
+                      label=f"SGD, {label(r.name)}", n_faint=3, logy=True)
+        ax.plot(r.trajectory.tau, r.loss_ode, "--", color=color(k), lw=1.6,
+                label=f"ODE, {label(r.name)}")
+    ax.set_xlabel("ODE time τ")
+    ax.set_ylabel("full-data loss L(θ)")
+    ax.set_title(f"loss along the ODE and the SGD chains ({exp.problem.name})", fontsize=10)
+    ax.legend(fontsize=7, framealpha=0.85, loc="upper right")   # "best" costs seconds here
+    yield "loss.png", fig
+
+
+def summary(exp: Experiment, args: argparse.Namespace, folder: OutputFolder,
+            clock: StageClock) -> dict[str, Any]:
+    """summary.json: the problem as fields, the options, per-rule numbers, the figures, and
+    stage timings with peak RSS."""
+    clock.stage("summary")
+    return {"command": "run", "problem": problem_fields(exp.problem),
+            "config": config_dict(args), "results": _results(exp),
+            "figures": [str(folder.out / f) for f in folder.files if f.endswith(".png")],
+            "stages": clock.to_dict(), "seconds": round(clock.total, 3)}

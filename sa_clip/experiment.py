@@ -1,0 +1,347 @@
+r"""The main experiment in one call: SGD chains against the ODE for several clipping rules.
+
+For each rule ``r`` on one problem, :func:`run_experiment` computes
+
+* ``chains`` clipped-SGD chains ``theta_{n+1} = theta_n - a(n) u_r(theta_n, batch_n)``,
+  recorded on the ODE time axis ``tau_n = sum_{k<n} a(k)`` (:func:`~sa_clip.simulate_sgd`);
+* the ODE ``d theta / d tau = -H_r(theta)`` from the same start, at the record times
+  (:func:`~sa_clip.solve_ode`);
+* the tracking distance ``D_T(s) = sup_{h in [0, T]} ||theta_bar(s + h) - Phi_h(theta_bar(s))||``
+  of every chain at ``starts`` evenly spaced start times (:func:`~sa_clip.tracking_distance`);
+* the full-data loss ``L`` along the chains and the ODE, the fraction of clipped samples, and
+  how long each stage took.
+
+It is what ``sa-clip run`` computes before it draws; a notebook gets the same numbers with::
+
+    import sa_clip as sc
+    exp = sc.run_experiment(sc.problems.make_problem("wine"),
+                            [sc.NormClip(1.0), sc.AdaptiveClip(0.3)], "power:1.0,0.6",
+                            steps=3000, chains=64)
+    exp["norm"].tracking.median, exp["adaptive"].loss_ode[-1]
+
+The mathematics of the tracking distance is in ``docs/theory.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed as _dist
+from .clipping import ClipRule, make_rule
+from .meanfield import MeanField
+from .ode import OdeSolution, solve_ode
+from .problem import Problem
+from .schedules import Schedule, make_schedule
+from .sgd import simulate_sgd
+from .tracking import TrackingResult, tracking_distance
+from .trajectory import Trajectory
+
+#: numbers in one group's ``(offsets, chains * starts, P)`` array of the tracking solve. The
+#: chains are tracked in groups small enough for this (``tracking_distance`` holds several
+#: such arrays at once); all 64 chains of ``sa-clip run`` at once cost ~0.7 GB, groups of
+#: 2**21 numbers ~0.1 GB, and the step-size control of a smaller group rejects fewer steps.
+TRACKING_GROUP_ELEMENTS = 2 ** 21
+#: TrackingResult fields that hold one row per chain (concatenated over the groups)
+PER_CHAIN_FIELDS = ("distance", "gap")
+#: parameter vectors per batched loss evaluation (``Problem.loss`` vmaps over all of them)
+LOSS_CHUNK = 512
+
+
+@dataclass
+class RuleReport:
+    """Everything :func:`run_experiment` computed for one rule.
+
+    Attributes
+    ----------
+    name : str
+        The key of this report (the rule's registry name unless given otherwise).
+    rule : ClipRule
+    field : MeanField
+        ``H`` of this rule (reusable, e.g. for a phase portrait).
+    trajectory : Trajectory
+        The SGD chains (``chains x records x P``).
+    ode : OdeSolution
+        The ODE from the chains' start at ``trajectory.tau``; ``ode.theta`` is ``(records, P)``.
+    tracking : TrackingResult
+        ``D_T(s)`` for the first ``tracking_chains`` chains.
+    loss_sgd : float64 tensor ``(chains, records)``
+        Full-data loss along every chain (NaN after a blow-up).
+    loss_ode : float64 tensor ``(records,)``
+        Full-data loss along the ODE.
+    seconds : dict
+        Wall time of each stage: ``sgd``, ``ode``, ``tracking``, ``loss``.
+    """
+
+    name: str
+    rule: ClipRule
+    field: MeanField
+    trajectory: Trajectory
+    ode: OdeSolution
+    tracking: TrackingResult
+    loss_sgd: torch.Tensor
+    loss_ode: torch.Tensor
+    seconds: dict[str, float]
+
+    @property
+    def clip_fraction(self) -> torch.Tensor:
+        """Fraction of samples clipped per chain and record, ``(chains, records)``."""
+        return self.trajectory.clip_fraction
+
+    @property
+    def clip_fraction_late(self) -> float:
+        """Mean clipped fraction over the last tenth of the records (NaN-aware)."""
+        cf = self.trajectory.clip_fraction
+        tail = max(1, cf.shape[1] // 10)
+        return float(torch.nanmean(cf[:, -tail - 1:-1].to(torch.float64)))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready numbers (NaN and inf become ``None``)."""
+        tr = self.tracking
+        return {
+            "rule": self.rule.to_dict(),
+            "final_loss_ode": _num(self.loss_ode[-1]),
+            "final_loss_sgd_median": _num(torch.nanmedian(self.loss_sgd[:, -1])),
+            "clip_fraction_late": _num(self.clip_fraction_late),
+            "tracking_early": _num(tr.median[0]), "tracking_late": _num(tr.median[-1]),
+            "tracking_starts": tr.start.tolist(),
+            "tracking_median": [_num(v) for v in tr.median],
+            "tracking_horizon": tr.horizon, "tracking_nfev": tr.nfev,
+            "tracking_status": tr.message,
+            "blowups": int(self.trajectory.blown_up.sum()),
+            "tau_last": float(self.trajectory.tau[-1]),
+            "ode_status": self.ode.message, "ode_nfev": self.ode.nfev,
+            "seconds": dict(self.seconds),
+        }
+
+
+@dataclass
+class Experiment:
+    """The result of :func:`run_experiment`: one :class:`RuleReport` per rule, in order.
+
+    ``exp["norm"]`` is a report; iterating yields the reports.
+    """
+
+    problem: Problem
+    schedule: Schedule
+    reports: dict[str, RuleReport]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> RuleReport:
+        return self.reports[name]
+
+    def __iter__(self):
+        return iter(self.reports.values())
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the configuration and each rule's :meth:`RuleReport.summary`."""
+        return {"config": dict(self.config),
+                "results": [r.summary() for r in self.reports.values()]}
+
+
+def _num(x: Any) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _rules(rules: Any) -> dict[str, ClipRule]:
+    if isinstance(rules, (str, ClipRule)):
+        rules = [rules]
+    if isinstance(rules, Mapping):
+        items = list(rules.items())
+    else:
+        items = [(getattr(r, "name", r), r) for r in rules]
+    out: dict[str, ClipRule] = {}
+    for name, r in items:
+        if not isinstance(r, (str, ClipRule)):
+            raise TypeError(f"`rules` must hold ClipRule objects or rule names, got "
+                            f"{type(r).__name__}.")
+        rule = make_rule(r) if isinstance(r, str) else r
+        if name in out:
+            raise ValueError(f"`rules` names {name!r} twice; pass a dict to name them apart.")
+        out[name] = rule
+    if not out:
+        raise ValueError("`rules` is empty: give at least one rule.")
+    return out
+
+
+def batched_loss(problem: Problem, theta: torch.Tensor, chunk: int = LOSS_CHUNK
+                 ) -> torch.Tensor:
+    """``L(theta)`` for ``theta (..., P)`` in chunks of ``chunk`` vectors (bounded memory);
+    non-finite vectors give NaN. Returns float64 of shape ``theta.shape[:-1]``."""
+    flat = theta.reshape(-1, theta.shape[-1])
+    out = torch.full((flat.shape[0],), float("nan"), dtype=torch.float64)
+    ok = torch.isfinite(flat).all(1)
+    idx = ok.nonzero().squeeze(1)
+    for i in range(0, idx.numel(), chunk):
+        sel = idx[i:i + chunk]
+        out[sel] = problem.loss(flat[sel]).to(device="cpu", dtype=torch.float64)
+    return out.reshape(theta.shape[:-1])
+
+
+def _chains(run: Trajectory, lo: int, hi: int) -> Trajectory:
+    """Chains ``lo:hi`` of ``run`` (views; the noise records are dropped)."""
+    if lo == 0 and hi >= run.chains:
+        return run
+    return dataclasses.replace(run, theta=run.theta[lo:hi], blowup_step=run.blowup_step[lo:hi],
+                               clip_fraction=run.clip_fraction[lo:hi], indices=None, xi=None,
+                               quadratic_variation=None, noise_norm=None)
+
+
+#: tracking_distance keywords that concern the first chains only (sent to the first group)
+FIRST_GROUP_ONLY = ("keep_paths",)
+
+
+def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: torch.Tensor,
+                       chains: int | None = None,
+                       group_elements: int = TRACKING_GROUP_ELEMENTS,
+                       options: dict[str, Any] | None = None) -> TrackingResult:
+    """:func:`~sa_clip.tracking_distance` of the first ``chains`` chains, solved in groups of
+    chains so that one group's ``(offsets, group * starts, P)`` array stays near
+    ``group_elements`` numbers (bounded memory). Each chain's ``D_T(s)`` meets the solver
+    tolerances on its own (max-norm step control), so grouping changes the numbers only
+    within those tolerances. Per-chain fields are concatenated; ``nfev`` is the sum; the
+    other fields come from the first group; a failed group's status and message win.
+    ``options`` are further keywords of ``tracking_distance`` (those in
+    :data:`FIRST_GROUP_ONLY`, such as ``keep_paths``, go to the first group only)."""
+    total = min(chains or run.chains, run.chains)
+    # the offset grid tracking_distance builds: n_grid = 50 points plus the record times
+    # inside the windows (an upper bound is enough here)
+    tau = run.tau.to(torch.float64)
+    inside = ((tau[None, :] > starts[:, None]) & (tau[None, :] < starts[:, None] + horizon))
+    n_offsets = 50 + int(inside.sum())
+    per_chain = max(1, starts.numel() * run.theta.shape[-1] * n_offsets)
+    group = max(1, min(total, group_elements // per_chain))
+    parts = []
+    for lo in range(0, total, group):
+        part = _chains(run, lo, min(total, lo + group))
+        extra = {k: v for k, v in (options or {}).items() if lo == 0 or k not in FIRST_GROUP_ONLY}
+        parts.append(tracking_distance(part, fld, horizon=horizon, starts=starts,
+                                       max_elements=per_chain * part.chains, **extra))
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts)}
+    for name in PER_CHAIN_FIELDS:
+        if getattr(parts[0], name, None) is not None:
+            merged[name] = torch.cat([getattr(p, name) for p in parts])
+    failed = [p for p in parts if p.status != 0]
+    if failed:
+        merged.update(status=failed[0].status, message=failed[0].message)
+    return dataclasses.replace(parts[0], **merged)
+
+
+def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Callable, *,
+                   steps: int, chains: int = 64, batch_size: int = 1, clip_per: str = "sample",
+                   seed: int = 0, record_every: int = 10, horizon: float = 1.0,
+                   starts: int = 12, tracking_chains: int | None = None,
+                   max_nfev: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+                   checkpoint_every: int = 500, resume: bool = False, progress: bool = False,
+                   shard: bool = False, tracking_options: dict[str, Any] | None = None,
+                   on_stage: Callable[[str, str, float], None] | None = None) -> Experiment:
+    r"""SGD chains vs the ODE, tracking distances and losses, for each of ``rules``.
+
+    Main arguments
+    --------------
+    problem : Problem
+    rules : ClipRule, rule name, or a list (or ``{name: rule}`` dict) of them
+        A name is built by :func:`~sa_clip.make_rule` with its defaults (``"none"``; rules
+        with a threshold need a ClipRule object).
+        The reports are keyed by registry name (``"norm"``, ``"adaptive"``, ...) or the dict's
+        keys.
+    schedule : Schedule, spec string (``"power:1.0,0.6"``) or callable ``n -> a(n)``
+    steps, chains, batch_size, clip_per, seed, record_every
+        Passed to :func:`~sa_clip.simulate_sgd` (the same seed for every rule: common random
+        numbers, so the rules differ only by their clipping).
+    horizon : float
+        ``T`` of ``D_T(s)``; capped at half the run's ODE time.
+    starts : int
+        Start times ``s``, evenly spaced in ``[0, tau_last - T]``.
+
+    Other arguments
+    ---------------
+    tracking_chains : int, optional
+        Use only the first chains for ``D_T`` (default: all).
+    max_nfev : int, optional
+        Budget of right-hand-side evaluations of each ODE solve (``solve_ode``'s default if
+        None).
+    checkpoint_dir, checkpoint_every, resume
+        Checkpoint each rule's chains to ``checkpoint_dir/<name>.ckpt.npz``; ``resume``
+        continues from there bit for bit.
+    progress : bool
+        tqdm bars.
+    shard : bool
+        Shard ``H`` over the ``torch.distributed`` process group (``torchrun``).
+    tracking_options : dict, optional
+        More keywords of :func:`~sa_clip.tracking_distance` (see :func:`tracking_in_groups`).
+    on_stage : callable ``(rule_name, stage, seconds)``, optional
+        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``).
+
+    Returns
+    -------
+    Experiment
+        ``exp[name]`` is a :class:`RuleReport`.
+
+    Example
+    -------
+    >>> import sa_clip as sc
+    >>> exp = sc.run_experiment(sc.problems.logistic2d(), [sc.NormClip(1.0), "none"],
+    ...                         "harmonic:1.0", steps=40, chains=4, record_every=2, starts=3)
+    >>> [r.name for r in exp], exp["norm"].tracking.distance.shape
+    (['norm', 'none'], torch.Size([4, 3]))
+    """
+    named = _rules(rules)
+    sched = make_schedule(schedule)
+    reports: dict[str, RuleReport] = {}
+    for name, rule in named.items():
+        seconds: dict[str, float] = {}
+
+        def stage(label: str, t0: float, name: str = name, seconds=seconds) -> float:
+            t1 = time.perf_counter()
+            seconds[label] = t1 - t0
+            if on_stage is not None:
+                on_stage(name, label, t1 - t0)
+            return t1
+
+        t = time.perf_counter()
+        fld = MeanField(problem, rule, distributed=shard)
+        ckpt = None
+        if checkpoint_dir is not None and _dist.is_main_process():
+            ckpt = Path(checkpoint_dir) / f"{name}.ckpt.npz"
+        run = simulate_sgd(problem, rule, sched, steps=steps, chains=chains,
+                           batch_size=batch_size, clip_per=clip_per, seed=seed,
+                           record_every=record_every, field=fld, progress=progress,
+                           checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                           resume=resume and ckpt is not None)
+        t = stage("sgd", t)
+        ode_kw = {} if max_nfev is None else {"max_nfev": max_nfev}
+        sol = solve_ode(fld, problem.theta0, run.tau, progress=progress, **ode_kw)
+        t = stage("ode", t)
+        last = float(run.tau[-1])
+        hz = min(horizon, 0.5 * last)
+        s = torch.linspace(0.0, last - hz, starts, dtype=torch.float64)
+        tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
+                                options=tracking_options)
+        t = stage("tracking", t)
+        loss_sgd = batched_loss(problem, run.theta)
+        loss_ode = batched_loss(problem, sol.theta)
+        stage("loss", t)
+        reports[name] = RuleReport(name, rule, fld, run, sol, tr, loss_sgd, loss_ode, seconds)
+    config = {"schedule": str(sched), "steps": steps, "chains": chains,
+              "batch_size": batch_size, "clip_per": clip_per, "seed": seed,
+              "record_every": record_every, "horizon": horizon, "starts": starts,
+              "tracking_chains": tracking_chains, "max_nfev": max_nfev}
+    return Experiment(problem, sched, reports, config)
+
+
+__all__ = ["run_experiment", "Experiment", "RuleReport", "batched_loss", "tracking_in_groups"]
