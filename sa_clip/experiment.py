@@ -103,6 +103,11 @@ class RuleReport:
         tail = max(1, cf.shape[1] // 10)
         return float(torch.nanmean(cf[:, -tail - 1:-1].to(torch.float64)))
 
+    def tracked_trajectory(self) -> Trajectory:
+        """The chains :attr:`tracking` was computed for (the first ``tracking_chains``), e.g.
+        for :func:`sa_clip.viz.plot_shadowing`."""
+        return _chains(self.trajectory, 0, int(self.tracking.distance.shape[0]))
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers (NaN and inf become ``None``)."""
         tr = self.tracking
@@ -241,6 +246,17 @@ def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: tor
     return dataclasses.replace(parts[0], **merged)
 
 
+def start_times(span: float, n: int, spacing: str = "linear") -> torch.Tensor:
+    """``n`` start times in ``[0, span]``: evenly spaced (``"linear"``), or ``0`` and then
+    ``n - 1`` geometrically spaced from ``span / 30`` to ``span`` (``"log"``)."""
+    if spacing not in ("linear", "log"):
+        raise ValueError(f"`start_spacing` must be 'linear' or 'log', got {spacing!r}.")
+    if spacing == "linear" or n < 3:
+        return torch.linspace(0.0, span, n, dtype=torch.float64)
+    geo = torch.logspace(math.log10(span / 30), math.log10(span), n - 1, dtype=torch.float64)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), geo])
+
+
 def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Callable, *,
                    steps: int, chains: int = 64, batch_size: int = 1, clip_per: str = "sample",
                    seed: int = 0, record_every: int = 10, horizon: float = 1.0,
@@ -248,6 +264,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                    max_nfev: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
                    checkpoint_every: int = 500, resume: bool = False, progress: bool = False,
                    shard: bool = False, tracking_options: dict[str, Any] | None = None,
+                   start_spacing: str = "linear",
                    on_stage: Callable[[str, str, float], None] | None = None) -> Experiment:
     r"""SGD chains vs the ODE, tracking distances and losses, for each of ``rules``.
 
@@ -266,7 +283,9 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     horizon : float
         ``T`` of ``D_T(s)``; capped at half the run's ODE time.
     starts : int
-        Start times ``s``, evenly spaced in ``[0, tau_last - T]``.
+        Number of start times ``s`` in ``[0, tau_last - T]``: evenly spaced, or with
+        ``start_spacing="log"`` ``s = 0`` followed by ``starts - 1`` geometrically spaced times
+        from ``(tau_last - T) / 30`` (what a log axis of ``D_T(s)`` wants).
 
     Other arguments
     ---------------
@@ -329,7 +348,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         t = stage("ode", t)
         last = float(run.tau[-1])
         hz = min(horizon, 0.5 * last)
-        s = torch.linspace(0.0, last - hz, starts, dtype=torch.float64)
+        s = start_times(last - hz, starts, start_spacing)
         tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
                                 options=tracking_options)
         t = stage("tracking", t)

@@ -92,11 +92,13 @@ class Trajectory:
         r = torch.searchsorted(self.steps, self.blowup_step).clamp(max=self.records - 1)
         return torch.where(self.blown_up, self.tau[r], torch.full_like(self.tau[r], float("inf")))
 
-    def interpolate(self, tau: Any) -> torch.Tensor:
+    def interpolate(self, tau: Any, chains: Any = None) -> torch.Tensor:
         """``theta_bar(tau)`` for every chain: shape ``(chains, len(tau), P)``.
 
         Piecewise linear in ``tau`` through the records. ``tau`` must lie in
         ``[0, self.tau[-1]]``; NaN records (blow-ups) give NaN on the segments that touch them.
+        ``chains``: an index, list or slice of chains to interpolate (default all); only those
+        rows are read, so one chain of a large run costs one chain's memory.
         """
         t = torch.as_tensor(tau, dtype=torch.float64).reshape(-1).to(self.tau.device)
         if not bool(torch.isfinite(t).all()):
@@ -105,12 +107,15 @@ class Trajectory:
         if t.numel() and (float(t.min()) < lo or float(t.max()) > hi):
             raise ValueError(f"`tau` must lie within the recorded ODE times [{lo}, {hi}], got "
                              f"values in [{float(t.min())}, {float(t.max())}].")
+        theta = self.theta if chains is None else self.theta[chains]
+        if theta.dim() == 2:                              # one chain given as an int
+            theta = theta.unsqueeze(0)
         if self.records == 1:
-            return self.theta[:, :1].expand(-1, t.numel(), -1).clone()
+            return theta[:, :1].expand(-1, t.numel(), -1).clone()
         j = torch.searchsorted(self.tau, t, right=True).clamp(1, self.records - 1)
         t0, t1 = self.tau[j - 1], self.tau[j]
-        w = ((t - t0) / (t1 - t0)).to(self.theta.dtype)
-        a, b = self.theta[:, j - 1], self.theta[:, j]
+        w = ((t - t0) / (t1 - t0)).to(theta.dtype)
+        a, b = theta[:, j - 1], theta[:, j]
         # exactly the record at a record time (keeps NaN of the next segment out)
         out = a + w[None, :, None] * (b - a)
         out = torch.where((w == 1)[None, :, None], b, out)

@@ -351,3 +351,14 @@ def test_edited_checkpoint_is_refused_on_resume(tmp_path, edit):
     raw_write(path, meta, redigest=False, **arrays)
     with pytest.raises(ValueError, match=r"ck\.npz.*content digest mismatch"):
         sc.simulate_sgd(p, sc.NormClip(1.0), "harmonic:0.5", resume=True, **kw)
+
+
+def test_interpolate_selected_chains_equals_rows_of_all():
+    # Trajectory.interpolate(chains=...) reads only those rows and gives the same numbers
+    p = sc.problems.logistic2d(n=9)
+    run = sc.simulate_sgd(p, sc.NormClip(0.5), "harmonic:0.5", steps=20, chains=5, seed=3)
+    t = torch.linspace(0.0, float(run.tau[-1]), 17, dtype=torch.float64)
+    every = run.interpolate(t)
+    assert torch.equal(run.interpolate(t, chains=[3])[0], every[3])
+    assert torch.equal(run.interpolate(t, chains=2)[0], every[2])
+    assert torch.equal(run.interpolate(t, chains=slice(1, 4)), every[1:4])

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "tracking": "sa_clip.cli.tracking",
     "equilibria": "sa_clip.cli.equilibria",
     "bench": "sa_clip.cli.bench",
+    "explore": "sa_clip.viz.explore",
 }
 
 DESCRIPTION = ("sa-clip: run clipped SGD against its ODE d theta/d tau = -H(theta) and draw "
@@ -54,5 +55,5 @@ def build_parser() -> Parser:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
     return __version__

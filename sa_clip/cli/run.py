@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = dict(
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=64,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False)
+    resume=False, predict_spread=False)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the runs from their checkpoints (default folder "
                         "OUT/checkpoints); the result equals an uninterrupted run")
+    p.add_argument("--predict-spread", action="store_true", default=None,
+                   help="draw the linear-noise prediction of the chains' 10-90%% band in "
+                        "ode_vs_sgd_<rule>.png (sa_clip.linear_noise: one DH and one noise "
+                        "covariance per point of its grid; minutes for the default network, "
+                        "seconds for 2-parameter problems)")
     p.add_argument("--portrait-grid", type=int,
                    help="grid points per side of the PCA-plane portrait (default 21; 0 skips)")
 
@@ -73,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
             record_every=args.record_every, horizon=args.horizon, starts=args.starts,
             tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
             checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            progress=args.progress, shard=_sharded(),
+            progress=args.progress, shard=_sharded(), start_spacing="log",
+            tracking_options={"keep_paths": [0]},
             on_stage=lambda rule, stage, s: clock.stage(f"{rule}.{stage}"))
         for k, report in enumerate(exp):
             log(args, f"  {label(report.name)}: " + ", ".join(
@@ -115,16 +121,32 @@ def rule_figures(exp: Experiment, report: RuleReport, args: argparse.Namespace, 
     """The figures of one rule as ``(file name, figure)`` pairs, drawn one at a time (each is
     saved and closed before the next is drawn). Adding a figure is one ``yield`` here."""
 
-    from ..viz import ode_vs_sgd_figure
+    from ..linear_noise import linear_noise
+    from ..viz import ode_vs_sgd_figure, plot_shadowing
 
     run, sol, name = report.trajectory, report.ode, report.name
     plane = pca_plane(run.theta, sol.theta)
+    context = f"{exp.problem.name}, {label(name)} clipping, {_threshold(report.rule)}"
+    yield f"shadowing_{name}.png", plot_shadowing(
+        report.tracked_trajectory(), report.tracking, chain=0,
+        plane=plane if exp.problem.P > 2 else None, problem=exp.problem, context=context)
+    predicted = None
+    if args.predict_spread:
+        predicted = linear_noise(report.field, exp.schedule, exp.problem.theta0, run.tau,
+                                 batch_size=args.batch_size, clip_per=args.clip_per)
     yield f"ode_vs_sgd_{name}.png", ode_vs_sgd_figure(
-        run, sol, coords=(0, 1), plane=plane,
-        title=f"{exp.problem.name}, {label(name)} clipping ({report.rule}): SGD chains vs ODE "
-              "on the PCA plane")
+        run, sol, coords=(0, 1), plane=plane, predicted=predicted, title=context)
     if first and args.portrait_grid > 1:
         yield f"portrait_{name}.png", portrait_figure(report, plane, args.portrait_grid)
+
+
+def _threshold(rule: Any) -> str:
+    """``λ = 1`` (and ``ε`` for the relative rules) for a figure title."""
+    lam = getattr(rule, "lam", None)
+    if lam is None:
+        return "no threshold"
+    eps = getattr(rule, "eps", None)
+    return f"λ = {lam:g}" + (f", ε = {eps:g}" if eps is not None and rule.relative else "")
 
 
 def pca_plane(*paths: Any, chunk: int = 4096) -> Any:
@@ -148,9 +170,12 @@ def pca_plane(*paths: Any, chunk: int = 4096) -> Any:
         for i in range(0, len(x), chunk):
             xc = x[i:i + chunk].to(torch.float64) - mean
             cov.addmm_(xc.T, xc)
-    _, vecs = torch.linalg.eigh(cov)                     # ascending eigenvalues
+    vals, vecs = torch.linalg.eigh(cov)                  # ascending eigenvalues
     dtype = pts[0].dtype
-    return Plane(mean.to(dtype), vecs[:, -1].to(dtype), vecs[:, -2].to(dtype), ("PC1", "PC2"))
+    total = float(vals.clamp(min=0).sum())
+    explained = ((float(vals[-1]) / total, float(vals[-2]) / total) if total > 0 else None)
+    return Plane(mean.to(dtype), vecs[:, -1].to(dtype), vecs[:, -2].to(dtype), ("PC1", "PC2"),
+                 explained=explained)
 
 
 def portrait_figure(report: RuleReport, plane: Any, grid: int) -> Any:

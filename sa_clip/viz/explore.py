@@ -67,6 +67,14 @@ from ..tracking import tracking_distance
 from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR
 from .phase import plot_phase_portrait
 
+#: ``sa-clip explore --help`` (plain text: no reST markup in the terminal)
+HELP = "interactive explorer of a 2-parameter problem (sliders, animated chains, D_T)"
+DESCRIPTION = ("An interactive window on a 2-parameter problem: streamlines of -H, nullclines, "
+               "equilibria by stability, animated SGD chains against the ODE from their start, "
+               "and D_T(s); sliders for lam, eps, a0, alpha and the batch size, radio buttons "
+               "for the rule and per-sample/per-batch clipping. --snapshot PATH writes one "
+               "frame as a PNG with no window.")
+
 PROG = "sa-clip explore"
 #: the ready-made 2-parameter problems the explorer accepts
 PROBLEMS_2D = ("tanh", "logistic2d")
@@ -470,7 +478,11 @@ class Explorer:
             rule += f", ε = {s.eps:.3g}"
         per = f", {CLIP_PER_LABELS[s.clip_per]} clipping, M = {s.batch_size}"
         ax.set_title(f"{self.problem.name}: streamlines of −{what}, {rule}{per}", fontsize=11)
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+        # the portrait's own entries (streamlines, loss contours, nullclines) first, then ours
+        prev = ax.get_legend()
+        handles = list(prev.legend_handles) if prev is not None else []
+        ours, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + ours, loc="upper left", fontsize=7, framealpha=0.9)
         self._draw_tracking()
         self._animated = [self.trails, self.heads, self.ode_line, self.ode_head, self.dt_cursor]
         for art in self._animated:

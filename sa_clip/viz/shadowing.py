@@ -19,6 +19,7 @@ import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..plane import Plane, _param_name
 from ..problem import Problem
@@ -224,8 +225,8 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     seg_xy = to_numpy(plane.project(segs))                           # (S, G, 2)
     # the path over each window [s_k, s_k + T], where it is compared with the segment
     win_xy = to_numpy(plane.project(trajectory.interpolate(
-        (result.start[:, None] + result.offsets[None, :]).clamp(max=float(tau[-1])).reshape(-1)
-    )[chain])).reshape(n_s, len(h), 2)
+        (result.start[:, None] + result.offsets[None, :]).clamp(max=float(tau[-1])).reshape(-1),
+        chains=[chain])[0])).reshape(n_s, len(h), 2)
     starts_xy = win_xy[:, 0]
     for k in show:
         col = colors(norm(s[k]))
@@ -296,6 +297,10 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
               bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     ax_c.set_xscale("log")
     ax_c.set_yscale("log")
+    # minor tick labels of a log axis spanning one or two decades collide: majors only, plain
+    ax_c.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax_c.xaxis.set_minor_formatter(NullFormatter())
+    ax_c.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_c.set_xlabel(f"start time s ({TAU_LABEL}, log)")
     ax_c.set_ylabel(r"$D_T(s)=\sup_{h\leq T}$ gap")
     ax_c.set_title(f"(c) tracking distance, {n_ok} chains without blow-up",
