@@ -42,13 +42,13 @@ def main(argv=None):
     eq = [e for e in sc.find_equilibria(field, starts=start) if e.stable][0]
     B = field.jacobian(eq.theta)
     S = sc.noise_covariance(field, eq.theta, args.batch_size)
-    sigma = sc.clt_covariance(B, S, a0=args.a0)
+    sigma = sc.clt_covariance(B, S, a0=args.a0).numpy()
     sched = sc.Harmonic(args.a0, args.n0)
     run = sc.simulate_sgd(p, rule, sched, steps=args.steps, chains=args.chains,
                           batch_size=args.batch_size, seed=args.seed, theta0=eq.theta,
                           record_every=args.steps)
     z = sc.trajectory_scaled_errors(run, eq.theta)
-    emp = sc.empirical_covariance(z)
+    emp = sc.empirical_covariance(z).numpy()
     stats = field.clip_stats(eq.theta)
     print(f"{p!r}, {rule}, a(n) = {args.a0}/(n+{args.n0:g}), {args.chains} chains x "
           f"{args.steps} steps")

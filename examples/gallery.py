@@ -17,6 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: example -> extra arguments for the gallery
 GALLERY = {
+    "shadowing": [],
+    "linear_noise": ["--chains", "4000"],
     "phase_portrait": [],
     "ode_vs_sgd": [],
     "compare_rules": [],
@@ -47,6 +49,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 TINY = {
+    "shadowing": ["--steps", "80", "--chains", "3", "--starts", "3", "--horizon", "0.5",
+                  "--record-every", "2"],
+    "linear_noise": ["--chains", "50", "--steps", "40", "--switch-steps", "40"],
     "phase_portrait": ["--steps", "20", "--chains", "3", "--grid", "9"],
     "ode_vs_sgd": ["--steps", "30", "--chains", "3", "--record-every", "5"],
     "compare_rules": ["--steps", "30", "--chains", "3", "--record-every", "5"],

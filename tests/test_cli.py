@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import InterruptingField
 
+import sa_clip as sc
 import sa_clip.experiment as experiment
 from sa_clip import cli
 from sa_clip.cli import bench, equilibria, options, output, parser
@@ -58,6 +59,7 @@ def test_run_writes_figures_summary_manifest_and_table(tmp_path, capsys):
     assert cli.main([*TINY_RUN, "--out", str(tmp_path)]) == 0
     names = pngs(tmp_path)
     expected = {"ode_vs_sgd_norm.png", "ode_vs_sgd_adaptive.png", "tracking.png",
+                "shadowing_norm.png", "shadowing_adaptive.png",
                 "clip_fraction.png", "loss.png", "noise_norm.png", "portrait_norm.png"}
     assert expected <= names
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -119,23 +121,18 @@ def test_equilibria_table(capsys):
     assert "stable node" in out and "eigenvalues of DH" in out and "||grad L(θ*)||" in out
     # the tanh toy: two minima and the saddle at the origin, far-out numerical zeros hidden
     assert out.count("stable node") == 2 and "saddle" in out and "[0, 0]" in out
-    assert "not shown" in out and "reached from" in out
+    assert "not shown" in out and "start(s) reached zeros with ||theta|| >" in out
 
 
 def test_equilibria_explains_zero_found_and_unaccounted_starts():
-    class Eq:
-        def __init__(self, norm, count):
-            self.theta, self.count = torch.tensor([norm]), count
-
     args = argparse.Namespace(n_starts=10, max_norm=5.0)
-    far = Eq(1e3, 3)
-    lines = equilibria.accounting([far], [], args)
-    text = "\n".join(lines)
-    assert "1 more with ||theta|| > 5, reached from 3 start(s)" in text
+    none = sc.Equilibria([], n_starts=10, not_converged=7,
+                         beyond_max_norm=[torch.tensor([1e3])] * 3, max_norm=5.0)
+    text = "\n".join(equilibria.accounting(none, args))
+    assert "3 start(s) reached zeros with ||theta|| > 5" in text and "not shown" in text
     assert "7 of 10 start(s) converged to no zero" in text
     assert text.count("0 found") == 1 and "--n-starts" in text
-    near = Eq(1.0, 10)
-    assert equilibria.accounting([near], [near], args) == []
+    assert equilibria.accounting(sc.Equilibria([object()], n_starts=10), args) == []
 
 
 def test_bench_builtin(capsys):
@@ -257,7 +254,9 @@ def test_library_errors_name_the_option_as_typed():
     assert msg == "`--lam` must be > 0; `--batch-size` too; `theta` untouched"
 
 
-@pytest.mark.parametrize("cmd", list(cli.COMMANDS))
+@pytest.mark.parametrize("cmd", [c for c in cli.COMMANDS  # explore: its own --quick, below
+                                 if hasattr(parser.command_module(c), "QUICK")
+                                 and hasattr(parser.command_module(c), "DEFAULTS")])
 def test_every_subcommand_has_quick(cmd):
     args = resolved([cmd, "--quick"])
     quick = parser.command_module(cmd).QUICK
@@ -270,8 +269,9 @@ def test_every_subcommand_explains_itself_without_markup(cmd, capsys):
         cli.main([cmd, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert f"usage: sa-clip {cmd}" in out and "--config FILE.toml" in out
-    assert "--quick" in out
+    assert f"usage: sa-clip {cmd}" in out and "--quick" in out
+    # the commands built on the shared options (all but explore) also read a TOML file
+    assert ("--config FILE.toml" in out) == hasattr(parser.command_module(cmd), "DEFAULTS")
     for markup in ("``", ":class:", ":func:", ":mod:", ".. "):
         assert markup not in out, markup
 
@@ -522,3 +522,13 @@ def test_tracking_under_torchrun_two_ranks_equals_one_process(tmp_path):
 
     assert table(two.stdout) == table(one.stdout) and len(table(one.stdout)) >= 3  # once
     assert (tmp_path / "two" / "tracking.png").stat().st_size > 1000
+
+
+def test_explore_has_quick_and_plain_help(capsys):
+    from sa_clip.viz import explore
+    ap = explore.add_arguments(argparse.ArgumentParser())
+    quick = explore.settings_from_args(ap.parse_args(["--quick"]))
+    assert {k: getattr(quick, k) for k in explore.QUICK} == explore.QUICK
+    # an option given explicitly wins over --quick
+    assert explore.settings_from_args(ap.parse_args(["--quick", "--grid", "31"])).grid == 31
+    assert explore.settings_from_args(ap.parse_args([])).grid != explore.QUICK["grid"]

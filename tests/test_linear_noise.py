@@ -215,7 +215,8 @@ def test_late_covariance_over_step_is_the_clt_covariance():
     assert 0.2 < float(field.clip_stats(star).fraction) < 1.0
     a0 = 2.0
     sched = sc.Harmonic(a0, 1.0)
-    sigma = sc.clt_covariance(field.jacobian(star), sc.noise_covariance(field, star), a0=a0)
+    sigma = sc.clt_covariance(field.jacobian(star), sc.noise_covariance(field, star),
+                              a0=a0).numpy()
 
     def error(n: int, form: str) -> float:
         r = sc.linear_noise(field, sched, star, sched.tau(n)[[0, n]], form=form)

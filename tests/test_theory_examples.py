@@ -26,5 +26,5 @@ def test_example_runs_at_tiny_size(name, tmp_path, capsys):
     res = load_example(name).main([*CASES[name], "--out", str(tmp_path)])
     png = tmp_path / f"{name}.png"
     assert png.exists() and png.stat().st_size > 1000
-    assert res["figure"] == str(png)
-    assert "figure saved" in capsys.readouterr().out
+    assert str(res["figure"]) == str(png)
+    assert f"wrote {png}" in capsys.readouterr().out

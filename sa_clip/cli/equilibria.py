@@ -33,18 +33,23 @@ def main(args: argparse.Namespace) -> int:
     problem = build_problem(args)
     rule = build_rule(rule_names(args.rule)[0], args)
     field = make_field(problem, rule)
-    found = find_equilibria(field, n_starts=args.n_starts, scale=args.extent, seed=args.seed)
-    shown = [e for e in found if float(e.theta.norm()) <= args.max_norm]
-    print(f"{problem!r}, {rule}: {len(shown)} equilibria from {args.n_starts} starts")
-    for line in accounting(found, shown, args):
+    found = find_equilibria(field, n_starts=args.n_starts, scale=args.extent, seed=args.seed,
+                            max_norm=args.max_norm)
+    sets = sum(e.is_set for e in found)
+    print(f"{problem!r}, {rule}: {len(found)} equilibria from {found.n_starts} starts"
+          + (f" ({sets} of them continua of zeros, each reported once)" if sets else ""))
+    for line in accounting(found, args):
         print(line)
     rows = []
-    for e in shown:
+    for e in found:
         theta = ", ".join(f"{v:.4g}" for v in e.theta.tolist()[:4])
-        theta += ", ..." if problem.P > 4 else ""
+        theta = f"[{theta}{', ...' if problem.P > 4 else ''}]"
+        if e.is_set:                                  # a continuum of zeros, reported once
+            theta = (f"[{float(e.lower):.4g}, {float(e.upper):.4g}] (interval)" if problem.P == 1
+                     else f"set around {theta}, extent {e.extent:.3g}")
         ev = ", ".join(_fmt_complex(v) for v in sorted(e.eigenvalues, key=lambda z: z.real)[:4])
         bias = clipping_bias(field, e.theta) if e.kind == "stable" else None
-        rows.append([f"[{theta}]", f"{e.kind} {e.shape}", ev, e.residual, e.switch_margin,
+        rows.append([theta, f"{e.kind} {e.shape}", ev, e.residual, e.switch_margin,
                      e.count, bias.grad_norm if bias else "-", bias.distance if bias else "-"])
     if rows:
         print(table(rows, ["theta*", "kind", "eigenvalues of DH", "||H||", "switch margin",
@@ -52,21 +57,19 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def accounting(found: list[Any], shown: list[Any], args: argparse.Namespace) -> list[str]:
-    """Lines saying where the starts went: hidden far-out zeros, starts that found none."""
+def accounting(found: Any, args: argparse.Namespace) -> list[str]:
+    """Lines saying where the starts went (``found``: the :class:`~sa_clip.Equilibria` of
+    :func:`~sa_clip.find_equilibria`): far-out zeros it left out, starts that found none."""
     lines = []
-    hidden = len(found) - len(shown)
-    if hidden:
-        ids = {id(e) for e in shown}
-        n = sum(e.count for e in found if id(e) not in ids)
-        lines.append(f"({hidden} more with ||theta|| > {args.max_norm:g}, reached from {n} "
-                     "start(s), not shown: zeros far out are usually numerical, where "
-                     "saturated activations make H vanish; a larger --max-norm shows them)")
-    unaccounted = args.n_starts - sum(e.count for e in found)
-    if unaccounted > 0:
-        lines.append(f"({unaccounted} of {args.n_starts} start(s) converged to no zero of H "
-                     "within the root finder's tolerance and iteration limit)")
-    if not shown:
+    far = len(found.beyond_max_norm)
+    if far:
+        lines.append(f"({far} start(s) reached zeros with ||theta|| > {args.max_norm:g}, not "
+                     "shown: zeros far out are usually numerical, where saturated activations "
+                     "make H vanish; a larger --max-norm shows them)")
+    if found.not_converged:
+        lines.append(f"({found.not_converged} of {found.n_starts} start(s) converged to no zero "
+                     "of H within the root finder's tolerance and iteration limit)")
+    if not len(found):
         lines.append(f"0 found: no start converged to a zero with ||theta|| <= "
                      f"{args.max_norm:g}. Try more starts (--n-starts), a wider spread "
                      "(--extent) or a larger --max-norm; a problem whose H has no zero (for "

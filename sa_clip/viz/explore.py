@@ -76,6 +76,8 @@ DESCRIPTION = ("An interactive window on a 2-parameter problem: streamlines of -
                "frame as a PNG with no window.")
 
 PROG = "sa-clip explore"
+#: what ``--quick`` changes (options left at their defaults only)
+QUICK = {"grid": 15, "chains": 12, "steps": 80}
 #: the ready-made 2-parameter problems the explorer accepts
 PROBLEMS_2D = ("tanh", "logistic2d")
 #: the rules on the radio buttons (registry names of :func:`sa_clip.make_rule`)
@@ -592,6 +594,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--snapshot", metavar="PATH",
                    help="render once with no window and write a PNG to PATH")
     g.add_argument("--dpi", type=int, default=110, help="resolution of the snapshot (110)")
+    g.add_argument("--quick", action="store_true",
+                   help="a coarser grid and fewer, shorter chains, for a slow machine: "
+                        + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     return parser
 
 
@@ -607,7 +612,11 @@ def _interactive_backend() -> bool:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The :class:`Settings` named by parsed options (``ValueError`` for a bad one)."""
     names = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in vars(args).items() if k in names}).check()
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "quick", False):          # --quick changes only what was left at default
+        default = Settings()
+        values.update({k: v for k, v in QUICK.items() if values.get(k) == getattr(default, k)})
+    return Settings(**values).check()
 
 
 def main(args: argparse.Namespace) -> int:
