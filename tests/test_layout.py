@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sa_clip as sc
+from problems import _units
 from sa_clip.layout import Block, Layout, group_norms
 
 LAY = Layout((Block("w", (3, 2), 0, 6), Block("s", (), 6, 7), Block("b", (3,), 7, 10),
@@ -18,14 +19,7 @@ def _brute_groups(granularity):
         return [(0, LAY.size)]
     if granularity == "layer":
         return [(b.start, b.stop) for b in LAY.blocks]
-    out = []
-    for b in LAY.blocks:
-        if len(b.shape) >= 2:
-            step = b.numel // b.shape[0]
-            out += [(b.start + j * step, b.start + (j + 1) * step) for j in range(b.shape[0])]
-        else:
-            out.append((b.start, b.stop))
-    return out
+    return _units(LAY)                          # the unit-wise ranges, built by hand
 
 
 @pytest.mark.parametrize("granularity", ["global", "layer", "unit"])
