@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import rel_err
 from torch import nn
 
 import sa_clip as sc
@@ -13,10 +14,6 @@ from sa_clip.fastpath import LinearStackEngine, unsupported_reason
 D = torch.float64
 RULES = [r for r in ALL_RULES if not isinstance(r, sc.ValueClip)]
 LOSSES = ["mse", "cross_entropy", "callable"]
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
 
 def logcosh(o, t):

@@ -2,13 +2,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import rel_err
 
 import sa_clip as sc
 from problems import ALL_RULES, brute_clip, brute_grads, brute_H, mlp_problem, shared_problem
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / max(float(b.norm()), 1e-300))
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy", "callable"])

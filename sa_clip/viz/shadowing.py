@@ -218,6 +218,21 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=figsize, layout="constrained",
                                            width_ratios=(1.15, 1, 1))
 
+    # the three panels share the start times s_k, the offsets h and one colour per s_k
+    _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
+                zoom)
+    n_ok = _panel_gap(ax_b, trajectory, result, h, s, show, norm, colors)
+    med = _panel_rate(ax_c, trajectory, result, s, show, norm, colors, band, n_ok)
+    claim = f"the SGD path against the ODE restarted on it: {_trend(s, med)}"
+    fig.suptitle(title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}"),
+                 fontsize=12)
+    return fig
+
+
+def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
+                zoom) -> None:
+    """Panel (a): one chain's path with the flow restarted on it at the shown ``s_k``."""
+    n_s = len(s)
     # (a) the chain's interpolated path and the restarted flow segments
     path = to_numpy(plane.project(trajectory.theta[chain]))          # (R, 2)
     tau = to_numpy(trajectory.tau)
@@ -251,6 +266,10 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     fig.colorbar(ScalarMappable(norm=norm, cmap=colors), ax=ax_a,
                  label=f"start time $s_k$ ({TAU_LABEL})", pad=0.01)
 
+
+def _panel_gap(ax_b, trajectory, result, h, s, show, norm, colors) -> int:
+    """Panel (b): the median gap against ``h`` per shown ``s_k``; returns the number of chains
+    without a blow-up."""
     # (b) the gap against h, median over chains
     med_gap = nan_quantiles(to_numpy(result.gap), (0.5,))[0]        # (S, G), like (c)
     n_ok = int(np.isfinite(to_numpy(result.distance)).all(1).sum())
@@ -271,7 +290,12 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
                           Line2D([], [], ls="none", marker="o", color="0.4", mec="k",
                                  label="maximum over $h$")], loc="lower right")
     ax_b.grid(True, which="both", alpha=0.25)
+    return n_ok
 
+
+def _panel_rate(ax_c, trajectory, result, s, show, norm, colors, band, n_ok):
+    """Panel (c): ``D_T(s)`` on log axes with the fitted ``C sqrt(a(n(s)))``; returns the
+    median ``D_T`` per start."""
     # (c) D_T(s) on log axes with the sqrt(a(n(s))) reference
     lo, med, hi = nan_quantiles(to_numpy(result.distance), (band[0], 0.5, band[1]))
     ok = (s > 0) & np.isfinite(med) & (med > 0)
@@ -307,10 +331,7 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
                    fontsize=10)
     legend(ax_c, loc="upper right")
     ax_c.grid(True, which="both", alpha=0.25)
-    claim = f"the SGD path against the ODE restarted on it: {_trend(s, med)}"
-    fig.suptitle(title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}"),
-                 fontsize=12)
-    return fig
+    return med
 
 
 __all__ = ["plot_shadowing", "step_size_at"]
