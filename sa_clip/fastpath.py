@@ -45,6 +45,7 @@ from torch.func import grad, jvp, vmap
 from .clipping import ClipRule, ValueClip
 from .engine import Engine
 from .layout import Block, group_norms
+from .layout import safe_sqrt as _safe_sqrt
 from .problem import Problem
 
 Act = Callable[[torch.Tensor], torch.Tensor]
@@ -556,13 +557,6 @@ def _outer_sum(delta: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     else:
         gw = torch.bmm(delta.transpose(1, 2), a)
     return gw.reshape(k, -1)
-
-
-def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
-    """``sqrt`` with derivative 0 at 0 (as :func:`sa_clip.problem.group_norms`)."""
-    pos = sq > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
-                       torch.zeros_like(sq))
 
 
 __all__ = ["ACTIVATIONS", "LinearStackEngine", "StackPlan", "analyse_stack", "rule_reason",

@@ -134,9 +134,15 @@ def group_norms(x: torch.Tensor, layout: Layout, granularity: str) -> torch.Tens
             blk = blk.reshape(*lead, k, b.numel // k)
             parts.append(torch.linalg.vecdot(blk, blk))
         sq = torch.cat(parts, -1)
+    return safe_sqrt(sq)
+
+
+def safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
+    """``sqrt`` of squared norms with derivative 0 at 0 (not sqrt's infinite slope), so a zero
+    gradient group differentiates to 0 (used by :func:`group_norms` and the fast engine)."""
     pos = sq > 0
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))),
                        torch.zeros_like(sq))
 
 
-__all__ = ["Block", "Layout", "group_norms", "GRANULARITIES"]
+__all__ = ["Block", "Layout", "group_norms", "safe_sqrt", "GRANULARITIES"]
