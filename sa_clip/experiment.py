@@ -290,7 +290,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     Other arguments
     ---------------
     tracking_chains : int, optional
-        Use only the first chains for ``D_T`` (default: all).
+        Use only the first ``tracking_chains`` chains for ``D_T`` (default: all; at most
+        ``chains``).
     max_nfev : int, optional
         Budget of right-hand-side evaluations of each ODE solve (``solve_ode``'s default if
         None).
@@ -321,6 +322,10 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     """
     named = _rules(rules)
     sched = make_schedule(schedule)
+    if tracking_chains is not None and (isinstance(tracking_chains, bool) or not isinstance(
+            tracking_chains, int) or not 1 <= tracking_chains <= chains):
+        raise ValueError(f"`tracking_chains` must be an integer from 1 to `chains` = {chains} "
+                         f"(or None for all), got {tracking_chains!r}.")
     reports: dict[str, RuleReport] = {}
     for name, rule in named.items():
         seconds: dict[str, float] = {}

@@ -92,6 +92,9 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, Any], meta: dict[str, An
     full["digest"] = content_digest(out, full)
     out[_META] = np.array(json.dumps(full, allow_nan=True))
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"`path` = {path!r}: its folder {directory!r} does not exist; create it "
+                         "first.")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -13,6 +13,7 @@ own: curves that follow it need not be projections of ODE solutions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,8 @@ class Plane:
                     center: torch.Tensor | None = None) -> Plane:
         """The plane of parameters ``i`` and ``j`` (the whole space for 2-parameter problems),
         through ``center`` (default: the origin for ``P = 2``, ``theta0`` otherwise)."""
+        if not isinstance(problem, Problem):
+            raise TypeError(f"`problem` must be a sa_clip.Problem, got {type(problem).__name__}.")
         P = problem.P
         for name, k in (("i", i), ("j", j)):
             if not 0 <= k < P:
@@ -169,6 +172,13 @@ def field_on_plane(field: MeanField, plane: Plane, a_range: tuple[float, float],
     (5, 5, 2)
     """
     n = check_nonneg_int("n", n, minimum=2)
+    for name, rng in (("a_range", a_range), ("b_range", b_range)):
+        try:
+            lo, hi = map(float, rng)
+        except (TypeError, ValueError):
+            raise TypeError(f"`{name}` must be a pair of numbers (lo, hi), got {rng!r}.") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"`{name}` must be finite numbers with lo < hi, got {rng!r}.")
     p = field.problem
     a = torch.linspace(*map(float, a_range), n, dtype=p.dtype)
     b = torch.linspace(*map(float, b_range), n, dtype=p.dtype)

@@ -214,8 +214,16 @@ class FunctionSchedule(Schedule):
                 return a
         except Exception:  # noqa: BLE001 - not vectorisable: fall back to a loop over steps
             pass
-        return torch.tensor([float(self.fn(int(k))) for k in n.reshape(-1)],
-                            dtype=torch.float64).reshape(n.shape)
+        values = []
+        for k in n.reshape(-1).tolist():
+            v = self.fn(int(k))                  # the user's own exceptions pass through
+            try:
+                values.append(float(v))
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"a callable `schedule` must return one step size a(n) per "
+                                 f"step (a number for an int n, or a float tensor of n's shape "
+                                 f"for a tensor n); got {v!r} for n = {k}.") from None
+        return torch.tensor(values, dtype=torch.float64).reshape(n.shape)
 
     @property
     def satisfies_a2(self) -> bool:

@@ -532,3 +532,18 @@ def test_explore_has_quick_and_plain_help(capsys):
     # an option given explicitly wins over --quick
     assert explore.settings_from_args(ap.parse_args(["--quick", "--grid", "31"])).grid == 31
     assert explore.settings_from_args(ap.parse_args([])).grid != explore.QUICK["grid"]
+
+
+def test_samples_reaches_toys_and_errors_name_the_option(tmp_path, capsys):
+    # the attack: --samples was ignored for toys, and its error named the zoo's `n`
+    out = tmp_path / "o"
+    assert cli.main(["run", "--problem", "logistic2d", "--samples", "7", "--steps", "20",
+                     "--chains", "2", "--noise-chains", "0", "--portrait-grid", "0",
+                     "--starts", "2", "--quiet", "--rule", "norm", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problem"]["N"] == 7
+    assert cli.main(["run", "--samples", "1000000", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "`--samples` must be an integer from 1 to 178" in err and "`n`" not in err
+    assert cli.main(["run", "--out", "", "--quick", "--quiet"]) == 2
+    assert "`--out` must name a folder, got an empty string" in capsys.readouterr().err

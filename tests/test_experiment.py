@@ -108,3 +108,12 @@ def test_tracking_options_reach_tracking_distance(monkeypatch):
     assert seen == [{"n_grid": 3, "keep_paths": 1}, {"n_grid": 3, "keep_paths": None},
                     {"n_grid": 3, "keep_paths": None}]
     assert res.distance.shape == (3, 2)
+
+
+def test_tracking_chains_beyond_the_chains_is_refused():
+    # the attack: tracking_chains=50 of 2 chains was clamped without a word
+    p = sc.problems.logistic2d(n=9)
+    for bad in (50, 0, True, 1.5):
+        with pytest.raises(ValueError, match="`tracking_chains` must be an integer from 1 to"):
+            sc.run_experiment(p, [sc.NormClip(1.0)], "constant:0.1", steps=5, chains=2,
+                              tracking_chains=bad)

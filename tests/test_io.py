@@ -362,3 +362,13 @@ def test_interpolate_selected_chains_equals_rows_of_all():
     assert torch.equal(run.interpolate(t, chains=[3])[0], every[3])
     assert torch.equal(run.interpolate(t, chains=2)[0], every[2])
     assert torch.equal(run.interpolate(t, chains=slice(1, 4)), every[1:4])
+
+
+def test_saving_into_a_missing_folder_names_the_path(tmp_path):
+    # the attack: FileNotFoundError naming a .tmp-* file instead of the user's path
+    run = sc.simulate_sgd(sc.problems.logistic2d(n=9), sc.NormClip(1.0), "constant:0.1",
+                          steps=3, seed=0)
+    target = tmp_path / "missing" / "dir" / "x.npz"
+    with pytest.raises(ValueError, match=r"`path` = .*x\.npz.*does not exist"):
+        run.save(target)
+    assert not (tmp_path / "missing").exists()

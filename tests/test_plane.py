@@ -132,3 +132,20 @@ def test_pca_plane_reports_explained_variance():
     assert Plane.coordinates(sc.problems.tanh_regression(n=8)).label(1) == "w2"
     with pytest.raises(ValueError, match="`i` must be 0 or 1"):
         pl.label(2)
+
+
+def test_plane_and_grid_arguments_are_named():
+    # the attack: a tensor for the problem, NaN / reversed / empty ranges
+    import sa_clip as sc
+    p = sc.problems.logistic2d(n=9)
+    f = sc.MeanField(p, sc.NormClip(1.0))
+    with pytest.raises(TypeError, match="`problem` must be a sa_clip.Problem, got Tensor"):
+        sc.Plane.coordinates(p.theta0, 0, 1)
+    pl = sc.Plane.coordinates(p, 0, 1)
+    for bad in ((float("nan"), 1.0), (1.0, -1.0), (1.0, 1.0)):
+        with pytest.raises(ValueError, match="`a_range` must be finite numbers with lo < hi"):
+            sc.field_on_plane(f, pl, bad, (-1, 1), n=3)
+    with pytest.raises(ValueError, match="`b_range`"):
+        sc.field_on_plane(f, pl, (-1, 1), (2, float("inf")), n=3)
+    with pytest.raises(TypeError, match="`a_range` must be a pair of numbers"):
+        sc.field_on_plane(f, pl, (1, 2, 3), (-1, 1), n=3)

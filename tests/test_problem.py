@@ -342,3 +342,9 @@ def test_more_bad_arguments_found_by_a_hostile_sweep(tmp_path):
         zoo.tanh_regression(dtype="float32")
     with pytest.raises(TypeError, match=r"`dtype` must be a floating torch.dtype"):
         zoo.real_problem("iris", dtype=torch.int64)
+
+
+def test_location_problem_of_no_data_names_data():
+    # the attack: the error blamed `X`, an argument the user never passed
+    with pytest.raises(ValueError, match="`data` must hold at least one number"):
+        sc.problems.location_problem([])

@@ -106,3 +106,16 @@ def test_callable_schedule_is_evaluated_in_float64():
     # a callable that needs Python ints still works (the per-step fallback)
     steps = [0.2, 0.1, 0.05]
     assert sc.FunctionSchedule(lambda n: steps[n]).rates(3).tolist() == steps
+
+
+def test_callable_schedule_of_the_wrong_shape_is_named():
+    # the attack: "only one element tensors can be converted to Python scalars"
+    sched = sc.make_schedule(lambda n: torch.tensor([0.1, 0.2], dtype=torch.float64))
+    with pytest.raises(ValueError, match="a callable `schedule` must return one step size"):
+        sched.rates(5)
+
+    def own_error(n):
+        raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):          # the user's own exception is kept
+        sc.make_schedule(own_error).rates(3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,13 @@ def build_problem(args: argparse.Namespace, *, min_params: int = 1) -> Problem:
     if name in zoo.DATASETS:
         kwargs["hidden"] = hidden_sizes(getattr(args, "hidden", "16"))
         kwargs["seed"] = args.seed
-        if getattr(args, "samples", None):
-            kwargs["n"] = args.samples
+    if getattr(args, "samples", None):
+        # every zoo problem with a sample count takes it (toys too: they generate their data)
+        if name not in zoo.DATASETS and "n" not in inspect.signature(
+                zoo.PROBLEMS[name]).parameters:
+            raise CliError(f"`--samples` does not apply to `--problem` {name!r} (its data are "
+                           "fixed).")
+        kwargs["n"] = args.samples
     problem = zoo.make_problem(name, **kwargs)
     if problem.P < min_params:
         raise CliError(f"`--problem` {name!r} has P = {problem.P} parameter(s); `{args.command}` "

@@ -230,9 +230,17 @@ def as_typed(message: str, parser: argparse.ArgumentParser | None) -> str:
     """Rewrite ```name``` in a library error to the option as typed (```--name```)."""
     if parser is None:
         return message
-    for dest, act in option_actions(parser).items():
+    actions = option_actions(parser)
+    for dest, act in actions.items():
         message = message.replace(f"`{dest}`", f"`{option_name(act)}`")
+    for library, dest in LIBRARY_NAMES.items():    # a library argument under another name
+        if dest in actions:
+            message = message.replace(f"`{library}`", f"`{option_name(actions[dest])}`")
     return message
+
+
+#: library argument -> the option that sets it (``--samples`` is the zoo's ``n``)
+LIBRARY_NAMES = {"n": "samples"}
 
 
 def config_dict(args: argparse.Namespace) -> dict[str, Any]:

@@ -47,6 +47,8 @@ except ImportError:                     # pragma: no cover - Windows
 def check_folder(path: str | os.PathLike, option: str) -> Path:
     """Create ``path`` if needed and check that files can be created in it; raise
     :class:`CliError` naming ``option`` otherwise. Returns the path."""
+    if not str(path).strip():
+        raise CliError(f"`{option}` must name a folder, got an empty string.")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CliError(f"`{option}` {str(path)!r} is a file, not a folder: choose a folder "
@@ -82,6 +84,8 @@ class OutputFolder:
     """
 
     def __init__(self, out: str | os.PathLike, command: str, option: str = "--out") -> None:
+        if not str(out).strip():              # Path("") would be the current folder
+            raise CliError(f"`{option}` must name a folder, got an empty string.")
         self.out, self.command, self.option = Path(out), command, option
         self.active = distributed.is_main_process()
         self.staging: Path = self.out

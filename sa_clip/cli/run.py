@@ -22,7 +22,7 @@ DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-le
 DEFAULTS: dict[str, Any] = dict(
     problem="wine", hidden="16", rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
-    record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=64,
+    record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
     resume=False, predict_spread=False)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=float, help="T of D_T(s), ODE time (default 1)")
     p.add_argument("--starts", type=int, help="number of start times s (default 12)")
     p.add_argument("--tracking-chains", type=int,
-                   help="chains used for D_T(s) (default 64, all; each costs an ODE solve per "
-                        "start)")
+                   help="chains used for D_T(s), at most --chains (default: all; each costs an "
+                        "ODE solve per start)")
     p.add_argument("--noise-chains", type=int,
                    help="chains of the extra run recording the martingale noise, which costs "
                         "a full-data H per step (default 8; 0 skips it)")

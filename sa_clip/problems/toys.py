@@ -109,6 +109,8 @@ def location_problem(data: Sequence[float], *, theta0: float = 0.0,
         raise TypeError(f"`data` must be a sequence of real numbers, got {data!r}.") from exc
     if x.dim() != 1:
         raise ValueError(f"`data` must be a flat sequence of numbers, got shape {tuple(x.shape)}.")
+    if x.numel() == 0:
+        raise ValueError("`data` must hold at least one number, got an empty sequence.")
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, half_squared, name="location")
 
 
