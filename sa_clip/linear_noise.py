@@ -178,9 +178,12 @@ class _Noise:
                 d = d @ self.U
             denom = u.shape[1] if self.noise == "exact" else u.shape[1] - 1
             return h, d.transpose(1, 2) @ d / denom
+        if self.U is None:       # the field's own moments: its engine, chunks and shards
+            h, second = self.field.update_moments(th)
+            return h, (second - h[:, :, None] * h[:, None, :]) / self.m
         p, rule = self.problem, self.rule
         k = th.shape[0]
-        q = p.P if self.U is None else self.U.shape[1]
+        q = self.U.shape[1]
         first = th.new_zeros(k, p.P)
         second = th.new_zeros(k, q, q)
 
@@ -193,11 +196,10 @@ class _Noise:
                 x, y = p.data(s)
                 u = vmap(clipped, in_dims=(0, None, None))(th, x, y)       # (K, B, P)
                 first += u.sum(1)
-                if self.U is not None:
-                    u = u @ self.U
+                u = u @ self.U                                               # (K, B, k)
                 second += u.transpose(1, 2) @ u
         h = first / p.N
-        hq = h if self.U is None else h @ self.U
+        hq = h @ self.U
         return h, (second / p.N - hq[:, :, None] * hq[:, None, :]) / self.m
 
     def jacobians(self, th: torch.Tensor) -> torch.Tensor:
