@@ -8,7 +8,7 @@ after ``import sa_clip as sc``, so that code using only the engines never import
 
 from . import distributed, io, problems
 from ._version import __version__ as __version__
-from .batchfield import batch_mean_field
+from .batchfield import FixedBatchField, batch_mean_field
 from .clipping import (
     RULES,
     AdaptiveClip,
@@ -70,7 +70,7 @@ __all__ = [
     "StreamedProblem", "DataSource", "ArrayData", "NpyData", "ChunkedData", "distributed",
     "Schedule", "Constant", "Harmonic", "PowerLaw", "FunctionSchedule", "make_schedule",
     "schedule_from_dict", "solve_ode", "OdeSolution", "simulate_sgd", "Trajectory",
-    "batch_mean_field", "tracking_distance", "TrackingResult", "io",
+    "batch_mean_field", "FixedBatchField", "tracking_distance", "TrackingResult", "io",
     "Plane", "PlaneField", "field_on_plane", "TensorData",
     "linear_noise", "LinearNoiseResult", "Equilibria", "NonFiniteThetaError",
     "ChainState", "StepInfo", "make_generator", "sgd_init", "sgd_step",

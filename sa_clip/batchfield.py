@@ -21,6 +21,7 @@ from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
 from .problem import Problem
 from .sgd.samplers import make_generator
+from .sources import iter_chunks
 
 
 def batch_mean_field(problem: Problem, rule: ClipRule | str, theta: Any, batch_size: int, *,
@@ -114,4 +115,69 @@ def batch_mean_field(problem: Problem, rule: ClipRule | str, theta: Any, batch_s
     return out(mean, torch.sqrt(var / samples))
 
 
-__all__ = ["batch_mean_field"]
+
+class FixedBatchField:
+    r"""``H_M(theta)``, the mean field of per-batch clipping, estimated with FIXED batches.
+
+    .. math:: \hat H_M(\theta) = \frac1S \sum_{s=1}^S
+              \mathrm{clip}\Big(\frac1M \sum_{i \in B_s} g_i(\theta)\Big)
+
+    with ``S`` batches ``B_s`` of ``M`` indices drawn once (uniform, with replacement, as SGD
+    draws them). Reusing the same batches at every ``theta`` (common random numbers) makes the
+    estimate a deterministic, piecewise-smooth function of ``theta``, so streamlines, an ODE
+    solver and a root finder can use it; its Monte-Carlo error is that of
+    :func:`sa_clip.batch_mean_field` with ``samples = S``. Callable on ``(P,)`` or ``(K, P)``;
+    all ``K * S`` batches go through batched calls of :meth:`MeanField.directions`. ``index``
+    gives the batches instead (e.g. every ordered batch, which makes ``H_M`` exact).
+
+    >>> import sa_clip as sc
+    >>> p = sc.problems.tanh_regression()
+    >>> hm = FixedBatchField(sc.MeanField(p, sc.NormClip(1.0)), 4, samples=8, seed=0)
+    >>> hm(torch.zeros(3, 2, dtype=torch.float64)).shape
+    torch.Size([3, 2])
+    """
+
+    def __init__(self, field: MeanField, batch_size: int, *, samples: int = 32,
+                 seed: int = 0, index: torch.Tensor | None = None,
+                 max_elements: int = 2 ** 24):
+        self.field, self.problem = field, field.problem
+        if index is None:
+            gen = torch.Generator().manual_seed(seed)
+            index = torch.randint(self.problem.N, (samples, batch_size), generator=gen)
+        self.index = index.to(self.problem.device)              # (S, M): the fixed batches
+        self.max_elements = max_elements
+        self.nfev = 0
+
+    def directions(self, theta: torch.Tensor) -> torch.Tensor:
+        """The clipped batch-mean direction of every fixed batch at ``K`` points:
+        ``(K, S, P)``, in chunks of about ``max_elements`` numbers."""
+        k, (b, m) = theta.shape[0], self.index.shape
+        rows = max(1, self.max_elements // max(1, m * self.problem.P))
+        flat_t = theta.repeat_interleave(b, 0)
+        flat_i = self.index.repeat(k, 1)
+        self.nfev += k
+        with torch.no_grad():
+            out = [self.field.directions(flat_t[s], flat_i[s], "batch")
+                   for s in iter_chunks(k * b, rows)]
+        return torch.cat(out).reshape(k, b, -1)
+
+    def __call__(self, theta: Any) -> torch.Tensor:
+        t, batched = self.problem.check_theta(theta)
+        h = self.directions(t).mean(1)
+        return h if batched else h[0]
+
+    def jacobian(self, theta: torch.Tensor) -> torch.Tensor:
+        """``D H_M`` by central differences (steps ``eps^(1/3) max(|theta_j|, 1)``), at one
+        ``theta (P,)`` -> ``(P, P)`` or at ``K`` points ``(K, P)`` -> ``(K, P, P)``, in one
+        batched call."""
+        th = theta if theta.dim() == 2 else theta[None]
+        p = th.shape[-1]
+        hstep = torch.finfo(th.dtype).eps ** (1 / 3) * th.abs().clamp(min=1.0)     # (K, P)
+        e = torch.eye(p, dtype=th.dtype, device=th.device)
+        pts = torch.cat([th[:, None] + hstep[:, :, None] * e,
+                         th[:, None] - hstep[:, :, None] * e], 1).reshape(-1, p)
+        hv = self(pts).reshape(th.shape[0], 2, p, p)
+        jac = ((hv[:, 0] - hv[:, 1]) / (2 * hstep[:, :, None])).transpose(1, 2)
+        return jac if theta.dim() == 2 else jac[0]
+
+__all__ = ["FixedBatchField", "batch_mean_field"]

@@ -48,6 +48,7 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from ._validate import as_tensor, check_choice, check_nonneg_int, check_positive
+from .batchfield import FixedBatchField
 from .meanfield import CLIP_PER, MeanField
 from .ode import check_times, solve_ode
 from .problem import iter_chunks
@@ -148,30 +149,18 @@ class _Noise:
                 gen.manual_seed(int(seed)) if seed is not None else gen.seed()
                 idx = torch.randint(p.N, (noise_samples, batch_size), generator=gen)
                 self.noise = f"monte carlo ({noise_samples} batches)"
-            self.idx = idx.to(p.device)
-
-    # -- per-batch clipping: H_M, S_M over fixed batches (common random numbers) -------------
-    def _batch_directions(self, th: torch.Tensor) -> torch.Tensor:
-        """``u_B(theta_k)`` for every fixed batch: ``(K, B, P)``."""
-        k, b, (_, m) = th.shape[0], self.idx.shape[0], self.idx.shape
-        rows = max(1, self.max_elements // max(1, m * self.problem.P))
-        flat_t = th.repeat_interleave(b, 0)
-        flat_i = self.idx.repeat(k, 1)
-        with torch.no_grad():
-            out = [self.field.directions(flat_t[s], flat_i[s], "batch")
-                   for s in iter_chunks(k * b, rows)]
-        return torch.cat(out).reshape(k, b, -1)
+            # H_M, S_M over fixed batches (common random numbers): a smooth, deterministic H_M
+            self.fixed = FixedBatchField(field, batch_size, index=idx,
+                                         max_elements=max_elements)
 
     def batch_field(self, th: torch.Tensor) -> torch.Tensor:
-        t = th if th.dim() == 2 else th[None]
-        h = self._batch_directions(t).mean(1)
-        return h if th.dim() == 2 else h[0]
+        return self.fixed(th)
 
     # -- the three quantities at K points ----------------------------------------------------
     def moments(self, th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(H (K, P), S (K, P, P))``, ``S`` projected to ``(K, k, k)`` with a basis."""
         if self.batch:
-            u = self._batch_directions(th)
+            u = self.fixed.directions(th)                                # (K, B, P)
             h = u.mean(1)
             d = u - h[:, None]
             if self.U is not None:
@@ -209,13 +198,7 @@ class _Noise:
         if self.U is not None:
             return torch.stack([self._projected_jacobian(t) for t in th])
         if self.batch:      # central differences of the deterministic fixed-batch H_M
-            eps = torch.finfo(th.dtype).eps ** (1 / 3)
-            hstep = eps * th.abs().clamp(min=1.0)                        # (K, P)
-            e = torch.eye(p.P, dtype=th.dtype, device=th.device)
-            pts = torch.cat([th[:, None] + hstep[:, :, None] * e, th[:, None] - hstep[:, :, None]
-                             * e], 1).reshape(-1, p.P)
-            hv = self.batch_field(pts).reshape(th.shape[0], 2, p.P, p.P)
-            return ((hv[:, 0] - hv[:, 1]) / (2 * hstep[:, :, None])).transpose(1, 2)
+            return self.fixed.jacobian(th)
         per = max(1, p.N * p.P * p.P)
         rows = max(1, self.max_elements * 4 // per)
         return torch.cat([self.field.jacobian(th[s]) for s in iter_chunks(th.shape[0], rows)])

@@ -55,6 +55,7 @@ from matplotlib.figure import Figure
 from matplotlib.widgets import Button, RadioButtons, Slider
 
 from .. import problems as zoo
+from ..batchfield import FixedBatchField
 from ..clipping import ClipRule, make_rule
 from ..equilibria import Equilibrium, classify, find_equilibria
 from ..meanfield import MeanField
@@ -165,52 +166,6 @@ def build_rule(settings: Settings) -> ClipRule:
     if settings.rule == "none":
         return make_rule("none")
     return make_rule(settings.rule, lam=settings.lam, eps=settings.eps)
-
-
-class FixedBatchField:
-    r"""``H_M(theta)``, the mean field of per-batch clipping, estimated with FIXED batches.
-
-    .. math:: \hat H_M(\theta) = \frac1S \sum_{s=1}^S
-              \mathrm{clip}\Big(\frac1M \sum_{i \in B_s} g_i(\theta)\Big)
-
-    with ``S`` batches ``B_s`` of ``M`` indices drawn once (uniform, with replacement, as SGD
-    draws them). Reusing the same batches at every ``theta`` (common random numbers) makes the
-    estimate a deterministic, piecewise-smooth function of ``theta``, so streamlines, an ODE
-    solver and a root finder can use it; its Monte-Carlo error is that of
-    :func:`sa_clip.batch_mean_field` with ``samples = S``. Callable on ``(P,)`` or ``(K, P)``;
-    all ``K * S`` batches go through one batched call of :meth:`MeanField.directions`.
-
-    >>> import sa_clip as sc
-    >>> p = sc.problems.tanh_regression()
-    >>> hm = FixedBatchField(sc.MeanField(p, sc.NormClip(1.0)), 4, samples=8, seed=0)
-    >>> hm(torch.zeros(3, 2, dtype=torch.float64)).shape
-    torch.Size([3, 2])
-    """
-
-    def __init__(self, field: MeanField, batch_size: int, *, samples: int = BATCH_SAMPLES,
-                 seed: int = 0):
-        self.field, self.problem = field, field.problem
-        gen = torch.Generator().manual_seed(seed)
-        self.index = torch.randint(self.problem.N, (samples, batch_size), generator=gen).to(
-            self.problem.device)
-        self.nfev = 0
-
-    def __call__(self, theta: Any) -> torch.Tensor:
-        t, batched = self.problem.check_theta(theta)
-        k, s = t.shape[0], self.index.shape[0]
-        self.nfev += k
-        with torch.no_grad():
-            u = self.field.directions(t.repeat_interleave(s, 0), self.index.repeat(k, 1),
-                                      "batch")
-        h = u.reshape(k, s, -1).mean(1)
-        return h if batched else h[0]
-
-    def jacobian(self, theta: torch.Tensor, step: float = 1e-6) -> torch.Tensor:
-        """``D H_M`` at one ``theta (P,)`` by central differences (one batched call)."""
-        p = theta.shape[-1]
-        e = torch.eye(p, dtype=theta.dtype, device=theta.device) * step
-        h = self(torch.cat([theta + e, theta - e]))
-        return ((h[:p] - h[p:]) / (2 * step)).T
 
 
 def equilibrium_starts(pf: PlaneField, max_starts: int = 5) -> torch.Tensor:
@@ -384,7 +339,8 @@ class Explorer:
         p = self.problem
         self.rule = build_rule(s)
         self.meanfield = MeanField(p, self.rule)
-        self.field = (FixedBatchField(self.meanfield, s.batch_size, seed=s.seed) if batch
+        self.field = (FixedBatchField(self.meanfield, s.batch_size, samples=BATCH_SAMPLES,
+                                      seed=s.seed) if batch
                       else self.meanfield)
         self.batch_field = batch
         plane = Plane.coordinates(p)
@@ -655,7 +611,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["Explorer", "Settings", "FixedBatchField", "equilibrium_starts", "add_arguments",
+__all__ = ["Explorer", "Settings", "equilibrium_starts", "add_arguments",
            "main", "run", "settings_from_args"]
 
 if __name__ == "__main__":
