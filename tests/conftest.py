@@ -1,7 +1,17 @@
 import os
 import sys
 
-import matplotlib
+# Under pytest-xdist (`-n 2`) each worker is one process: give it one intra-op thread, and
+# the processes it starts (notebook kernels, CLI subprocesses, torchrun ranks) one too, so
+# that two workers do not oversubscribe two cores. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+import matplotlib  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use("Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(__file__))
