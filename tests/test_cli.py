@@ -131,7 +131,9 @@ def test_equilibria_table(capsys):
     assert cli.main(["equilibria", "--n-starts", "4", "--quiet", "--device", "auto",
                      "--dtype", "float32"]) == 0
     assert "float32" in capsys.readouterr().out
-    assert cli.main(["equilibria", "--quiet"]) == 0
+    # 8 starts from seed 1 reach both minima, the saddle and one far-out zero (the default 24
+    # from seed 0 do too, in 8x the time: 13 of them run into the iteration limit)
+    assert cli.main(["equilibria", "--quiet", "--n-starts", "8", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "stable node" in out and "eigenvalues of DH" in out and "||grad L(θ*)||" in out
     # the tanh toy: two minima and the saddle at the origin, far-out numerical zeros hidden
