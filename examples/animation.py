@@ -24,6 +24,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chains", type=int, default=48)
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--grid", type=int, default=25)
+    ap.add_argument("--n-starts", type=int, default=8,
+                    help="root-finding starts for the equilibria")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", default="gif", choices=["gif", "mp4"])
     ap.add_argument("--out", default="figures")
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> str:
     rule = sc.NormClip(args.lam)
     field = sc.MeanField(problem, rule)
     pf = field_on_plane(field, Plane.coordinates(problem), (-3, 3), (-3, 3), n=args.grid)
-    eq = sc.find_equilibria(field, n_starts=8, scale=1.5, seed=args.seed)
+    eq = sc.find_equilibria(field, n_starts=args.n_starts, scale=1.5, seed=args.seed)
     # chains start in a small disc around theta0 so the cloud visibly spreads and splits
     gen = torch.Generator().manual_seed(args.seed)
     theta0 = problem.theta0 + 0.3 * torch.randn(args.chains, 2, generator=gen,

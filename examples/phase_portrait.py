@@ -31,6 +31,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chains", type=int, default=24)
     ap.add_argument("--grid", type=int, default=41, help="grid points per side")
     ap.add_argument("--extent", type=float, default=3.0)
+    ap.add_argument("--n-starts", type=int, default=12,
+                    help="root-finding starts for the equilibria")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures")
     return ap.parse_args(argv)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> str:
     field = sc.MeanField(problem, rule)
     r = args.extent
     pf = field_on_plane(field, Plane.coordinates(problem), (-r, r), (-r, r), n=args.grid)
-    eq = sc.find_equilibria(field, n_starts=12, scale=r / 2, seed=args.seed)
+    eq = sc.find_equilibria(field, n_starts=args.n_starts, scale=r / 2, seed=args.seed)
     run = sc.simulate_sgd(problem, rule, args.schedule, steps=args.steps, chains=args.chains,
                           seed=args.seed, record_every=2)
     ang = torch.linspace(0, 2 * math.pi, 9, dtype=torch.float64)[:-1]

@@ -16,13 +16,14 @@ EXAMPLES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "examples"))
 
 #: tiny arguments for each example; every file in examples/ must have an entry
 TINY = {
-    "phase_portrait": ["--steps", "20", "--chains", "3", "--grid", "9"],
+    "phase_portrait": ["--steps", "20", "--chains", "3", "--grid", "9", "--n-starts", "4"],
     "ode_vs_sgd": ["--steps", "30", "--chains", "3", "--record-every", "5", "--hidden", "4"],
     "compare_rules": ["--steps", "30", "--chains", "3", "--record-every", "5", "--hidden",
                       "4"],
     "batch_clipping": ["--n", "16", "--samples", "20"],
     "exploding": ["--steps", "10", "--chains", "4"],
-    "animation": ["--steps", "10", "--chains", "4", "--frames", "3", "--grid", "7"],
+    "animation": ["--steps", "10", "--chains", "4", "--frames", "3", "--grid", "7",
+                  "--n-starts", "4"],
     "gallery": ["--tiny", "--only", "exploding", "batch_clipping"],
 }
 SLOW: set[str] = set()          # every example runs in a few seconds at tiny size
