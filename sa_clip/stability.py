@@ -13,7 +13,7 @@ weaker in the exponent. Both are provided; :func:`exceedance_frequency` gives th
 frequency over many chains to put beside them. On a case where ``H = 0`` and every update is
 ``+-lam`` (data ``{-3, 3}``, ``lam = 1``, theta in ``[-2, 2]``: a Rademacher walk with steps
 ``a(t) lam``) the empirical frequency exceeds the paper's bound while the standard one holds
-(``tests/test_theory_dynamics.py``, ``examples/azuma_stability.py``): cite the standard form.
+(``tests/test_stability.py``, ``examples/azuma_stability.py``): cite the standard form.
 For the centred noise ``M = u - H`` of a general run the increments are only bounded by
 ``2 a(t) lam``; the bounds here then apply with ``lam`` replaced by ``2 lam``.
 

@@ -6,8 +6,6 @@ import torch
 
 import sa_clip as sc
 from sa_clip.equilibria import classify, clipping_bias, find_equilibria, switch_margin
-from sa_clip.fluctuations import clt_covariance, noise_covariance
-from sa_clip.stability import azuma_log_bound, claim2_ratio, exceedance_frequency
 
 HUBER = [(1.0, -2.5), (2.0, -2.0), (5.0, -0.5), (8.0, 1.0), (50.0, 1.0)]
 
@@ -152,74 +150,3 @@ def test_equilibria_errors():
         find_equilibria(sc.MeanField(p, sc.NoClip()), n_starts=0)
     with pytest.raises(ValueError, match="`starts` must have shape"):
         find_equilibria(sc.MeanField(p, sc.NoClip()), starts=torch.zeros(3, 2))
-
-
-def test_azuma_bounds():
-    # the paper's (16): a(t) = 1/t, gamma = pi^2/6, m = 2^10, lam = 30 -> exponent about -1416
-    val = azuma_log_bound(2 ** 10, 30.0, math.pi ** 2 / 6, form="paper")
-    assert val == pytest.approx(math.log(2) - 2 * 2 ** 20 / (math.pi ** 2 / 6 * 900))
-    assert -1417 < val < -1415
-    std = azuma_log_bound(2 ** 10, 30.0, math.pi ** 2 / 6, form="standard")
-    assert std == pytest.approx(math.log(2) + (val - math.log(2)) / 4)
-    # the default is the standard form (the paper's fails our Monte Carlo; see stability.py)
-    assert azuma_log_bound(2 ** 10, 30.0, math.pi ** 2 / 6) == std
-    with pytest.raises(ValueError, match="`form` must be one of"):
-        azuma_log_bound(1.0, 1.0, 1.0, form="other")
-    with pytest.raises(ValueError, match="`lam` must be"):
-        azuma_log_bound(1.0, 0.0, 1.0)
-
-
-def test_exceedance_and_claim2():
-    th = torch.tensor([[[0.0], [2.0], [math.nan]], [[0.0], [0.5], [0.2]]])
-    assert exceedance_frequency(th, 1.0).tolist() == [0.0, 0.5, 0.5]
-    with pytest.raises(ValueError, match="`theta` must have shape"):
-        exceedance_frequency(th[0], 1.0)
-    assert float(claim2_ratio(torch.tensor(3.0), torch.tensor(1.0), 2.0, 0.1)) == 0.75
-
-
-def test_noise_covariance_brute_force():
-    p = sc.problems.location_problem([-3.0, -1.0, 0.5, 9.0])
-    field = sc.MeanField(p, sc.NormClip(2.0))
-    th = torch.tensor([0.3], dtype=torch.float64)
-    u = torch.clamp(th - p.y, -2.0, 2.0)             # per-sample clipped gradients, by hand
-    S = noise_covariance(field, th, batch_size=3)
-    assert float(S) == pytest.approx(float(u.var(unbiased=False)) / 3, rel=1e-12)
-
-
-def test_theory_functions_return_tensors_and_one_by_one_results_convert_to_float():
-    p = sc.problems.location_problem([-1.0, 1.0, 4.0])
-    field = sc.MeanField(p, sc.NormClip(1.0))
-    th = torch.tensor([0.5], dtype=torch.float64)
-    B, S = field.jacobian(th), noise_covariance(field, th)
-    sig = clt_covariance(B, S, a0=2.0)
-    emp = sc.empirical_covariance(torch.tensor([[0.0], [1.0], [3.0]]))
-    for x in (B, S, sig, emp):
-        assert isinstance(x, torch.Tensor) and x.shape == (1, 1)
-        assert float(x) == x.item()
-    assert float(emp) == pytest.approx(float(np.var([0.0, 1.0, 3.0], ddof=1)))
-    stats = field.clip_stats(th)
-    assert isinstance(stats.fraction, float) and stats.fraction == pytest.approx(2 / 3)
-    assert stats.ratios.shape == (3, 1)
-    assert torch.allclose(stats.ratios[:, 0], (th - p.X[:, 0]).abs() / 1.0)
-    batched = field.clip_stats(torch.stack([th, th + 1]))
-    assert isinstance(batched.fraction, torch.Tensor) and batched.fraction.shape == (2,)
-
-
-def test_clt_covariance_closed_form_and_errors():
-    # 1-D: a0/n: Sigma = a0 S / (2 a0 b - 1); a0/n^alpha: Sigma = S / (2 b)
-    assert clt_covariance(np.array([[2.0]]), np.array([[3.0]]), a0=1.0)[0, 0] == \
-        pytest.approx(3.0 / 3.0)
-    assert clt_covariance(np.array([[2.0]]), np.array([[3.0]]), a0=1.0, alpha=0.7)[0, 0] == \
-        pytest.approx(0.75)
-    B = np.array([[2.0, 0.5], [0.0, 1.5]])
-    S = np.array([[1.0, 0.2], [0.2, 0.5]])
-    Sig = clt_covariance(B, S, a0=2.0)
-    assert isinstance(Sig, torch.Tensor) and Sig.dtype == torch.float64
-    A = B - np.eye(2) / 4
-    assert np.allclose(A @ Sig.numpy() + Sig.numpy() @ A.T, S)
-    # tensors in, tensors out, the same answer
-    assert torch.equal(clt_covariance(torch.tensor(B), torch.tensor(S), a0=2.0), Sig)
-    with pytest.raises(ValueError, match="eigenvalue of DH above"):
-        clt_covariance(np.array([[0.2]]), np.array([[1.0]]), a0=1.0)
-    with pytest.raises(ValueError, match="`alpha` must lie in"):
-        clt_covariance(B, S, a0=1.0, alpha=0.4)

@@ -284,3 +284,10 @@ def test_shadowing_example_runs_at_tiny_size(tmp_path, capsys):
                                            "--out", str(tmp_path)])
     assert path.endswith("shadowing.png") and os.path.getsize(path) > 1000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_ellipse_plot_checks_shape():
+    from sa_clip.viz.theory import plot_fluctuation_ellipses
+
+    with pytest.raises(ValueError, match="`errors` must have shape"):
+        plot_fluctuation_ellipses(np.zeros((5, 3)), np.eye(2))
