@@ -1,4 +1,5 @@
-"""Problems streamed from .npy files / memory maps equal the in-memory Problem."""
+"""sa_clip.sources: problems streamed from .npy files, chunked sources and memory maps equal the
+in-memory Problem, read one chunk at a time, and bad sources are refused."""
 
 import numpy as np
 import pytest
