@@ -27,7 +27,7 @@ TINY_RUN = ["run", "--quick", "--steps", "30", "--chains", "3", "--samples", "30
             "--starts", "2", "--tracking-chains", "2", "--noise-chains", "2",
             "--portrait-grid", "5", "--hidden", "4", "--quiet"]
 TINY_PORTRAIT = ["portrait", "--steps", "10", "--chains", "3", "--grid", "9", "--ode-starts",
-                 "2", "--n-starts", "2", "--quiet"]
+                 "2", "--ode-time", "2", "--n-starts", "2", "--quiet"]
 
 
 def pngs(folder):

@@ -77,8 +77,12 @@ def _worker(rank, init_file, out_dir):
 
 
 def _run_ranks(tmp_path, timeout=60.0):
+    # fresh processes, as under torchrun: a forkserver (a new interpreter, never this one) that
+    # imports torch, sa_clip and this module once, then forks the ranks from that clean state
+    # (spawn would import them once per rank)
+    mp.get_context("forkserver").set_forkserver_preload([__name__])
     ctx = mp.start_processes(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)),
-                             nprocs=WORLD, join=False, start_method="spawn")
+                             nprocs=WORLD, join=False, start_method="forkserver")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
         if time.monotonic() > deadline:
