@@ -18,8 +18,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under xdist, the tests marked slow go first (otherwise in collection order): xdist hands
-    out the first quarter of the tests round robin, so the long ones are spread over both
-    workers, and a worker's last tests are short ones instead of a 20 s notebook."""
+    """Under xdist, the tests marked slow go first (otherwise in collection order), so a run
+    ends on short tests: with `--dist worksteal` (the README's command) an idle worker takes
+    over the tail of the other's queue, and the last test either runs is a short one, not a
+    20 s notebook started when the other worker had nothing left."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable

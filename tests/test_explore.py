@@ -27,9 +27,11 @@ def ex():
     plt.close(e.fig)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ex25():
-    # the default grid G = 25: coarser grids miss the tanh toy's minima (narrow valleys)
+    # the default grid G = 25: coarser grids miss the tanh toy's minima (narrow valleys).
+    # Shared by the two lam-slider tests (a build at G = 25 is most of their time): each sets
+    # lam itself before it looks, and lam is all they change.
     e = explore.Explorer(problem="tanh", lam=1.0, animate=False, **dict(SMALL, grid=25))
     yield e
     plt.close(e.fig)
@@ -200,18 +202,21 @@ def test_unknown_keyword():
         explore.Explorer(lamda=1.0)
 
 
-@pytest.mark.slow
-def test_runs_as_module():
-    import os
-    import subprocess
+def test_runs_as_module(monkeypatch, capsys):
+    """``python -m sa_clip.viz.explore``: the module's ``__main__`` block reads sys.argv and
+    exits 2 with one error line. Run in-process by runpy, as ``-m`` runs it (test_cli starts
+    ``python -m sa_clip.cli`` as a real subprocess)."""
+    import runpy
     import sys
-    from pathlib import Path
+    import warnings
 
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, MPLBACKEND="Agg",
-               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-m", "sa_clip.viz.explore", "--alpha", "0"],
-                         capture_output=True, text=True, env=env, cwd=root, timeout=300)
-    assert out.returncode == 2
-    assert out.stderr.strip() == ("sa-clip explore: error: `--alpha` must be a finite number "
-                                  "> 0, got 0.0.")
+    monkeypatch.setattr(sys, "argv", ["explore", "--alpha", "0"])
+    with warnings.catch_warnings():
+        # runpy notes that sa_clip.viz.explore is imported already (by this test module)
+        warnings.filterwarnings("ignore", "'sa_clip.viz.explore' found in sys.modules",
+                                RuntimeWarning)
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_module("sa_clip.viz.explore", run_name="__main__")
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("sa-clip explore: error: `--alpha` must be a "
+                                               "finite number > 0, got 0.0.")
