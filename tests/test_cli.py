@@ -98,6 +98,7 @@ def test_run_writes_figures_summary_manifest_and_table(tmp_path, capsys):
     assert "D_T early" in out and "adaptive" in out and "summary.json" in out
 
 
+@pytest.mark.slow
 def test_portrait_with_gif(tmp_path, capsys):
     assert cli.main([*TINY_PORTRAIT, "--gif", "--frames", "3", "--out", str(tmp_path)]) == 0
     assert pngs(tmp_path) == {"portrait.png"}
@@ -371,6 +372,7 @@ def test_second_run_on_a_locked_folder_is_refused(tmp_path, capsys):
     assert cli.main([*TINY_PORTRAIT, "--out", str(tmp_path)]) == 0   # free again
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_what_was_written_and_says_so(tmp_path, capsys, monkeypatch):
     real = output.OutputFolder.save_animation
 

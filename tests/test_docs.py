@@ -28,6 +28,7 @@ def slugs(markdown: str) -> set[str]:
     return out
 
 
+@pytest.mark.slow
 def test_import_sa_clip_does_not_import_matplotlib():
     code = ("import sys, sa_clip as sc; assert 'matplotlib' not in sys.modules, 'eager'; "
             "sc.Plane, sc.field_on_plane, sc.PlaneField; "

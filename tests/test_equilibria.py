@@ -66,7 +66,6 @@ def test_huber_interval_is_one_set_with_closed_form_endpoints(data, lam):
     assert sum(e.count for e in raw) == s.count
 
 
-@pytest.mark.slow
 def test_two_dimensional_continuum_is_one_cluster():
     # both coordinates see the 1-D location interval: H(a, b) = (H1(a), H1(b)), a square of
     # zeros [-2, 2]^2; the roots found on it form one cluster with their bounding box

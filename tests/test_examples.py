@@ -26,7 +26,8 @@ TINY = {
                   "--n-starts", "4"],
     "gallery": ["--tiny", "--only", "exploding", "batch_clipping"],
 }
-SLOW: set[str] = set()          # every example runs in a few seconds at tiny size
+#: examples over about 3 s even at tiny size (a field on a grid, root finding, the figure)
+SLOW = {"animation", "phase_portrait"}
 
 
 

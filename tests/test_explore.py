@@ -80,6 +80,7 @@ def test_lam_moves_the_equilibria(ex25):
     assert a.shape == b.shape and np.abs(a - b).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_rule_radio_changes_the_field(ex):
     flow_norm = ex.pf.flow.clone()
     ex.radios["rule"].set_active(explore.RULE_CHOICES.index("adaptive"))
@@ -93,6 +94,7 @@ def test_rule_radio_changes_the_field(ex):
     assert "adaptive" in ex.ax.get_title()
 
 
+@pytest.mark.slow
 def test_schedule_sliders_rerun_chains_but_keep_field(ex):
     key, tau = ex._field_key, ex.run.tau.clone()
     ex.sliders["a0"].set_val(1.6)
@@ -123,6 +125,7 @@ def test_batch_radio_and_slider_use_h_m(ex):
     assert "H_M" in ex.ax.get_title()
 
 
+@pytest.mark.slow
 def test_new_chains_and_play_pause(ex):
     before = ex.run.theta.clone()
     assert set(ex.buttons) == {"new_chains", "play"}
@@ -138,6 +141,7 @@ def test_new_chains_and_play_pause(ex):
     assert not ex.playing
 
 
+@pytest.mark.slow
 def test_blitted_frames(ex):
     """Where the canvas can blit, a frame redraws the chains only (from a saved background)."""
     assert not ex.blit                               # Agg: no window, plain redraws

@@ -286,7 +286,6 @@ def _same(a, b):
     return a.dtype == b.dtype and torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
 
 
-@pytest.mark.slow
 def test_single_byte_flips_only_ever_raise_valueerror(tmp_path, run):
     """Flip one byte at a few hundred offsets of a saved file (headers, metadata, arrays, zip
     directory): loading either gives back exactly the saved content or raises ValueError

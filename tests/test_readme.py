@@ -108,8 +108,13 @@ def test_every_snippet_has_a_check():
         assert len(found) == 1, f"README snippet needs exactly one check in CHECKS:\n{code}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("k", range(len(snippets())))
+#: snippets that take more than a few seconds: 16 chains of a 193-parameter network and its ODE
+SLOW = {"load_diabetes"}
+
+
+@pytest.mark.parametrize("k", [pytest.param(k, marks=pytest.mark.slow)
+                               if any(key in code for key in SLOW) else k
+                               for k, code in enumerate(snippets())])
 def test_readme_snippet_runs(k, tmp_path, monkeypatch):
     code = snippets()[k]
     monkeypatch.chdir(tmp_path)

@@ -1,14 +1,10 @@
 """Every theory example runs at tiny size and writes a non-empty PNG."""
 
-
 import matplotlib
 import pytest
 from helpers import load_example
 
 matplotlib.use("Agg")
-
-
-
 
 CASES = {
     "azuma_stability": ["--chains", "200", "--steps", "30", "--blowup-chains", "20",
@@ -20,8 +16,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "azuma_stability"
-                                  else n for n in sorted(CASES)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_example_runs_at_tiny_size(name, tmp_path, capsys):
     res = load_example(name).main([*CASES[name], "--out", str(tmp_path)])
     png = tmp_path / f"{name}.png"

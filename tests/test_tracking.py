@@ -67,7 +67,6 @@ def test_blown_up_chain_gives_nan_from_its_blowup_on():
     assert res.status == 0
 
 
-@pytest.mark.slow
 def test_tracking_distance_falls_on_convex_real_data():
     # logistic regression on (standardised) wine, decreasing steps, many chains
     p = sc.problems.logistic_regression("wine")
