@@ -306,7 +306,7 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
     return RuleReport(name, rule, fld, run, sol, tr, loss_sgd, loss_ode, seconds)
 
 
-def _own_model(problem: Problem) -> Problem:
+def problem_for_thread(problem: Problem) -> Problem:
     """``problem`` with its own copy of the model (data and the rest shared): for one thread.
 
     ``torch.func.functional_call`` swaps a module's parameters in place for the length of a
@@ -431,7 +431,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     else:
         with _intra_op_threads(max(1, torch.get_num_threads() // workers)), \
                 ThreadPoolExecutor(workers, thread_name_prefix="sa_clip-rule") as pool:
-            futures = [pool.submit(run_rule, _own_model(problem), name, rule, sched,
+            futures = [pool.submit(run_rule, problem_for_thread(problem), name, rule, sched,
                                    **settings) for name, rule in jobs]
             for (name, _), fut in zip(jobs, futures):         # in rule order
                 reports[name] = fut.result()
@@ -445,4 +445,4 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
 
 
 __all__ = ["run_experiment", "run_rule", "Experiment", "RuleReport", "batched_loss",
-           "tracking_in_groups"]
+           "tracking_in_groups", "problem_for_thread"]

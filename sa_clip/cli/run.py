@@ -7,9 +7,10 @@ import argparse
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..experiment import Experiment, RuleReport, run_experiment
+from ..experiment import Experiment, RuleReport, problem_for_thread, run_experiment
 from ..schedules import make_schedule
 from .builders import build_problem, build_rules, checkpoint_dir, run_chains
 from .options import add_common_options, add_model_options, config_dict
@@ -81,12 +82,20 @@ def main(args: argparse.Namespace) -> int:
     with folder:
         schedule = make_schedule(args.schedule)
         done: list[RuleReport] = []
+        noise = ThreadPoolExecutor(1, thread_name_prefix="sa_clip-noise")
+        noise_run: Future | None = None
+        sharded = _sharded()
 
         def draw(report: RuleReport) -> None:
             """A rule's figures, drawn while the next rule still computes."""
             log(args, f"  {label(report.name)}: " + ", ".join(
                 f"{st} {s:.1f} s" for st, s in report.seconds.items())
                 + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
+            nonlocal noise_run
+            if not done and args.noise_chains > 0:          # computes beside the figures
+                noise_run = noise.submit(noise_chains, report, args)
+                if sharded:                 # collectives in one order on every rank: wait
+                    noise_run.result()
             t = time.perf_counter()
             for name, fig in rule_figures(problem, schedule, report, args, first=not done):
                 folder.save_figure(fig, name)
@@ -99,15 +108,17 @@ def main(args: argparse.Namespace) -> int:
             record_every=args.record_every, horizon=args.horizon, starts=args.starts,
             tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
             checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            progress=args.progress, shard=_sharded(), start_spacing="log",
+            progress=args.progress, shard=sharded, start_spacing="log",
             tracking_options={"keep_paths": [0]}, workers=args.workers,
             on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
             on_report=draw)
         clock.stage("rules")
-        if args.noise_chains > 0:
-            first = next(iter(exp))
-            folder.save_figure(noise_figure(exp, first, args), f"noise_{first.name}.png")
-            clock.stage("noise")
+        with noise:
+            if noise_run is not None:
+                first = next(iter(exp))
+                folder.save_figure(noise_figure(first, noise_run.result(), args),
+                                   f"noise_{first.name}.png")
+                clock.stage("noise")
         for name, fig in comparison_figures(exp):
             folder.save_figure(fig, name)
         clock.stage("figures")
@@ -217,13 +228,18 @@ def plane_ranges(plane: Any, *paths: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(lo[i] - pad[i]), float(hi[i] + pad[i])) for i in range(2))
 
 
-def noise_figure(exp: Experiment, report: RuleReport, args: argparse.Namespace) -> Any:
-    """An extra short run of ``--noise-chains`` chains recording the martingale noise."""
+def noise_chains(report: RuleReport, args: argparse.Namespace) -> Any:
+    """An extra short run of ``--noise-chains`` chains recording the martingale noise (on its
+    own copy of the model: it runs in a thread beside the figures, which evaluate H too)."""
+    return run_chains(problem_for_thread(report.field.problem), report.rule, args,
+                      chains=args.noise_chains, steps=min(args.noise_steps, args.steps),
+                      record_noise=True)
+
+
+def noise_figure(report: RuleReport, nrun: Any, args: argparse.Namespace) -> Any:
+    """The martingale noise of :func:`noise_chains`' run."""
     from ..viz import noise_figure as draw
 
-    nrun = run_chains(report.field.problem, report.rule, args, chains=args.noise_chains,
-                      steps=min(args.noise_steps, args.steps), record_noise=True,
-                      field=report.field)
     fig = draw(nrun)
     fig.suptitle(f"martingale noise, {label(report.name)} clipping, {args.noise_chains} "
                  f"chains, first {int(nrun.steps[-1])} steps")
