@@ -267,9 +267,10 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
              horizon: float, starts: int, tracking_chains: int | None, max_nfev: int | None,
              checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool,
              progress: bool, shard: bool, tracking_options: dict[str, Any] | None,
-             start_spacing: str,
-             on_stage: Callable[[str, str, float], None] | None) -> RuleReport:
-    """One rule of :func:`run_experiment` (same arguments): chains, ODE, tracking, losses."""
+             start_spacing: str, on_stage: Callable[[str, str, float], None] | None,
+             group_elements: int = TRACKING_GROUP_ELEMENTS) -> RuleReport:
+    """One rule of :func:`run_experiment` (same arguments): chains, ODE, tracking, losses.
+    ``group_elements``: see :func:`tracking_in_groups`."""
     seconds: dict[str, float] = {}
 
     def stage(label: str, t0: float) -> float:
@@ -298,7 +299,7 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
     hz = min(horizon, 0.5 * last)
     s = start_times(last - hz, starts, start_spacing)
     tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
-                            options=tracking_options)
+                            group_elements=group_elements, options=tracking_options)
     t = stage("tracking", t)
     loss_sgd = batched_loss(problem, run.theta)
     loss_ode = batched_loss(problem, sol.theta)
@@ -422,6 +423,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                     on_stage=on_stage)
     jobs = [(name, rule) for name, rule in named.items()]
     workers = 1 if shard else min(workers, len(jobs))   # collectives need one order of calls
+    # rules side by side share the memory budget of the tracking groups
+    settings["group_elements"] = TRACKING_GROUP_ELEMENTS // workers
     reports: dict[str, RuleReport] = {}
     if workers == 1:
         for name, rule in jobs:
