@@ -24,7 +24,7 @@ DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-le
                "manifest.json to --out and prints a table. About 30 s on a 2-core CPU; --quick "
                "for seconds.")
 DEFAULTS: dict[str, Any] = dict(
-    problem="wine", hidden="16", rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
+    problem="wine", hidden=None, rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
