@@ -50,6 +50,7 @@ def main(argv=None):
                         t_eval=t.numpy(), rtol=args.rtol, atol=args.atol)
         out["scipy"] = (sol, calls[0])
 
+    t_h = median_time(lambda: field(p.theta0), max(args.repeats, 20))
     t_ours = median_time(ours, args.repeats)
     t_scipy = median_time(theirs, args.repeats)
     sol, nfev_scipy = out["scipy"]
@@ -60,6 +61,9 @@ def main(argv=None):
     print(f"{'sa_clip.solve_ode dopri5':<28} {t_ours:9.3f} {out['ours'].nfev:7d}")
     print(f"{'scipy solve_ivp RK45':<28} {t_scipy:9.3f} {nfev_scipy:7d}")
     print(f"ratio scipy/ours {t_scipy / t_ours:.2f}x; max |end-point difference| {diff:.2e}")
+    per_eval = t_ours / out["ours"].nfev
+    print(f"one H(theta0) alone {1e3 * t_h:.3f} ms; solve_ode per evaluation "
+          f"{1e3 * per_eval:.3f} ms = {per_eval / t_h:.2f}x one H (the rest is the solver)")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,14 @@ The mathematics of the tracking distance is in ``docs/theory.md``.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 
 from . import distributed as _dist
+from ._memory import release_memory
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
 from .ode import OdeSolution, solve_ode
@@ -234,6 +238,7 @@ def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: tor
         extra = {k: v for k, v in (options or {}).items() if lo == 0 or k not in FIRST_GROUP_ONLY}
         parts.append(tracking_distance(part, fld, horizon=horizon, starts=starts,
                                        max_elements=per_chain * part.chains, **extra))
+        release_memory()                 # the next group reuses these pages, not new ones
     if len(parts) == 1:
         return parts[0]
     merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts)}
@@ -257,6 +262,73 @@ def start_times(span: float, n: int, spacing: str = "linear") -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.float64), geo])
 
 
+def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, steps: int,
+             chains: int, batch_size: int, clip_per: str, seed: int, record_every: int,
+             horizon: float, starts: int, tracking_chains: int | None, max_nfev: int | None,
+             checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool,
+             progress: bool, shard: bool, tracking_options: dict[str, Any] | None,
+             start_spacing: str, on_stage: Callable[[str, str, float], None] | None,
+             group_elements: int = TRACKING_GROUP_ELEMENTS) -> RuleReport:
+    """One rule of :func:`run_experiment` (same arguments): chains, ODE, tracking, losses.
+    ``group_elements``: see :func:`tracking_in_groups`."""
+    seconds: dict[str, float] = {}
+
+    def stage(label: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        seconds[label] = t1 - t0
+        if on_stage is not None:
+            on_stage(name, label, t1 - t0)
+        return t1
+
+    release_memory()                 # what the previous rule freed goes back to the OS
+    t = time.perf_counter()
+    fld = MeanField(problem, rule, distributed=shard)
+    ckpt = None
+    if checkpoint_dir is not None and _dist.is_main_process():
+        ckpt = Path(checkpoint_dir) / f"{name}.ckpt.npz"
+    run = simulate_sgd(problem, rule, sched, steps=steps, chains=chains,
+                       batch_size=batch_size, clip_per=clip_per, seed=seed,
+                       record_every=record_every, field=fld, progress=progress,
+                       checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                       resume=resume and ckpt is not None)
+    t = stage("sgd", t)
+    ode_kw = {} if max_nfev is None else {"max_nfev": max_nfev}
+    sol = solve_ode(fld, problem.theta0, run.tau, progress=progress, **ode_kw)
+    t = stage("ode", t)
+    last = float(run.tau[-1])
+    hz = min(horizon, 0.5 * last)
+    s = start_times(last - hz, starts, start_spacing)
+    tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
+                            group_elements=group_elements, options=tracking_options)
+    t = stage("tracking", t)
+    loss_sgd = batched_loss(problem, run.theta)
+    loss_ode = batched_loss(problem, sol.theta)
+    stage("loss", t)
+    return RuleReport(name, rule, fld, run, sol, tr, loss_sgd, loss_ode, seconds)
+
+
+def problem_for_thread(problem: Problem) -> Problem:
+    """``problem`` with its own copy of the model (data and the rest shared): for one thread.
+
+    ``torch.func.functional_call`` swaps a module's parameters in place for the length of a
+    call, so two threads must not evaluate one module at once. The reports of a threaded
+    run hold these copies (``report.field.problem``)."""
+    own = copy.copy(problem)
+    own.model = copy.deepcopy(problem.model)
+    return own
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int):
+    """``torch.set_num_threads(n)`` for the duration (process-wide), then the old count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Callable, *,
                    steps: int, chains: int = 64, batch_size: int = 1, clip_per: str = "sample",
                    seed: int = 0, record_every: int = 10, horizon: float = 1.0,
@@ -264,8 +336,9 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                    max_nfev: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
                    checkpoint_every: int = 500, resume: bool = False, progress: bool = False,
                    shard: bool = False, tracking_options: dict[str, Any] | None = None,
-                   start_spacing: str = "linear",
-                   on_stage: Callable[[str, str, float], None] | None = None) -> Experiment:
+                   start_spacing: str = "linear", workers: int = 1,
+                   on_stage: Callable[[str, str, float], None] | None = None,
+                   on_report: Callable[[RuleReport], None] | None = None) -> Experiment:
     r"""SGD chains vs the ODE, tracking distances and losses, for each of ``rules``.
 
     Main arguments
@@ -304,8 +377,21 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         Shard ``H`` over the ``torch.distributed`` process group (``torchrun``).
     tracking_options : dict, optional
         More keywords of :func:`~sa_clip.tracking_distance` (see :func:`tracking_in_groups`).
+    workers : int
+        Compute up to ``workers`` rules at the same time, each in its own thread with
+        ``torch.get_num_threads() // workers`` intra-op threads (restored afterwards). The
+        small tensor operations of a 64-chain run keep two intra-op threads busy only part
+        of the time, while two rules side by side keep both cores busy: ``sa-clip run`` uses
+        ``workers=2``. Each rule's numbers do not depend on ``workers`` beyond the last bits
+        of float reductions whose order depends on the thread count. Ignored (1) with
+        ``shard=True``.
     on_stage : callable ``(rule_name, stage, seconds)``, optional
-        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``).
+        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``); from the
+        rule's thread when ``workers > 1``.
+    on_report : callable ``(RuleReport)``, optional
+        Called with each rule's report as soon as it (and every rule before it) is done, in
+        rule order, from the calling thread: ``sa-clip run`` starts drawing a rule's figures
+        there while the next rule computes.
 
     Returns
     -------
@@ -326,41 +412,34 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
             tracking_chains, int) or not 1 <= tracking_chains <= chains):
         raise ValueError(f"`tracking_chains` must be an integer from 1 to `chains` = {chains} "
                          f"(or None for all), got {tracking_chains!r}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}.")
+    settings = dict(steps=steps, chains=chains, batch_size=batch_size, clip_per=clip_per,
+                    seed=seed, record_every=record_every, horizon=horizon, starts=starts,
+                    tracking_chains=tracking_chains, max_nfev=max_nfev,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                    resume=resume, progress=progress, shard=shard,
+                    tracking_options=tracking_options, start_spacing=start_spacing,
+                    on_stage=on_stage)
+    jobs = [(name, rule) for name, rule in named.items()]
+    workers = 1 if shard else min(workers, len(jobs))   # collectives need one order of calls
+    # rules side by side share the memory budget of the tracking groups
+    settings["group_elements"] = TRACKING_GROUP_ELEMENTS // workers
     reports: dict[str, RuleReport] = {}
-    for name, rule in named.items():
-        seconds: dict[str, float] = {}
-
-        def stage(label: str, t0: float, name: str = name, seconds=seconds) -> float:
-            t1 = time.perf_counter()
-            seconds[label] = t1 - t0
-            if on_stage is not None:
-                on_stage(name, label, t1 - t0)
-            return t1
-
-        t = time.perf_counter()
-        fld = MeanField(problem, rule, distributed=shard)
-        ckpt = None
-        if checkpoint_dir is not None and _dist.is_main_process():
-            ckpt = Path(checkpoint_dir) / f"{name}.ckpt.npz"
-        run = simulate_sgd(problem, rule, sched, steps=steps, chains=chains,
-                           batch_size=batch_size, clip_per=clip_per, seed=seed,
-                           record_every=record_every, field=fld, progress=progress,
-                           checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                           resume=resume and ckpt is not None)
-        t = stage("sgd", t)
-        ode_kw = {} if max_nfev is None else {"max_nfev": max_nfev}
-        sol = solve_ode(fld, problem.theta0, run.tau, progress=progress, **ode_kw)
-        t = stage("ode", t)
-        last = float(run.tau[-1])
-        hz = min(horizon, 0.5 * last)
-        s = start_times(last - hz, starts, start_spacing)
-        tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
-                                options=tracking_options)
-        t = stage("tracking", t)
-        loss_sgd = batched_loss(problem, run.theta)
-        loss_ode = batched_loss(problem, sol.theta)
-        stage("loss", t)
-        reports[name] = RuleReport(name, rule, fld, run, sol, tr, loss_sgd, loss_ode, seconds)
+    if workers == 1:
+        for name, rule in jobs:
+            reports[name] = run_rule(problem, name, rule, sched, **settings)
+            if on_report is not None:
+                on_report(reports[name])
+    else:
+        with _intra_op_threads(max(1, torch.get_num_threads() // workers)), \
+                ThreadPoolExecutor(workers, thread_name_prefix="sa_clip-rule") as pool:
+            futures = [pool.submit(run_rule, problem_for_thread(problem), name, rule, sched,
+                                   **settings) for name, rule in jobs]
+            for (name, _), fut in zip(jobs, futures):         # in rule order
+                reports[name] = fut.result()
+                if on_report is not None:
+                    on_report(reports[name])
     config = {"schedule": str(sched), "steps": steps, "chains": chains,
               "batch_size": batch_size, "clip_per": clip_per, "seed": seed,
               "record_every": record_every, "horizon": horizon, "starts": starts,
@@ -368,4 +447,5 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     return Experiment(problem, sched, reports, config)
 
 
-__all__ = ["run_experiment", "Experiment", "RuleReport", "batched_loss", "tracking_in_groups"]
+__all__ = ["run_experiment", "run_rule", "Experiment", "RuleReport", "batched_loss",
+           "tracking_in_groups", "problem_for_thread"]

@@ -19,7 +19,6 @@ Types: every function here returns torch tensors (float64 for :func:`clt_covaria
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from ._validate import check_nonneg_int, check_positive
@@ -73,6 +72,8 @@ def clt_covariance(jacobian: torch.Tensor | np.ndarray, noise_cov: torch.Tensor 
         raise ValueError(f"the CLT needs every eigenvalue of DH above {need}; the smallest real "
                          f"part of the shifted matrix is {low:.4g}: increase `a0` or pick another "
                          f"equilibrium.")
+    import scipy.linalg  # here, not at import (scipy costs ~0.5 s to import)
+
     return torch.from_numpy(np.ascontiguousarray(scipy.linalg.solve_continuous_lyapunov(A, S)))
 
 

@@ -184,6 +184,23 @@ def _check_field(field: Any, p: int, probe: torch.Tensor) -> None:
                          f"shape (P = {p}).")
 
 
+def _gaps(trajectory: Trajectory, s: torch.Tensor, grid: torch.Tensor, rows: torch.Tensor,
+          flow: torch.Tensor, last: float, max_elements: int) -> torch.Tensor:
+    """``||theta_bar(s + h) - flow||`` for the solved ``rows`` (chain * S + start) and the
+    offsets ``grid``: ``(K, L)``. ``flow`` is ``(L, K, P)``. The interpolated chains are formed
+    a few offsets at a time (about ``max_elements / 8`` numbers each), so the gaps cost little
+    memory beyond ``flow`` itself."""
+    chains, n_s, p = trajectory.chains, s.numel(), flow.shape[-1]
+    out = torch.empty((len(rows), len(grid)), dtype=flow.dtype, device=flow.device)
+    step = max(1, max_elements // (8 * max(1, chains * n_s * p)))
+    for a in range(0, len(grid), step):
+        sub = grid[a:a + step]
+        times = (s[:, None] + sub[None, :]).clamp(max=last)          # (S, l)
+        bar = trajectory.interpolate(times.reshape(-1)).reshape(chains * n_s, len(sub), p)
+        out[:, a:a + step] = (bar[rows] - flow[a:a + step].transpose(0, 1)).norm(dim=-1)
+    return out
+
+
 def tracking_distance(trajectory: Trajectory,
                       field: MeanField | Callable[[torch.Tensor], torch.Tensor], *,
                       horizon: float, starts: Any = None, n_grid: int = 50,
@@ -329,9 +346,7 @@ def tracking_distance(trajectory: Trajectory,
                         options={"norm": _inf_norm})
         nfev += sol.nfev
         flow = sol.theta                                             # (L, K, P)
-        times = (s[:, None] + grid[None, :]).clamp(max=last)        # (S, L)
-        bar = trajectory.interpolate(times.reshape(-1)).reshape(chains * n_s, len(grid), p)
-        g = (bar[rows] - flow.transpose(0, 1)).norm(dim=-1)          # (K, L)
+        g = _gaps(trajectory, s, grid, rows, flow, last, max_elements)  # (K, L)
         # NaN anywhere in a window (not reached by a failed solve) makes D_T NaN, not smaller
         reached = torch.where(torch.isnan(g).any(-1) | torch.isnan(reached), float("nan"),
                               torch.maximum(reached, g.amax(-1)))

@@ -82,16 +82,19 @@ def test_tracking_distance_falls_on_convex_real_data():
 
 
 @pytest.mark.slow
-def test_gap_and_paths_against_a_per_chain_solve():
+@pytest.mark.parametrize("max_elements", [2 ** 24, 8 * 3 * 2 * 2 * 3])
+def test_gap_and_paths_against_a_per_chain_solve(max_elements):
     # logistic2d, clipped field: gaps and flow segments of the one batched solve against a
-    # plain float64 loop that solves each (chain, start) on its own
+    # plain float64 loop that solves each (chain, start) on its own; the small budget solves
+    # the grid in pieces and forms the gaps three offsets at a time
     p = sc.problems.logistic2d(n=40)
     rule = sc.NormClip(0.5)
     field = sc.MeanField(p, rule)
     run = sc.simulate_sgd(p, rule, "harmonic:0.5", steps=40, chains=3, seed=1)
     starts = [0.0, 1.0]
     res = sc.tracking_distance(run, field, horizon=0.6, starts=starts, n_grid=7,
-                               rtol=1e-9, atol=1e-11, keep_paths=[2, 0])
+                               rtol=1e-9, atol=1e-11, keep_paths=[2, 0],
+                               max_elements=max_elements, keep_gap=True)
     G = res.offsets.numel()
     assert res.gap.shape == (3, 2, G) and res.paths.shape == (2, 2, G, 2)
     assert torch.equal(res.offsets, res.h) and res.path_chains.tolist() == [2, 0]

@@ -27,9 +27,14 @@ def build_problem(args: argparse.Namespace, *, min_params: int = 1) -> Problem:
     dtype = DTYPES[args.dtype]
     kwargs: dict[str, Any] = {"dtype": dtype}
     name = args.problem
+    hidden = getattr(args, "hidden", None)
     if name in zoo.DATASETS:
-        kwargs["hidden"] = hidden_sizes(getattr(args, "hidden", "16"))
+        kwargs["hidden"] = hidden_sizes(hidden or "16")
         kwargs["seed"] = args.seed
+    elif hidden is not None:
+        raise CliError(f"`--hidden` sets the network of the data-set problems "
+                       f"({', '.join(sorted(zoo.DATASETS))}); `--problem` {name!r} has its "
+                       "own fixed model.")
     if getattr(args, "samples", None):
         # every zoo problem with a sample count takes it (toys too: they generate their data)
         if name not in zoo.DATASETS and "n" not in inspect.signature(
@@ -42,9 +47,7 @@ def build_problem(args: argparse.Namespace, *, min_params: int = 1) -> Problem:
         raise CliError(f"`--problem` {name!r} has P = {problem.P} parameter(s); `{args.command}` "
                        f"needs at least {min_params} (its figures use a plane of parameters).")
     if args.device not in (None, "cpu"):
-        # TODO(data): use Problem.to(device, dtype) once it exists (issue 15 item 3)
-        problem = Problem(problem.model, problem.X, problem.y, problem._loss, dtype=dtype,
-                          device=args.device, name=problem.name)
+        problem = problem.to(args.device, dtype)
     return problem
 
 

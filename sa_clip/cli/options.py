@@ -17,13 +17,13 @@ from ._argparse_compat import option_actions, option_name
 PROG = "sa-clip"
 DTYPES = ("float32", "float64")
 #: defaults every sa_clip command shares (a command's DEFAULTS override them)
-BASE_DEFAULTS: dict[str, Any] = dict(device="cpu", dtype="float64", quiet=False, hidden="16",
+BASE_DEFAULTS: dict[str, Any] = dict(device="cpu", dtype="float64", quiet=False, hidden=None,
                                      adaptive_lam=None, samples=None, quick=False, gif=False,
                                      builtin=False, max_nfev=None)
 #: options that must be integers >= 1, integers >= 0, and numbers > 0
 AT_LEAST_ONE = ("steps", "chains", "batch_size", "record_every", "starts", "tracking_chains",
                 "grid", "ode_starts", "n_starts", "frames", "repeats", "noise_steps",
-                "checkpoint_every", "samples", "max_nfev")
+                "checkpoint_every", "samples", "max_nfev", "workers")
 AT_LEAST_ZERO = ("noise_chains", "portrait_grid")
 POSITIVE = ("horizon", "extent", "ode_time", "max_norm", "lam", "eps", "adaptive_lam")
 SEED_MAX = 2 ** 63 - 1

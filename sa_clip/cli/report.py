@@ -82,13 +82,18 @@ class StageClock:
         self.seconds: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}
 
-    def stage(self, name: str, seconds: float | None = None) -> None:
-        """Close stage ``name`` now (or record ``seconds`` for it, measured elsewhere)."""
+    def stage(self, name: str) -> None:
+        """Close stage ``name`` now: the time since the previous :meth:`stage`."""
         now = time.perf_counter()
-        self.seconds[name] = self.seconds.get(name, 0.0) + (
-            now - self.last if seconds is None else seconds)
-        self.peak_rss_mb[name] = round(peak_rss_mb(), 1)
+        self.record(name, now - self.last)
         self.last = now
+
+    def record(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` measured elsewhere to ``name`` (a sub-stage that may overlap others,
+        such as one rule's tracking while another rule computes); the next :meth:`stage`
+        still counts from the previous one."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.peak_rss_mb[name] = round(peak_rss_mb(), 1)
 
     @property
     def total(self) -> float:

@@ -4,10 +4,14 @@ against many SGD chains, tracking distances; figures, summary.json and a table."
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..experiment import Experiment, RuleReport, run_experiment
+from ..experiment import Experiment, RuleReport, problem_for_thread, run_experiment
+from ..schedules import make_schedule
 from .builders import build_problem, build_rules, checkpoint_dir, run_chains
 from .options import add_common_options, add_model_options, config_dict
 from .output import OutputFolder, check_folder
@@ -20,11 +24,11 @@ DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-le
                "manifest.json to --out and prints a table. About 30 s on a 2-core CPU; --quick "
                "for seconds.")
 DEFAULTS: dict[str, Any] = dict(
-    problem="wine", hidden="16", rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
+    problem="wine", hidden=None, rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False, predict_spread=False)
+    resume=False, predict_spread=False, workers=min(2, os.cpu_count() or 1))
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -55,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ode_vs_sgd_<rule>.png (sa_clip.linear_noise: one DH and one noise "
                         "covariance per point of its grid; minutes for the default network, "
                         "seconds for 2-parameter problems)")
+    p.add_argument("--workers", type=int,
+                   help="rules computed at the same time, each in its own thread (default "
+                        f"{DEFAULTS['workers']}: min(2, CPU cores)); the figures of a rule are "
+                        "drawn while the next one computes")
     p.add_argument("--portrait-grid", type=int,
                    help="grid points per side of the PCA-plane portrait (default 21; 0 skips)")
 
@@ -72,26 +80,45 @@ def main(args: argparse.Namespace) -> int:
               f"chains, batch size {args.batch_size}, clip per {args.clip_per}")
     clock.stage("setup")
     with folder:
+        schedule = make_schedule(args.schedule)
+        done: list[RuleReport] = []
+        noise = ThreadPoolExecutor(1, thread_name_prefix="sa_clip-noise")
+        noise_run: Future | None = None
+        sharded = _sharded()
+
+        def draw(report: RuleReport) -> None:
+            """A rule's figures, drawn while the next rule still computes."""
+            log(args, f"  {label(report.name)}: " + ", ".join(
+                f"{st} {s:.1f} s" for st, s in report.seconds.items())
+                + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
+            nonlocal noise_run
+            if not done and args.noise_chains > 0:          # computes beside the figures
+                noise_run = noise.submit(noise_chains, report, args)
+                if sharded:                 # collectives in one order on every rank: wait
+                    noise_run.result()
+            t = time.perf_counter()
+            for name, fig in rule_figures(problem, schedule, report, args, first=not done):
+                folder.save_figure(fig, name)
+            clock.record(f"{report.name}.figures", time.perf_counter() - t)
+            done.append(report)
+
         exp = run_experiment(
-            problem, rules, args.schedule, steps=args.steps, chains=args.chains,
+            problem, rules, schedule, steps=args.steps, chains=args.chains,
             batch_size=args.batch_size, clip_per=args.clip_per, seed=args.seed,
             record_every=args.record_every, horizon=args.horizon, starts=args.starts,
             tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
             checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            progress=args.progress, shard=_sharded(), start_spacing="log",
-            tracking_options={"keep_paths": [0]},
-            on_stage=lambda rule, stage, s: clock.stage(f"{rule}.{stage}"))
-        for k, report in enumerate(exp):
-            log(args, f"  {label(report.name)}: " + ", ".join(
-                f"{st} {s:.1f} s" for st, s in report.seconds.items())
-                + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
-            for name, fig in rule_figures(exp, report, args, first=k == 0):
-                folder.save_figure(fig, name)
-        clock.stage("figures")
-        if args.noise_chains > 0:
-            first = next(iter(exp))
-            folder.save_figure(noise_figure(exp, first, args), f"noise_{first.name}.png")
-            clock.stage("noise")
+            progress=args.progress, shard=sharded, start_spacing="log",
+            tracking_options={"keep_paths": [0]}, workers=args.workers,
+            on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
+            on_report=draw)
+        clock.stage("rules")
+        with noise:
+            if noise_run is not None:
+                first = next(iter(exp))
+                folder.save_figure(noise_figure(first, noise_run.result(), args),
+                                   f"noise_{first.name}.png")
+                clock.stage("noise")
         for name, fig in comparison_figures(exp):
             folder.save_figure(fig, name)
         clock.stage("figures")
@@ -116,8 +143,8 @@ def _results(exp: Experiment) -> list[dict[str, Any]]:
     return [{"name": r.name, "label": label(r.name), **r.summary()} for r in exp]
 
 
-def rule_figures(exp: Experiment, report: RuleReport, args: argparse.Namespace, *,
-                 first: bool) -> Iterator[tuple[str, Any]]:
+def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse.Namespace,
+                 *, first: bool) -> Iterator[tuple[str, Any]]:
     """The figures of one rule as ``(file name, figure)`` pairs, drawn one at a time (each is
     saved and closed before the next is drawn). Adding a figure is one ``yield`` here."""
 
@@ -126,13 +153,13 @@ def rule_figures(exp: Experiment, report: RuleReport, args: argparse.Namespace, 
 
     run, sol, name = report.trajectory, report.ode, report.name
     plane = pca_plane(run.theta, sol.theta)
-    context = f"{exp.problem.name}, {label(name)} clipping, {_threshold(report.rule)}"
+    context = f"{problem.name}, {label(name)} clipping, {_threshold(report.rule)}"
     yield f"shadowing_{name}.png", plot_shadowing(
         report.tracked_trajectory(), report.tracking, chain=0,
-        plane=plane if exp.problem.P > 2 else None, problem=exp.problem, context=context)
+        plane=plane if problem.P > 2 else None, problem=problem, context=context)
     predicted = None
     if args.predict_spread:
-        predicted = linear_noise(report.field, exp.schedule, exp.problem.theta0, run.tau,
+        predicted = linear_noise(report.field, schedule, problem.theta0, run.tau,
                                  batch_size=args.batch_size, clip_per=args.clip_per)
     yield f"ode_vs_sgd_{name}.png", ode_vs_sgd_figure(
         run, sol, coords=(0, 1), plane=plane, predicted=predicted, title=context)
@@ -201,13 +228,18 @@ def plane_ranges(plane: Any, *paths: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(lo[i] - pad[i]), float(hi[i] + pad[i])) for i in range(2))
 
 
-def noise_figure(exp: Experiment, report: RuleReport, args: argparse.Namespace) -> Any:
-    """An extra short run of ``--noise-chains`` chains recording the martingale noise."""
+def noise_chains(report: RuleReport, args: argparse.Namespace) -> Any:
+    """An extra short run of ``--noise-chains`` chains recording the martingale noise (on its
+    own copy of the model: it runs in a thread beside the figures, which evaluate H too)."""
+    return run_chains(problem_for_thread(report.field.problem), report.rule, args,
+                      chains=args.noise_chains, steps=min(args.noise_steps, args.steps),
+                      record_noise=True)
+
+
+def noise_figure(report: RuleReport, nrun: Any, args: argparse.Namespace) -> Any:
+    """The martingale noise of :func:`noise_chains`' run."""
     from ..viz import noise_figure as draw
 
-    nrun = run_chains(exp.problem, report.rule, args, chains=args.noise_chains,
-                      steps=min(args.noise_steps, args.steps), record_noise=True,
-                      field=report.field)
     fig = draw(nrun)
     fig.suptitle(f"martingale noise, {label(report.name)} clipping, {args.noise_chains} "
                  f"chains, first {int(nrun.steps[-1])} steps")
