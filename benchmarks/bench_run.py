@@ -4,8 +4,6 @@ wall time and peak resident memory of the whole process, and the stage timings i
     python benchmarks/bench_run.py [--quick] [--repeats 3] [--threads 2]
 
 Each repeat is a fresh process (``python -m sa_clip.cli run --quiet``), so imports are counted.
-The baseline row runs the rules one after the other (``--workers 1``), interleaved with the
-default rows (two rules side by side).
 Targets (issue 16): at most 15 s wall and 600 MB peak RSS on a quiet 2-core machine.
 """
 
@@ -50,27 +48,19 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     extra = ["--quick"] if args.quick else []
     repeats = 1 if args.quick else args.repeats
-    # the baseline: one rule after the other (--workers 1), interleaved with the default
-    variants = {"--workers 1 (baseline)": ["--workers", "1"], "defaults": []}
-    walls: dict[str, list[float]] = {k: [] for k in variants}
-    peaks: dict[str, list[float]] = {k: [] for k in variants}
-    summary: dict = {}
+    walls, peaks, summary = [], [], {}
     for _ in range(repeats):
-        for name, more in variants.items():
-            wall, peak, summary = run_once(extra + more, args.threads)
-            walls[name].append(wall)
-            peaks[name].append(peak)
+        wall, peak, summary = run_once(extra, args.threads)
+        walls.append(wall)
+        peaks.append(peak)
     print(f"sa-clip run {' '.join(extra) or '(defaults)'}, {args.threads} threads, "
-          f"{repeats} process(es) per row, interleaved")
-    base = statistics.median(walls["--workers 1 (baseline)"])
-    for name in variants:
-        med = statistics.median(walls[name])
-        print(f"{name:<24} wall median {med:6.1f} s ({base / med:4.2f}x the baseline; all: "
-              f"{', '.join(f'{w:.1f}' for w in walls[name])})   peak RSS max "
-              f"{max(peaks[name]):5.0f} MB")
+          f"{repeats} process(es)")
+    print(f"wall time  median {statistics.median(walls):6.1f} s   (all: "
+          f"{', '.join(f'{w:.1f}' for w in walls)})")
+    print(f"peak RSS   max    {max(peaks):6.0f} MB  (all: "
+          f"{', '.join(f'{p:.0f}' for p in peaks)})")
     stages = summary["stages"]
-    print("stages of the last default run (seconds, peak RSS in MB after the stage; with two "
-          "workers the rules' stages overlap each other and the first rule's figures):")
+    print("stages of the last run (seconds, peak RSS in MB after the stage):")
     for name, sec in stages["seconds"].items():
         print(f"  {name:<20} {sec:7.2f}  {stages['peak_rss_mb_after'][name]:7.0f}")
     for r in summary["results"]:

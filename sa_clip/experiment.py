@@ -24,14 +24,11 @@ The mathematics of the tracking distance is in ``docs/theory.md``.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,10 +264,9 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
              horizon: float, starts: int, tracking_chains: int | None, max_nfev: int | None,
              checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool,
              progress: bool, shard: bool, tracking_options: dict[str, Any] | None,
-             start_spacing: str, on_stage: Callable[[str, str, float], None] | None,
-             group_elements: int = TRACKING_GROUP_ELEMENTS) -> RuleReport:
-    """One rule of :func:`run_experiment` (same arguments): chains, ODE, tracking, losses.
-    ``group_elements``: see :func:`tracking_in_groups`."""
+             start_spacing: str,
+             on_stage: Callable[[str, str, float], None] | None) -> RuleReport:
+    """One rule of :func:`run_experiment` (same arguments): chains, ODE, tracking, losses."""
     seconds: dict[str, float] = {}
 
     def stage(label: str, t0: float) -> float:
@@ -299,34 +295,12 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
     hz = min(horizon, 0.5 * last)
     s = start_times(last - hz, starts, start_spacing)
     tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
-                            group_elements=group_elements, options=tracking_options)
+                            options=tracking_options)
     t = stage("tracking", t)
     loss_sgd = batched_loss(problem, run.theta)
     loss_ode = batched_loss(problem, sol.theta)
     stage("loss", t)
     return RuleReport(name, rule, fld, run, sol, tr, loss_sgd, loss_ode, seconds)
-
-
-def problem_for_thread(problem: Problem) -> Problem:
-    """``problem`` with its own copy of the model (data and the rest shared): for one thread.
-
-    ``torch.func.functional_call`` swaps a module's parameters in place for the length of a
-    call, so two threads must not evaluate one module at once. The reports of a threaded
-    run hold these copies (``report.field.problem``)."""
-    own = copy.copy(problem)
-    own.model = copy.deepcopy(problem.model)
-    return own
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int):
-    """``torch.set_num_threads(n)`` for the duration (process-wide), then the old count."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Callable, *,
@@ -336,7 +310,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                    max_nfev: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
                    checkpoint_every: int = 500, resume: bool = False, progress: bool = False,
                    shard: bool = False, tracking_options: dict[str, Any] | None = None,
-                   start_spacing: str = "linear", workers: int = 1,
+                   start_spacing: str = "linear",
                    on_stage: Callable[[str, str, float], None] | None = None,
                    on_report: Callable[[RuleReport], None] | None = None) -> Experiment:
     r"""SGD chains vs the ODE, tracking distances and losses, for each of ``rules``.
@@ -377,21 +351,11 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         Shard ``H`` over the ``torch.distributed`` process group (``torchrun``).
     tracking_options : dict, optional
         More keywords of :func:`~sa_clip.tracking_distance` (see :func:`tracking_in_groups`).
-    workers : int
-        Compute up to ``workers`` rules at the same time, each in its own thread with
-        ``torch.get_num_threads() // workers`` intra-op threads (restored afterwards). The
-        small tensor operations of a 64-chain run keep two intra-op threads busy only part
-        of the time, while two rules side by side keep both cores busy: ``sa-clip run`` uses
-        ``workers=2``. Each rule's numbers do not depend on ``workers`` beyond the last bits
-        of float reductions whose order depends on the thread count. Ignored (1) with
-        ``shard=True``.
     on_stage : callable ``(rule_name, stage, seconds)``, optional
-        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``); from the
-        rule's thread when ``workers > 1``.
+        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``).
     on_report : callable ``(RuleReport)``, optional
-        Called with each rule's report as soon as it (and every rule before it) is done, in
-        rule order, from the calling thread: ``sa-clip run`` starts drawing a rule's figures
-        there while the next rule computes.
+        Called with each rule's report as soon as it is done (``sa-clip run`` draws that
+        rule's figures there, before the next rule starts).
 
     Returns
     -------
@@ -412,8 +376,6 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
             tracking_chains, int) or not 1 <= tracking_chains <= chains):
         raise ValueError(f"`tracking_chains` must be an integer from 1 to `chains` = {chains} "
                          f"(or None for all), got {tracking_chains!r}.")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}.")
     settings = dict(steps=steps, chains=chains, batch_size=batch_size, clip_per=clip_per,
                     seed=seed, record_every=record_every, horizon=horizon, starts=starts,
                     tracking_chains=tracking_chains, max_nfev=max_nfev,
@@ -421,25 +383,11 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                     resume=resume, progress=progress, shard=shard,
                     tracking_options=tracking_options, start_spacing=start_spacing,
                     on_stage=on_stage)
-    jobs = [(name, rule) for name, rule in named.items()]
-    workers = 1 if shard else min(workers, len(jobs))   # collectives need one order of calls
-    # rules side by side share the memory budget of the tracking groups
-    settings["group_elements"] = TRACKING_GROUP_ELEMENTS // workers
     reports: dict[str, RuleReport] = {}
-    if workers == 1:
-        for name, rule in jobs:
-            reports[name] = run_rule(problem, name, rule, sched, **settings)
-            if on_report is not None:
-                on_report(reports[name])
-    else:
-        with _intra_op_threads(max(1, torch.get_num_threads() // workers)), \
-                ThreadPoolExecutor(workers, thread_name_prefix="sa_clip-rule") as pool:
-            futures = [pool.submit(run_rule, problem_for_thread(problem), name, rule, sched,
-                                   **settings) for name, rule in jobs]
-            for (name, _), fut in zip(jobs, futures):         # in rule order
-                reports[name] = fut.result()
-                if on_report is not None:
-                    on_report(reports[name])
+    for name, rule in named.items():
+        reports[name] = run_rule(problem, name, rule, sched, **settings)
+        if on_report is not None:
+            on_report(reports[name])
     config = {"schedule": str(sched), "steps": steps, "chains": chains,
               "batch_size": batch_size, "clip_per": clip_per, "seed": seed,
               "record_every": record_every, "horizon": horizon, "starts": starts,
@@ -448,4 +396,4 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
 
 
 __all__ = ["run_experiment", "run_rule", "Experiment", "RuleReport", "batched_loss",
-           "tracking_in_groups", "problem_for_thread"]
+           "tracking_in_groups"]

@@ -119,40 +119,20 @@ def test_tracking_chains_beyond_the_chains_is_refused():
                               tracking_chains=bad)
 
 
-def test_rules_in_threads_equal_rules_one_after_another():
-    # two rules at once, each in its own thread with its own copy of the model (the vmap
-    # engine's functional_call swaps a module's parameters during a call): the same numbers
-    # as one rule after the other, up to the order of float reductions; on_report sees the
-    # reports in rule order
-    p = sc.problems.tanh_regression(n=60)
-    rules = {"norm": sc.NormClip(0.5), "adaptive": sc.AdaptiveClip(0.3, eps=1e-3),
-             "plain": "none"}
-    kw = dict(steps=60, chains=6, record_every=3, starts=3, horizon=0.5, seed=3)
-    one = sc.run_experiment(p, rules, "harmonic:0.5", workers=1, **kw)
+def test_on_report_sees_each_rule_as_it_is_done(exp):
+    p = exp.problem
     seen = []
-    two = sc.run_experiment(p, rules, "harmonic:0.5", workers=2, on_report=seen.append, **kw)
-    assert [r.name for r in seen] == ["norm", "adaptive", "plain"]
-    assert [r.name for r in two] == ["norm", "adaptive", "plain"]
-    threads = torch.get_num_threads()
-    for a, b in zip(one, two):
-        assert torch.allclose(a.trajectory.theta, b.trajectory.theta, rtol=1e-12, atol=1e-14)
-        assert torch.allclose(a.ode.theta, b.ode.theta, rtol=1e-10, atol=1e-12)
-        assert torch.allclose(a.tracking.distance, b.tracking.distance, rtol=1e-8, atol=1e-12)
-        assert torch.allclose(a.loss_sgd, b.loss_sgd, rtol=1e-12)
-        assert b.field.problem.model is not p.model            # its own module
-    assert torch.get_num_threads() == threads                  # restored
-    with pytest.raises(ValueError, match="`workers` must be an integer >= 1, got 0"):
-        sc.run_experiment(p, rules, "harmonic:0.5", workers=0, **kw)
 
+    def on_report(report):
+        # called before the next rule starts: only the stages of this rule exist so far
+        seen.append((report.name, len(seen)))
+        assert report.tracking.distance.shape == (4, 3)
 
-def test_an_error_in_a_rule_thread_reaches_the_caller():
-    p = sc.problems.logistic2d()
-    seen = []
-    with pytest.raises(ValueError, match="`max_nfev` must be an integer >= 1, got 0"):
-        sc.run_experiment(p, [sc.NormClip(1.0), sc.AdaptiveClip(0.3)], "harmonic:1.0",
-                          steps=10, chains=2, record_every=2, starts=2, workers=2,
-                          on_report=seen.append, max_nfev=0)
-    assert seen == []
+    again = sc.run_experiment(p, {"norm": sc.NormClip(1.0), "plain": "none"}, "harmonic:1.0",
+                              steps=40, chains=5, record_every=2, starts=3, horizon=1.0,
+                              tracking_chains=4, on_report=on_report)
+    assert seen == [("norm", 0), ("plain", 1)]
+    assert torch.equal(again["norm"].tracking.distance, exp["norm"].tracking.distance)
 
 
 def test_release_memory_is_harmless():

@@ -4,13 +4,11 @@ against many SGD chains, tracking distances; figures, summary.json and a table."
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..experiment import Experiment, RuleReport, problem_for_thread, run_experiment
+from ..experiment import Experiment, RuleReport, run_experiment
 from ..schedules import make_schedule
 from .builders import build_problem, build_rules, checkpoint_dir, run_chains
 from .options import add_common_options, add_model_options, config_dict
@@ -28,7 +26,7 @@ DEFAULTS: dict[str, Any] = dict(
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False, predict_spread=False, workers=min(2, os.cpu_count() or 1))
+    resume=False, predict_spread=False)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -59,10 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ode_vs_sgd_<rule>.png (sa_clip.linear_noise: one DH and one noise "
                         "covariance per point of its grid; minutes for the default network, "
                         "seconds for 2-parameter problems)")
-    p.add_argument("--workers", type=int,
-                   help="rules computed at the same time, each in its own thread (default "
-                        f"{DEFAULTS['workers']}: min(2, CPU cores)); the figures of a rule are "
-                        "drawn while the next one computes")
     p.add_argument("--portrait-grid", type=int,
                    help="grid points per side of the PCA-plane portrait (default 21; 0 skips)")
 
@@ -82,20 +76,12 @@ def main(args: argparse.Namespace) -> int:
     with folder:
         schedule = make_schedule(args.schedule)
         done: list[RuleReport] = []
-        noise = ThreadPoolExecutor(1, thread_name_prefix="sa_clip-noise")
-        noise_run: Future | None = None
-        sharded = _sharded()
 
         def draw(report: RuleReport) -> None:
-            """A rule's figures, drawn while the next rule still computes."""
+            """A rule's figures, drawn as soon as the rule is done."""
             log(args, f"  {label(report.name)}: " + ", ".join(
                 f"{st} {s:.1f} s" for st, s in report.seconds.items())
                 + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
-            nonlocal noise_run
-            if not done and args.noise_chains > 0:          # computes beside the figures
-                noise_run = noise.submit(noise_chains, report, args)
-                if sharded:                 # collectives in one order on every rank: wait
-                    noise_run.result()
             t = time.perf_counter()
             for name, fig in rule_figures(problem, schedule, report, args, first=not done):
                 folder.save_figure(fig, name)
@@ -108,17 +94,16 @@ def main(args: argparse.Namespace) -> int:
             record_every=args.record_every, horizon=args.horizon, starts=args.starts,
             tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
             checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            progress=args.progress, shard=sharded, start_spacing="log",
-            tracking_options={"keep_paths": [0]}, workers=args.workers,
+            progress=args.progress, shard=_sharded(), start_spacing="log",
+            tracking_options={"keep_paths": [0]},
             on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
             on_report=draw)
         clock.stage("rules")
-        with noise:
-            if noise_run is not None:
-                first = next(iter(exp))
-                folder.save_figure(noise_figure(first, noise_run.result(), args),
-                                   f"noise_{first.name}.png")
-                clock.stage("noise")
+        if args.noise_chains > 0:
+            first = next(iter(exp))
+            folder.save_figure(noise_figure(first, noise_chains(first, args), args),
+                               f"noise_{first.name}.png")
+            clock.stage("noise")
         for name, fig in comparison_figures(exp):
             folder.save_figure(fig, name)
         clock.stage("figures")
@@ -229,11 +214,10 @@ def plane_ranges(plane: Any, *paths: Any) -> tuple[tuple[float, float], ...]:
 
 
 def noise_chains(report: RuleReport, args: argparse.Namespace) -> Any:
-    """An extra short run of ``--noise-chains`` chains recording the martingale noise (on its
-    own copy of the model: it runs in a thread beside the figures, which evaluate H too)."""
-    return run_chains(problem_for_thread(report.field.problem), report.rule, args,
-                      chains=args.noise_chains, steps=min(args.noise_steps, args.steps),
-                      record_noise=True)
+    """An extra short run of ``--noise-chains`` chains recording the martingale noise."""
+    return run_chains(report.field.problem, report.rule, args, chains=args.noise_chains,
+                      steps=min(args.noise_steps, args.steps), record_noise=True,
+                      field=report.field)
 
 
 def noise_figure(report: RuleReport, nrun: Any, args: argparse.Namespace) -> Any:
