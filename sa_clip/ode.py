@@ -298,10 +298,12 @@ class _Rhs:
             return
         a, b = self.sign * float(t0), self.sign * float(t0) + abs(float(dt))
         rel = self.sign * self.times
-        hit = torch.nonzero((rel > a) & (rel <= b)).reshape(-1).tolist()
-        for i in hit:
-            if i not in self.anchors:
-                self.anchors[i] = (t0.detach().to(self.times).reshape(()), y0.detach().clone())
+        hit = [i for i in torch.nonzero((rel > a) & (rel <= b)).reshape(-1).tolist()
+               if i not in self.anchors]
+        if hit:         # one copy of the step's start for all the outputs it reaches
+            anchor = (t0.detach().to(self.times).reshape(()), y0.detach().clone())
+            for i in hit:
+                self.anchors[i] = anchor
 
 
 def _recover(solve: Callable[..., torch.Tensor], rhs: _Rhs, times: torch.Tensor,
