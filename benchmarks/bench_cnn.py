@@ -13,6 +13,11 @@ by the floor of the same run):
 * sa_clip's H: ``MeanField(problem, NormClip(lam), engine="vmap")``;
 * a bare chunked ``vmap(grad)`` plus clipping, written by hand (per-sample gradients of
   ``functional_call``, their norms, ``sum_i min(1, lam / ||g_i||) g_i``), on the same chunks;
+* for information: the plain gradient summed over H's chunks (what chunking alone does to the
+  floor), and the two-pass ("ghost") order of work, per-sample norms by chunked ``vmap(grad)``
+  and then one backward of ``(1/N) sum_i c_i l_i`` with ``c_i`` fixed (exact, but the second
+  pass costs a whole forward and backward, where the one-pass engine reads the per-sample
+  gradients it already has once more);
 * with ``--rules all``: sa_clip's H for the adaptive, layer-wise and unit-wise rules too.
 
 ``faults`` is the number of minor page faults of one call after the timing (``getrusage``):
@@ -28,6 +33,7 @@ Run from the repository root::
     python benchmarks/bench_cnn.py              # the table (under a minute on 2 cores)
     python benchmarks/bench_cnn.py --quick      # N = 512, seconds
     python benchmarks/bench_cnn.py --profile    # and where the time goes
+    python benchmarks/bench_cnn.py --keep-freed-memory   # without page-fault costs (glibc)
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import argparse
 import copy
 import os
 import resource
+import subprocess
 import sys
 import warnings
 
@@ -100,6 +107,47 @@ def bare_vmap(p: sc.Problem, lam: float, chunk: int):
     return run
 
 
+def chunked_gradient(p: sc.Problem, chunk: int):
+    """The plain gradient of the mean loss summed over chunks of ``chunk`` samples."""
+    model = copy.deepcopy(p.model)
+    params = list(model.parameters())
+
+    def run():
+        total = [torch.zeros_like(q) for q in params]
+        for s in range(0, p.N, chunk):
+            loss = F.cross_entropy(model(p.X[s:s + chunk]), p.y[s:s + chunk],
+                                   reduction="sum") / p.N
+            for t, g in zip(total, torch.autograd.grad(loss, params)):
+                t += g
+        return total
+    return run
+
+
+def two_pass(p: sc.Problem, lam: float, chunk: int):
+    """The "ghost" order of work: per-sample norms first (chunked ``vmap(grad)``, gradients
+    dropped after their norms), then one backward of ``(1/N) sum_i c_i l_i`` with the weights
+    ``c_i = min(1, lam / ||g_i||)`` held fixed, which is H exactly."""
+    model = copy.deepcopy(p.model)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    plist = list(model.parameters())
+
+    def loss_one(prm, x, y):
+        return F.cross_entropy(functional_call(model, prm, (x[None],)), y[None])
+
+    per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+
+    def run():
+        norms = []
+        for s in range(0, p.N, chunk):
+            g = per_sample(params, p.X[s:s + chunk], p.y[s:s + chunk])
+            norms.append(sum(torch.linalg.vector_norm(v.flatten(1), dim=1).square()
+                             for v in g.values()).sqrt())
+        w = torch.clamp(lam / torch.cat(norms), max=1.0)
+        loss = (w * F.cross_entropy(model(p.X), p.y, reduction="none")).sum() / p.N
+        return torch.autograd.grad(loss, plist)
+    return run
+
+
 def loop_reference(p: sc.Problem, lam: float, n: int) -> torch.Tensor:
     """float64 mean of the clipped per-sample gradients of the first ``n`` samples, one
     ``torch.autograd.grad`` per sample."""
@@ -145,7 +193,8 @@ def run(n: int, repeats: int, device: str, rules: str, check_n: int, profile: bo
     rule = sc.NormClip(lam)
     field = sc.MeanField(p, rule, engine="vmap", chunk_size=chunk)
     ch = field._chunk(1)
-    fns = {"floor": plain_gradient(p), "H": lambda: field(th), "bare": bare_vmap(p, lam, ch)}
+    fns = {"floor": plain_gradient(p), "H": lambda: field(th), "bare": bare_vmap(p, lam, ch),
+           "chunked": chunked_gradient(p, ch), "two-pass": two_pass(p, lam, ch)}
     extra = {"adaptive": sc.AdaptiveClip(0.05), "layerwise": sc.LayerwiseAdaptiveClip(0.05),
              "unitwise": sc.UnitwiseAGC(0.05)} if rules == "all" else {}
     for name, r in extra.items():
@@ -153,24 +202,30 @@ def run(n: int, repeats: int, device: str, rules: str, check_n: int, profile: bo
     med = interleaved_medians(fns, repeats, device=device)
     flt = {k: faults(fn, device) for k, fn in fns.items()}
     floor = med["floor"]
+    kept = "MALLOC_TRIM_THRESHOLD_" in os.environ
     lines = [f"H(theta) on a CNN (conv 1->16, GroupNorm, tanh, conv 16->32 stride 2, tanh, "
              f"linear 2048->10), N = {n:,}, P = {p.P:,}, {p.dtype}, device {device}, "
              f"{torch.get_num_threads()} threads, NormClip(lam = {lam:.3g}, the median "
              f"per-sample norm), chunks of {ch:,} samples; medians of {repeats} rounds after "
-             f"warm-up, all rows timed round-robin in the same rounds"]
+             f"warm-up, all rows timed round-robin in the same rounds"
+             + ("; glibc told to keep freed memory (MALLOC_*_THRESHOLD_)" if kept else "")]
     widths = [44, 9, 8, 9]
     lines.append(fmt_row(["method", "ms", "x floor", "faults"], widths))
     labels = {"floor": "plain full-batch gradient (floor)",
               "H": "sa_clip H, vmap engine, norm",
-              "bare": "bare chunked vmap(grad) + clipping, norm"}
+              "bare": "bare chunked vmap(grad) + clipping, norm",
+              "chunked": "plain gradient in H's chunks (info)",
+              "two-pass": "two-pass: norms, then backward of sum c_i l_i"}
     labels.update({k: f"sa_clip H, vmap engine, {k}" for k in extra})
     for k, t in med.items():
         lines.append(fmt_row([labels[k], f"{1e3 * t:.1f}", f"{t / floor:.2f}", flt[k]],
                              widths))
     h = field(th)
     hb = fns["bare"]()
-    lines.append(f"rel.diff ||H - bare|| / ||bare|| = {float((h - hb).norm() / hb.norm()):.1e} "
-                 f"({p.dtype}, all N)")
+    h2 = torch.cat([t.reshape(-1) for t in fns["two-pass"]()])
+    lines.append(f"rel.diff against H ({p.dtype}, all N): bare "
+                 f"{float((hb - h).norm() / h.norm()):.1e}, two-pass "
+                 f"{float((h2 - h).norm() / h.norm()):.1e}")
     if check_n:
         sub = cnn_problem(check_n, device=device)
         hs = sc.MeanField(sub, rule, engine="vmap")(sub.theta0).double().cpu()
@@ -195,7 +250,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rules", choices=["norm", "all"], default="norm",
                     help="'all' adds the adaptive, layer-wise and unit-wise rules")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler tables")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="run in a child process with glibc malloc told to keep freed memory "
+                         "(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): no page faults "
+                         "after the warm-up, so the ratios show the arithmetic alone")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 30),
+                   MALLOC_TRIM_THRESHOLD_=str(2 ** 32))
+        child = [sys.executable, os.path.abspath(__file__),
+                 *(sys.argv[1:] if argv is None else argv)]
+        sys.exit(subprocess.call(child, env=env))
     torch.set_num_threads(args.threads)
     n = args.n or (512 if args.quick else 4096)
     repeats = args.repeats or (3 if args.quick else 15)
