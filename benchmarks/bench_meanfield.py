@@ -13,6 +13,7 @@ Run from the repository root::
 
     python benchmarks/bench_meanfield.py            # full table (a minute or two)
     python benchmarks/bench_meanfield.py --quick    # seconds-long smoke run
+    python benchmarks/bench_meanfield.py --keep-freed-memory   # without page-fault costs
 """
 
 from __future__ import annotations
@@ -195,7 +196,9 @@ def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch
     p = mlp_problem(n, dtype=dtype, device=device)
     lines = [f"H(theta) for {p.name} (tanh), cross-entropy, N = {n:,}, P = {p.P:,}, {dtype}, "
              f"device {device}, {torch.get_num_threads()} threads; medians of {repeats} "
-             f"rounds after warm-up, all rows timed round-robin in the same rounds"]
+             f"rounds after warm-up, all rows timed round-robin in the same rounds"
+             + ("; glibc told to keep freed memory (MALLOC_*_THRESHOLD_)"
+                if "MALLOC_TRIM_THRESHOLD_" in os.environ else "")]
     th = p.theta0
     fns = {"floor": plain_gradient(p)}
     for name, rule in RULES.items():
@@ -271,7 +274,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vmap-all", action="store_true",
                     help="time the vmap path for every rule (default: norm only; it is slow)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="run in a child process with glibc malloc told to keep freed memory "
+                         "(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): no page faults "
+                         "after the warm-up, so the ratios show the arithmetic alone")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 30),
+                   MALLOC_TRIM_THRESHOLD_=str(2 ** 32))
+        child = [sys.executable, os.path.abspath(__file__),
+                 *(sys.argv[1:] if argv is None else argv)]
+        sys.exit(subprocess.call(child, env=env))
     torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child, args.device, args.dtype)))
