@@ -291,6 +291,10 @@ class MeanField:
     def _chunk(self, k: int, per: int | None = None) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
+        if k > 1 and per is None:          # an engine that takes the K rows one at a time
+            one = self._chunk(1)           # holds one row's numbers per chunk
+            if self.engine.loops_rows(k, one):
+                return one
         per = self.engine.elements_per_sample if per is None else per
         p = self.problem
         n = p.N

@@ -7,6 +7,8 @@ shared data and SGD minibatches, a rule with its own factors, a rule with its ow
 differentiable path at a zero gradient block) to the hand-written references.
 """
 
+import warnings
+
 import pytest
 import torch
 from helpers import rel_err
@@ -200,3 +202,46 @@ def test_float32_cnn_close_to_float64():
         h32 = sc.MeanField(p32, rule)(p32.theta0)
         assert h32.dtype == torch.float32
         assert rel_err(h32.double(), h64) < 1e-5
+
+
+def test_rows_looped_or_batched_give_the_same_numbers(monkeypatch):
+    # several thetas on shared data: looped one at a time when a row's work is large (the
+    # CNN at full size), batched by vmap otherwise; both against the per-sample loop
+    from sa_clip import engine
+    p = cnn_problem(n=7)
+    th = thetas(p, 3)
+    idx = torch.tensor([[0, 1], [2, 3], [4, 6]])
+    out = {}
+    for limit in (0, 10 ** 12):                            # always loop / never loop
+        monkeypatch.setattr(engine, "LOOP_ELEMENTS", limit)
+        for rule in (sc.NormClip(0.3), sc.UnitwiseAGC(0.2), sc.ValueClip(0.05)):
+            f = sc.MeanField(p, rule, chunk_size=3)
+            assert f.engine.loops_rows(3, 3) == (limit == 0)
+            m, s2 = f.update_moments(th)
+            out[limit, rule.name] = (f(th), f.clip_stats(th).factors, m, s2,
+                                     f.directions(th, idx))
+            for k in range(3):
+                assert rel_err(out[limit, rule.name][0][k], brute_H(p, rule, th[k])) < 1e-10
+    for rule in ("norm", "unitwise", "value"):
+        for a, b in zip(out[0, rule], out[10 ** 12, rule]):
+            assert rel_err(a, b) < 1e-12
+
+
+def test_looping_engine_sizes_chunks_for_one_row():
+    # the benchmark's CNN (P = 25,322): 12 thetas are looped over, so a chunk holds one row
+    # and is as large as for one theta; a 2-parameter toy batches its thetas (K in the budget)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.Tanh(),
+                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(2048, 10))
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        p = sc.Problem(model, torch.randn(4096, 1, 16, 16, generator=g),
+                       torch.randint(0, 10, (4096,), generator=g), "cross_entropy")
+    f = sc.MeanField(p, sc.NormClip(1.0))
+    assert f.method == "vmap" and f._chunk(1) == 586 and f._chunk(12) == 586
+    assert f.engine.loops_rows(12, 586)
+    toy = sc.problems.tanh_regression()
+    ft = sc.MeanField(toy, sc.NormClip(1.0), engine="vmap", max_elements=64 * toy.P * 8)
+    assert not ft.engine.loops_rows(64, ft._chunk(1))
+    assert ft._chunk(64) == -(-toy.N // -(-toy.N // 8))
