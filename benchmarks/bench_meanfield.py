@@ -1,7 +1,8 @@
 """Cost of the clipped mean field H(theta) against one plain full-batch gradient.
 
 MLP 64-128-128-10 (tanh), cross-entropy, N = 20,000 random samples, float32, 2 threads.
-Rows: one plain gradient of the mean loss (the floor), a plain Python loop over samples
+Rows: one plain gradient of the mean loss (the floor), the same gradient summed over the fast
+path's chunks (informational), a plain Python loop over samples
 (timed on a subset and extrapolated to N, said so in the output), vmap per-sample gradients
 (``MeanField(engine="vmap")``), the fast path (``MeanField(engine="fast")``), and Opacus
 per-sample clipping when it is importable. Times are medians of repeats after a warm-up; the
@@ -12,6 +13,7 @@ Run from the repository root::
 
     python benchmarks/bench_meanfield.py            # full table (a minute or two)
     python benchmarks/bench_meanfield.py --quick    # seconds-long smoke run
+    python benchmarks/bench_meanfield.py --keep-freed-memory   # without page-fault costs
 """
 
 from __future__ import annotations
@@ -83,6 +85,24 @@ def plain_gradient(p: sc.Problem):
         loss = F.cross_entropy(out, p.y) if p.loss_name == "cross_entropy" else \
             ((out - p.y.reshape(out.shape)) ** 2).sum(1).mean()
         return torch.autograd.grad(loss, params)
+    return run
+
+
+def chunked_gradient(p: sc.Problem, chunk: int):
+    """The plain gradient summed over chunks of ``chunk`` samples (H's chunks): what the floor
+    costs when its intermediates are as small as H's."""
+    model = copy.deepcopy(p.model)
+    params = list(model.parameters())
+
+    def run():
+        total = [torch.zeros_like(q) for q in params]
+        for s in range(0, p.N, chunk):
+            out, y = model(p.X[s:s + chunk]), p.y[s:s + chunk]
+            loss = (F.cross_entropy(out, y, reduction="sum") if p.loss_name == "cross_entropy"
+                    else ((out - y.reshape(out.shape)) ** 2).sum()) / p.N
+            for t, g in zip(total, torch.autograd.grad(loss, params)):
+                t += g
+        return total
     return run
 
 
@@ -176,11 +196,15 @@ def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch
     p = mlp_problem(n, dtype=dtype, device=device)
     lines = [f"H(theta) for {p.name} (tanh), cross-entropy, N = {n:,}, P = {p.P:,}, {dtype}, "
              f"device {device}, {torch.get_num_threads()} threads; medians of {repeats} "
-             f"rounds after warm-up, all rows timed round-robin in the same rounds"]
+             f"rounds after warm-up, all rows timed round-robin in the same rounds"
+             + ("; glibc told to keep freed memory (MALLOC_*_THRESHOLD_)"
+                if "MALLOC_TRIM_THRESHOLD_" in os.environ else "")]
     th = p.theta0
     fns = {"floor": plain_gradient(p)}
     for name, rule in RULES.items():
         fns[f"fast {name}"] = _call(sc.MeanField(p, rule, engine="fast"), th)
+    chunk = sc.MeanField(p, RULES["norm"], engine="fast")._chunk(1)
+    fns["chunked"] = chunked_gradient(p, chunk)
     med = interleaved_medians(fns, repeats, device=device)
     floor = med["floor"]
     vmap_ratio = {}
@@ -203,6 +227,8 @@ def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch
     lines.append(fmt_row(["method", "ms", "x floor", "rel.diff"], widths))
     lines.append(fmt_row(["plain full-batch gradient (floor)", f"{1e3 * floor:.1f}", "1.00",
                           "-"], widths))
+    lines.append(fmt_row(["plain gradient in H's chunks ***", f"{1e3 * med['chunked']:.1f}",
+                          f"{med['chunked'] / floor:.2f}", "-"], widths))
     lines.append(fmt_row(["loop over samples, norm *", f"{1e3 * t_loop:.0f}",
                           f"{loop_ratio:.1f}", "-"], widths))
     for name in vmap_rules:
@@ -228,6 +254,9 @@ def run_table(n: int, repeats: int, loop_samples: int, device: str, dtype: torch
     lines.append(f"* loop timed on the first {loop_samples} samples (median of 3 rounds with "
                  f"the floor) and extrapolated linearly to N = {n:,}.")
     lines.append("** vmap rows: median of 3 rounds, ratio to the floor timed in the same rounds.")
+    lines.append(f"*** informational: the same plain gradient summed over chunks of {chunk:,} "
+                 f"samples, the fast path's chunks (MeanField keeps a chunk's working set near "
+                 f"the CPU cache); the floor allocates full-batch intermediates.")
     lines.append(f"rel.diff: ||H_fast - H_vmap|| / ||H_vmap|| on the first {check_n:,} "
                  f"samples, {dtype}.")
     return lines
@@ -245,13 +274,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vmap-all", action="store_true",
                     help="time the vmap path for every rule (default: norm only; it is slow)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="run in a child process with glibc malloc told to keep freed memory "
+                         "(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): no page faults "
+                         "after the warm-up, so the ratios show the arithmetic alone")
     args = ap.parse_args(argv)
+    if args.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 30),
+                   MALLOC_TRIM_THRESHOLD_=str(2 ** 32))
+        child = [sys.executable, os.path.abspath(__file__),
+                 *(sys.argv[1:] if argv is None else argv)]
+        sys.exit(subprocess.call(child, env=env))
     torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child, args.device, args.dtype)))
         return
     n = args.n or (2000 if args.quick else 20_000)
-    repeats = 3 if args.quick else 5
+    repeats = 3 if args.quick else 15
     loop_samples = 20 if args.quick else 200
     vmap_rules = list(RULES) if args.vmap_all else ["norm"]
     check_n = 200 if args.quick else 1000

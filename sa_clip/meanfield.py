@@ -43,6 +43,16 @@ ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "vmap": VmapEngin
 ENGINE_CHOICES = ("auto", "vmap", "fast")   # the built-in choices
 METHODS = ENGINE_CHOICES            # the old name, kept for callers that import it
 CLIP_PER = ("sample", "batch")
+#: On a CPU the default chunk also keeps its working set near this many bytes: a chunk's
+#: element-wise passes then run from the last-level cache, and the allocator hands the same
+#: memory back chunk after chunk instead of taking fresh pages from the kernel (a page fault
+#: each; a full-batch pass over 20,000 samples of a 128-wide layer allocates 10 MiB per
+#: intermediate). Measured on the MLP 64-128-128-10 (N = 20,000, 2 cores): chunks of 5,000
+#: instead of one of 20,000 take the fast engine from 1.1-1.3x to 0.8-1.0x a plain gradient.
+CPU_CHUNK_BYTES = 2 ** 24
+#: ... unless that would mean chunks of fewer samples than this (per-chunk overheads, small
+#: matrix products): then ``max_elements`` alone decides.
+MIN_CHUNK = 1024
 
 #: Modules whose training-mode behaviour couples samples or adds noise; evaluated in eval mode.
 _TRAIN_MODE_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
@@ -173,7 +183,9 @@ class MeanField:
     chunk_size : int, optional
         Samples per chunk. Default: as many as keep a chunk's working set (``K * chunk * P``
         per-sample gradients for ``"vmap"``, ``K * chunk`` times the layer widths for
-        ``"fast"``) below ``max_elements``.
+        ``"fast"``) below ``max_elements``, and on a CPU also near :data:`CPU_CHUNK_BYTES`
+        (about a last-level cache) unless that means fewer than :data:`MIN_CHUNK` samples;
+        chunks are then balanced (20,000 samples in 4 x 5,000, not 3 x 5,874 + 2,378).
     max_elements : int
         Memory budget, in numbers, of one chunk.
     distributed : bool
@@ -279,9 +291,17 @@ class MeanField:
     def _chunk(self, k: int, per: int | None = None) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
+        if k > 1 and per is None:          # an engine that takes the K rows one at a time
+            one = self._chunk(1)           # holds one row's numbers per chunk
+            if self.engine.loops_rows(k, one):
+                return one
         per = self.engine.elements_per_sample if per is None else per
-        n = self.problem.N
+        p = self.problem
+        n = p.N
         most = max(1, min(n, self.max_elements // max(1, k * per)))
+        if p.device.type == "cpu":
+            cached = CPU_CHUNK_BYTES // (p.dtype.itemsize * max(1, k * per))
+            most = min(most, max(MIN_CHUNK, cached))
         pieces = -(-n // most)
         return -(-n // pieces)   # balanced: 20,000 in 10,000 + 10,000, not 19,000 + 1,000
 

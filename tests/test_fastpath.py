@@ -265,3 +265,27 @@ def test_directions_stats_match(rule, clip_per):
     assert torch.equal(frac, fref)
     if clip_per == "sample" and rule.granularity != "none":
         assert 0 < float(fref.mean()) <= 1
+
+
+def test_default_chunks_stay_near_the_cache_on_cpu():
+    # 20,000 samples of a 64-128-128-10 stack: chunks of 5,000 (working set near
+    # CPU_CHUNK_BYTES), balanced; max_elements still caps them; chunk_size overrides both
+    from sa_clip import meanfield
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(),
+                          nn.Linear(128, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        p = sc.Problem(model, torch.randn(20_000, 64, generator=g),
+                       torch.randint(0, 10, (20_000,), generator=g), "cross_entropy")
+        f = sc.MeanField(p, sc.NormClip(1.0))
+    per = f.engine.elements_per_sample
+    most = meanfield.CPU_CHUNK_BYTES // (4 * per)
+    assert f._chunk(1) == 5_000 and 5_000 <= most < 20_000
+    assert sc.MeanField(p, sc.NormClip(1.0), max_elements=1_000 * per)._chunk(1) == 1_000
+    assert sc.MeanField(p, sc.NormClip(1.0), chunk_size=20_000)._chunk(1) == 20_000
+    # 64 parameter vectors: the cache would ask for 91 samples, below MIN_CHUNK, so
+    # max_elements alone decides (367 at most, balanced to 364)
+    assert most // 64 < meanfield.MIN_CHUNK
+    limit = f.max_elements // (64 * per)
+    assert f._chunk(64) == -(-20_000 // -(-20_000 // limit))
