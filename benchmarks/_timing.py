@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -84,3 +85,22 @@ def current_rss_mib() -> float:
 def fmt_row(cells: list[object], widths: list[int]) -> str:
     return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                      for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def add_keep_freed_memory_option(ap) -> None:
+    """``--keep-freed-memory`` on a benchmark's parser (see :func:`rerun_keeping_freed_memory`)."""
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="run in a child process with glibc malloc told to keep freed memory "
+                         "(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): no page faults "
+                         "after the warm-up, so the ratios show the arithmetic alone")
+
+
+def rerun_keeping_freed_memory(args, script: str, argv=None) -> None:
+    """With ``--keep-freed-memory``, run ``script`` again in a child whose glibc keeps freed
+    memory, and exit with its status; otherwise (or in that child) return."""
+    if args.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 30),
+                   MALLOC_TRIM_THRESHOLD_=str(2 ** 32))
+        child = [sys.executable, os.path.abspath(script),
+                 *(sys.argv[1:] if argv is None else argv)]
+        sys.exit(subprocess.call(child, env=env))

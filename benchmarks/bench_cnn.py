@@ -42,7 +42,6 @@ import argparse
 import copy
 import os
 import resource
-import subprocess
 import sys
 import warnings
 
@@ -52,7 +51,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import add_repo_to_path, fmt_row, interleaved_medians, sync  # noqa: E402
+from _timing import (  # noqa: E402
+    add_keep_freed_memory_option,
+    add_repo_to_path,
+    fmt_row,
+    interleaved_medians,
+    rerun_keeping_freed_memory,
+    sync,
+)
 
 add_repo_to_path()
 import sa_clip as sc  # noqa: E402
@@ -250,17 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rules", choices=["norm", "all"], default="norm",
                     help="'all' adds the adaptive, layer-wise and unit-wise rules")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler tables")
-    ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="run in a child process with glibc malloc told to keep freed memory "
-                         "(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): no page faults "
-                         "after the warm-up, so the ratios show the arithmetic alone")
+    add_keep_freed_memory_option(ap)
     args = ap.parse_args(argv)
-    if args.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 30),
-                   MALLOC_TRIM_THRESHOLD_=str(2 ** 32))
-        child = [sys.executable, os.path.abspath(__file__),
-                 *(sys.argv[1:] if argv is None else argv)]
-        sys.exit(subprocess.call(child, env=env))
+    rerun_keeping_freed_memory(args, __file__, argv)
     torch.set_num_threads(args.threads)
     n = args.n or (512 if args.quick else 4096)
     repeats = args.repeats or (3 if args.quick else 15)

@@ -31,13 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import (  # noqa: E402
+from _timing import (
     ROOT,
+    add_keep_freed_memory_option,
     add_repo_to_path,
     current_rss_mib,
     fmt_row,
     interleaved_medians,
     peak_rss_mib,
+    rerun_keeping_freed_memory,
     sync,
 )
 
@@ -274,17 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vmap-all", action="store_true",
                     help="time the vmap path for every rule (default: norm only; it is slow)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="run in a child process with glibc malloc told to keep freed memory "
-                         "(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_): no page faults "
-                         "after the warm-up, so the ratios show the arithmetic alone")
+    add_keep_freed_memory_option(ap)
     args = ap.parse_args(argv)
-    if args.keep_freed_memory and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2 ** 30),
-                   MALLOC_TRIM_THRESHOLD_=str(2 ** 32))
-        child = [sys.executable, os.path.abspath(__file__),
-                 *(sys.argv[1:] if argv is None else argv)]
-        sys.exit(subprocess.call(child, env=env))
+    rerun_keeping_freed_memory(args, __file__, argv)
     torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child, args.device, args.dtype)))

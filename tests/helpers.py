@@ -8,6 +8,8 @@ import importlib.util
 import os
 import pathlib
 
+import torch
+
 import sa_clip as sc
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -107,3 +109,13 @@ class InterruptingField(sc.MeanField):
     def directions_stats(self, *a, **k):
         self._tick()
         return super().directions_stats(*a, **k)
+
+
+def smooth_rule(base, lam: float = 0.1):
+    """A rule of class ``base`` that overrides ``factors`` with a smooth clip,
+    ``sqrt(1 + (||g|| / threshold)^2)``: the engines must serve it by its own maths."""
+    class Smooth(base):
+        def factors(self, grad_norms, theta_norms=None):
+            return torch.sqrt(1 + (grad_norms / self.thresholds(theta_norms)) ** 2)
+
+    return Smooth(lam)

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import rel_err, smooth_rule
 from torch import nn
 
 import sa_clip as sc
@@ -112,11 +112,7 @@ def test_tied_weights_model_every_rule_batched():
 
 @pytest.mark.parametrize("base", [sc.NormClip, sc.LayerwiseAdaptiveClip, sc.UnitwiseAGC])
 def test_rule_with_its_own_factors(base):
-    class Smooth(base):
-        def factors(self, grad_norms, theta_norms=None):
-            return torch.sqrt(1 + (grad_norms / self.thresholds(theta_norms)) ** 2)
-
-    rule = Smooth(0.1)
+    rule = smooth_rule(base)
     p = cnn_problem()
     th = p.theta0
     G = brute_grads(p, th)

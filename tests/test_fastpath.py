@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import rel_err, smooth_rule
 from torch import nn
 
 import sa_clip as sc
@@ -225,11 +225,7 @@ def test_chunk_size_follows_layer_widths():
 @pytest.mark.parametrize("base", [sc.NormClip, sc.LayerwiseAdaptiveClip, sc.UnitwiseAGC])
 def test_rule_with_its_own_factors(base):
     # a rule that overrides `factors` (a smooth clip) must be served by its own maths
-    class Smooth(base):
-        def factors(self, grad_norms, theta_norms=None):
-            return torch.sqrt(1 + (grad_norms / self.thresholds(theta_norms)) ** 2)
-
-    rule = Smooth(0.1)
+    rule = smooth_rule(base)
     p = stack_problem("cross_entropy")
     th = thetas(p)
     fast = sc.MeanField(p, rule)
