@@ -89,9 +89,9 @@ class StageClock:
         self.last = now
 
     def record(self, name: str, seconds: float) -> None:
-        """Add ``seconds`` measured elsewhere to ``name`` (a sub-stage that may overlap others,
-        such as one rule's tracking while another rule computes); the next :meth:`stage`
-        still counts from the previous one."""
+        """Add ``seconds`` measured elsewhere to ``name`` (a sub-stage inside the current stage,
+        such as one rule's tracking inside ``rules``); the next :meth:`stage` still counts
+        from the previous one."""
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         self.peak_rss_mb[name] = round(peak_rss_mb(), 1)
 
