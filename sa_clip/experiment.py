@@ -28,6 +28,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Any
 import torch
 
 from . import distributed as _dist
-from ._memory import release_memory
+from ._memory import finite_rows, peak_rss_mb, release_memory
+from ._workers import fork_available, run_jobs
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
 from .ode import OdeSolution, solve_ode
@@ -49,12 +51,16 @@ from .trajectory import Trajectory
 #: numbers in one group's ``(offsets, chains * starts, P)`` array of the tracking solve. The
 #: chains are tracked in groups small enough for this (``tracking_distance`` holds several
 #: such arrays at once); all 64 chains of ``sa-clip run`` at once cost ~0.7 GB, groups of
-#: 2**21 numbers ~0.1 GB, and the step-size control of a smaller group rejects fewer steps.
-TRACKING_GROUP_ELEMENTS = 2 ** 21
+#: 2**20 numbers (3 chains there) ~50 MB. Smaller groups are also faster, down to about this
+#: size: their arrays stay in cache, and the step-size control of a smaller group rejects
+#: fewer steps (one process, 1 thread: 3.7-3.8 s at 2**20, 4.3 s at 2**21, 4.9 s at 2**22;
+#: 4.4 s with one chain per group).
+TRACKING_GROUP_ELEMENTS = 2 ** 20
 #: TrackingResult fields that hold one row per chain (concatenated over the groups)
 PER_CHAIN_FIELDS = ("distance", "gap")
-#: parameter vectors per batched loss evaluation (``Problem.loss`` vmaps over all of them)
-LOSS_CHUNK = 512
+#: parameter vectors per batched loss evaluation (``Problem.loss`` vmaps over all of them;
+#: 64 x 178 samples x 16 hidden units is ~1.5 MB per activation, and was faster than 512)
+LOSS_CHUNK = 64
 
 
 @dataclass
@@ -79,7 +85,13 @@ class RuleReport:
     loss_ode : float64 tensor ``(records,)``
         Full-data loss along the ODE.
     seconds : dict
-        Wall time of each stage: ``sgd``, ``ode``, ``tracking``, ``loss``.
+        Wall time of each stage: ``sgd``, ``ode``, ``tracking``, ``loss`` (and whatever
+        ``on_report`` of :func:`run_experiment` adds, e.g. ``figures``).
+    outputs : list of str
+        Files that ``on_report`` wrote for this rule (it appends them; empty otherwise).
+    worker : dict or None
+        ``{"pid", "peak_rss_mb", "threads"}`` of the worker process the rule ran in
+        (``run_experiment(workers > 1)``); None when it ran in the calling process.
     """
 
     name: str
@@ -91,6 +103,8 @@ class RuleReport:
     loss_sgd: torch.Tensor
     loss_ode: torch.Tensor
     seconds: dict[str, float]
+    outputs: list[str] = field(default_factory=list)
+    worker: dict[str, Any] | None = None
 
     @property
     def clip_fraction(self) -> torch.Tensor:
@@ -126,6 +140,7 @@ class RuleReport:
             "tau_last": float(self.trajectory.tau[-1]),
             "ode_status": self.ode.message, "ode_nfev": self.ode.nfev,
             "seconds": dict(self.seconds),
+            "worker": self.worker,
         }
 
 
@@ -188,7 +203,7 @@ def batched_loss(problem: Problem, theta: torch.Tensor, chunk: int = LOSS_CHUNK
     non-finite vectors give NaN. Returns float64 of shape ``theta.shape[:-1]``."""
     flat = theta.reshape(-1, theta.shape[-1])
     out = torch.full((flat.shape[0],), float("nan"), dtype=torch.float64)
-    ok = torch.isfinite(flat).all(1)
+    ok = finite_rows(flat)
     idx = ok.nonzero().squeeze(1)
     for i in range(0, idx.numel(), chunk):
         sel = idx[i:i + chunk]
@@ -312,7 +327,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                    shard: bool = False, tracking_options: dict[str, Any] | None = None,
                    start_spacing: str = "linear",
                    on_stage: Callable[[str, str, float], None] | None = None,
-                   on_report: Callable[[RuleReport], None] | None = None) -> Experiment:
+                   on_report: Callable[[RuleReport], None] | None = None,
+                   workers: int = 1) -> Experiment:
     r"""SGD chains vs the ODE, tracking distances and losses, for each of ``rules``.
 
     Main arguments
@@ -352,10 +368,24 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     tracking_options : dict, optional
         More keywords of :func:`~sa_clip.tracking_distance` (see :func:`tracking_in_groups`).
     on_stage : callable ``(rule_name, stage, seconds)``, optional
-        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``).
+        Called after each stage (``"sgd"``, ``"ode"``, ``"tracking"``, ``"loss"``, then any
+        stage ``on_report`` added to ``report.seconds``).
     on_report : callable ``(RuleReport)``, optional
         Called with each rule's report as soon as it is done (``sa-clip run`` draws that
-        rule's figures there, before the next rule starts).
+        rule's figures there, before the next rule starts). It may add stage times to
+        ``report.seconds`` and file names to ``report.outputs``.
+    workers : int
+        Run up to ``workers`` rules at once, each in its own forked process with
+        ``torch.get_num_threads() // workers`` threads (at least 1). The stages of one rule
+        are too small to keep two torch threads busy, so on a 2-core machine two rules in
+        two processes take about half the time of one after the other. The children share
+        the parent's libraries and data copy-on-write; each sends its report back pickled
+        (the :class:`~sa_clip.MeanField` is rebuilt here). ``on_report`` then runs in the
+        worker (what it adds to the report comes back with it) and ``on_stage`` here, when
+        the report arrives. The numbers are those of ``workers=1`` up to floating-point
+        round-off (torch's sums may group differently with another thread count). Falls
+        back to one process, with a warning, where fork is unsafe (macOS, Windows, CUDA
+        initialised, ``shard=True`` or an active ``torch.distributed`` group).
 
     Returns
     -------
@@ -383,16 +413,75 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                     resume=resume, progress=progress, shard=shard,
                     tracking_options=tracking_options, start_spacing=start_spacing,
                     on_stage=on_stage)
-    reports: dict[str, RuleReport] = {}
-    for name, rule in named.items():
-        reports[name] = run_rule(problem, name, rule, sched, **settings)
-        if on_report is not None:
-            on_report(reports[name])
+    workers = _check_workers(workers, len(named), shard)
+    if workers > 1:
+        reports = _rules_in_workers(problem, named, sched, settings, workers, on_report)
+    else:
+        reports = {}
+        for name, rule in named.items():
+            reports[name] = run_rule(problem, name, rule, sched, **settings)
+            stages = set(reports[name].seconds)
+            if on_report is not None:
+                on_report(reports[name])
+            _replay_stages(reports[name], on_stage, skip=stages)
     config = {"schedule": str(sched), "steps": steps, "chains": chains,
               "batch_size": batch_size, "clip_per": clip_per, "seed": seed,
               "record_every": record_every, "horizon": horizon, "starts": starts,
               "tracking_chains": tracking_chains, "max_nfev": max_nfev}
     return Experiment(problem, sched, reports, config)
+
+
+def _check_workers(workers: Any, n_rules: int, shard: bool) -> int:
+    """The number of worker processes to use: ``workers`` checked, at most one per rule, and
+    1 where forking is unsafe (with a warning saying why)."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be a positive integer, got {workers!r}.")
+    workers = min(workers, n_rules)
+    if workers == 1:
+        return 1
+    ok, why = (False, "shard=True runs under torch.distributed") if shard else fork_available()
+    if not ok:
+        warnings.warn(f"workers={workers} ignored, rules run one after another: {why}.",
+                      RuntimeWarning, stacklevel=3)
+        return 1
+    return workers
+
+
+def _replay_stages(report: RuleReport, on_stage: Callable[[str, str, float], None] | None,
+                   skip: set[str] = frozenset()) -> None:
+    """Call ``on_stage`` for the stages of ``report`` not in ``skip``."""
+    if on_stage is not None:
+        for stage, seconds in report.seconds.items():
+            if stage not in skip:
+                on_stage(report.name, stage, seconds)
+
+
+def _rules_in_workers(problem: Problem, named: dict[str, ClipRule], sched: Schedule,
+                      settings: dict[str, Any], workers: int,
+                      on_report: Callable[[RuleReport], None] | None
+                      ) -> dict[str, RuleReport]:
+    """:func:`run_rule` (and ``on_report``) of each rule in a forked worker process."""
+    on_stage = settings["on_stage"]
+    threads = max(1, torch.get_num_threads() // workers)
+
+    def job(name: str, rule: ClipRule) -> Callable[[], RuleReport]:
+        def work() -> RuleReport:
+            report = run_rule(problem, name, rule, sched, **{**settings, "on_stage": None})
+            report.worker = {"pid": os.getpid(), "threads": threads}
+            if on_report is not None:
+                on_report(report)
+            report.worker["peak_rss_mb"] = round(peak_rss_mb(), 1)
+            return dataclasses.replace(report, field=None)   # rebuilt by the parent
+        return work
+
+    release_memory()                      # the children start from a trimmed heap
+    reports: dict[str, RuleReport] = {}
+    for name, report in run_jobs([(n, job(n, r)) for n, r in named.items()],
+                                 workers=workers, threads=threads):
+        report.field = MeanField(problem, report.rule, distributed=settings["shard"])
+        reports[name] = report
+        _replay_stages(report, on_stage)
+    return reports
 
 
 __all__ = ["run_experiment", "run_rule", "Experiment", "RuleReport", "batched_loss",

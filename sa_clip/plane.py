@@ -22,6 +22,11 @@ from ._validate import check_nonneg_int
 from .meanfield import MeanField
 from .problem import Problem
 
+#: points per chunk of :meth:`Plane.project`
+PROJECT_ROWS = 4096
+#: grid points per batched evaluation of H and the loss in :func:`field_on_plane`
+GRID_ROWS = 64
+
 
 @dataclass(frozen=True)
 class Plane:
@@ -66,8 +71,17 @@ class Plane:
         return self.center + A[..., None] * self.d1 + Bm[..., None] * self.d2
 
     def project(self, theta: torch.Tensor) -> torch.Tensor:
-        """Plane coordinates ``(..., 2)`` of points ``theta (..., P)`` (least squares)."""
-        return self.project_vector(theta - self.center)
+        """Plane coordinates ``(..., 2)`` of points ``theta (..., P)`` (least squares).
+
+        Many points are projected :data:`PROJECT_ROWS` at a time, so projecting a whole
+        ensemble (``chains x records x P``) never holds a second copy of it.
+        """
+        rows = theta.reshape(-1, theta.shape[-1])
+        if len(rows) <= PROJECT_ROWS:
+            return self.project_vector(theta - self.center)
+        out = torch.cat([self.project_vector(rows[i:i + PROJECT_ROWS] - self.center)
+                         for i in range(0, len(rows), PROJECT_ROWS)])
+        return out.reshape(*theta.shape[:-1], 2)
 
     def project_vector(self, v: torch.Tensor) -> torch.Tensor:
         """Components ``(..., 2)`` of vectors ``v (..., P)`` in the basis ``d1, d2``."""
@@ -184,9 +198,12 @@ def field_on_plane(field: MeanField, plane: Plane, a_range: tuple[float, float],
     b = torch.linspace(*map(float, b_range), n, dtype=p.dtype)
     pts = plane.points(a, b)
     flat = pts.reshape(-1, p.P)
-    minus_h = -field(flat)
+    # GRID_ROWS points per call: the batched H and loss hold (points x samples x width)
+    # activations, ~0.2 GB for a 41 x 41 grid on the wine network in one call
+    blocks = [flat[i:i + GRID_ROWS] for i in range(0, len(flat), GRID_ROWS)]
+    minus_h = -torch.cat([field(x) for x in blocks])
     comp = plane.project_vector(minus_h)
     resid = (minus_h - comp @ plane.basis.T.to(comp)).norm(dim=-1)
-    loss = p.loss(flat).reshape(n, n) if with_loss else None
+    loss = torch.cat([p.loss(x) for x in blocks]).reshape(n, n) if with_loss else None
     flow = comp.reshape(n, n, 2)
     return PlaneField(plane, a, b, flow, flow.norm(dim=-1), loss, resid.reshape(n, n))

@@ -98,6 +98,32 @@ def test_run_writes_figures_summary_manifest_and_table(tmp_path, capsys):
     assert "D_T early" in out and "adaptive" in out and "summary.json" in out
 
 
+@pytest.mark.skipif(not experiment.fork_available()[0], reason="no fork here")
+def test_run_with_rules_in_worker_processes_equals_one_process(tmp_path, capsys):
+    base = [*TINY_RUN, "--noise-chains", "0"]
+    runs = {}
+    for w in ("1", "2"):
+        assert cli.main([*base, "--workers", w, "--out", str(tmp_path / w)]) == 0
+        runs[w] = json.loads((tmp_path / w / "summary.json").read_text())
+    one, two = runs["1"], runs["2"]
+    assert [r["worker"] for r in one["results"]] == [None, None]
+    pids = [r["worker"]["pid"] for r in two["results"]]
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert one["config"]["workers"] == 1 and two["config"]["workers"] == 2
+    for a, b in zip(one["results"], two["results"]):
+        for key in ("final_loss_ode", "final_loss_sgd_median", "clip_fraction_late",
+                    "tracking_early", "tracking_late"):
+            assert b[key] == pytest.approx(a[key], rel=1e-10, abs=1e-14), key
+    # the figures the workers drew are published and listed like those drawn here
+    files = [json.loads((tmp_path / w / "manifest.json").read_text())["files"]
+             for w in ("1", "2")]
+    assert files[0] == files[1] and "shadowing_adaptive.png" in files[1]
+    assert pngs(tmp_path / "2") == pngs(tmp_path / "1")
+    assert {"norm.figures", "adaptive.figures"} <= set(two["stages"]["seconds"])
+    out = capsys.readouterr().out
+    assert out.count("classic (norm)") == 2
+
+
 @pytest.mark.slow
 def test_portrait_with_gif(tmp_path, capsys):
     assert cli.main([*TINY_PORTRAIT, "--gif", "--frames", "3", "--out", str(tmp_path)]) == 0
@@ -236,6 +262,7 @@ def test_non_utf8_toml(tmp_path, capsys):
     (["run", "--steps", "0"], "`--steps` must be an integer >= 1"),
     (["run", "--samples", "0"], "`--samples` must be an integer >= 1, got 0"),
     (["run", "--max-nfev", "0"], "`--max-nfev` must be an integer >= 1"),
+    (["run", "--workers", "0"], "`--workers` must be an integer >= 1, got 0"),
     (["run", "--batch-size", "0"], "`--batch-size` must be an integer >= 1"),
     (["run", "--noise-chains", "-1"], "`--noise-chains` must be an integer >= 0"),
     (["run", "--seed", str(2 ** 63)], "`--seed` must be an integer from 0 to 2**63-1"),
@@ -497,7 +524,8 @@ def test_animation_figure_shim():
 @pytest.mark.slow
 def test_run_checkpoint_and_resume_give_the_same_results(tmp_path, monkeypatch,
                                                          figures_not_rendered):
-    base = [*TINY_RUN, "--noise-chains", "0", "--portrait-grid", "0"]
+    # one process: the interruption below counts the rules' SGD calls in this process
+    base = [*TINY_RUN, "--noise-chains", "0", "--portrait-grid", "0", "--workers", "1"]
     assert cli.main([*base, "--out", str(tmp_path / "a")]) == 0
     ref = json.loads((tmp_path / "a" / "summary.json").read_text())["results"]
     ck = tmp_path / "ck"

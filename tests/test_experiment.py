@@ -141,3 +141,91 @@ def test_release_memory_is_harmless():
     x = torch.ones(1000)
     release_memory()
     assert float(x.sum()) == 1000.0
+
+
+RULES = {"norm": sc.NormClip(1.0), "plain": "none"}
+SMALL = dict(steps=40, chains=5, record_every=2, starts=3, horizon=1.0, tracking_chains=4)
+
+
+@pytest.mark.skipif(not sc.experiment.fork_available()[0], reason="no fork here")
+def test_rules_in_worker_processes_give_the_numbers_of_one_process(exp):
+    import os
+    stages, reports = [], []
+
+    def on_report(report):
+        # runs in the worker: what it adds travels back with the report
+        assert os.getpid() == report.worker["pid"] != parent
+        report.seconds["figures"] = 0.25
+        report.outputs.append(f"{report.name}.png")
+        reports.append(report.name)                  # the worker's copy of this list
+
+    parent = os.getpid()
+    par = sc.run_experiment(exp.problem, RULES, "harmonic:1.0", **SMALL, workers=2,
+                            on_report=on_report,
+                            on_stage=lambda rule, stage, s: stages.append((rule, stage)))
+    assert reports == []                                # on_report ran elsewhere
+    assert stages == [(r, s) for r in ("norm", "plain")
+                      for s in ("sgd", "ode", "tracking", "loss", "figures")]
+    for name in RULES:
+        a, b = exp[name], par[name]
+        assert b.worker["pid"] != parent and b.worker["threads"] >= 1
+        assert b.worker["peak_rss_mb"] > 0 and a.worker is None
+        assert b.outputs == [f"{name}.png"] and b.seconds["figures"] == 0.25
+        for x, y in [(a.trajectory.theta, b.trajectory.theta), (a.ode.theta, b.ode.theta),
+                     (a.tracking.distance, b.tracking.distance),
+                     (a.tracking.gap, b.tracking.gap), (a.loss_sgd, b.loss_sgd)]:
+            assert x.dtype == y.dtype and torch.allclose(x, y, rtol=1e-12, atol=1e-15)
+        # the field is rebuilt here and is the same H
+        th = exp.problem.theta0
+        assert torch.allclose(b.field(th), a.field(th), rtol=1e-13, atol=0)
+    json.dumps(par.summary(), allow_nan=False)
+    assert par.summary()["results"][0]["worker"]["pid"] == par["norm"].worker["pid"]
+
+
+def test_workers_fall_back_to_one_process_where_fork_is_unsafe(monkeypatch, exp):
+    monkeypatch.setattr(sc.experiment, "fork_available",
+                        lambda: (False, "CUDA is initialised in this process"))
+    with pytest.warns(RuntimeWarning, match="workers=2 ignored, rules run one after another: "
+                                            "CUDA is initialised"):
+        par = sc.run_experiment(exp.problem, RULES, "harmonic:1.0", **SMALL, workers=2)
+    assert par["norm"].worker is None
+    assert torch.equal(par["norm"].tracking.distance, exp["norm"].tracking.distance)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", None])
+def test_workers_must_be_a_positive_integer(bad):
+    p = sc.problems.logistic2d()
+    with pytest.raises(ValueError, match=r"`workers` must be a positive integer, got "):
+        sc.run_experiment(p, RULES, "harmonic:1.0", **SMALL, workers=bad)
+
+
+def test_one_rule_or_one_worker_runs_here(exp, recwarn):
+    one = sc.run_experiment(exp.problem, {"norm": sc.NormClip(1.0)}, "harmonic:1.0", **SMALL,
+                            workers=4)
+    assert one["norm"].worker is None and not recwarn.list
+    assert torch.equal(one["norm"].trajectory.theta, exp["norm"].trajectory.theta)
+
+
+def test_stages_that_on_report_adds_reach_on_stage_in_one_process_too(exp):
+    stages = []
+
+    def on_report(report):
+        report.seconds["figures"] = 0.5
+
+    sc.run_experiment(exp.problem, RULES, "harmonic:1.0", **SMALL, workers=1,
+                      on_report=on_report, on_stage=lambda r, s, t: stages.append((r, s, t)))
+    assert [(r, s) for r, s, _ in stages] == [
+        (r, s) for r in ("norm", "plain") for s in ("sgd", "ode", "tracking", "loss", "figures")]
+    assert [t for _, s, t in stages if s == "figures"] == [0.5, 0.5]
+
+
+def test_finite_rows_equals_isfinite_all_in_chunks(monkeypatch):
+    import sa_clip._memory as memory
+
+    x = torch.randn(3, 11, 4, dtype=torch.float64)
+    x[0, 2, 1], x[2, 10, 3], x[1, 0, 0] = float("nan"), float("inf"), -float("inf")
+    monkeypatch.setattr(memory, "FINITE_ROWS", 4)           # 33 rows in 9 chunks
+    got = memory.finite_rows(x)
+    assert got.shape == (3, 11) and got.dtype == torch.bool
+    assert torch.equal(got, torch.isfinite(x).all(-1)) and int((~got).sum()) == 3
+    assert memory.finite_rows(torch.empty(0, 5)).shape == (0,)

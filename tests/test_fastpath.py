@@ -285,3 +285,25 @@ def test_default_chunks_stay_near_the_cache_on_cpu():
     assert most // 64 < meanfield.MIN_CHUNK
     limit = f.max_elements // (64 * per)
     assert f._chunk(64) == -(-20_000 // -(-20_000 // limit))
+
+
+@pytest.mark.parametrize("classes", [3, 16, 17, 40])
+def test_cross_entropy_softmax_either_side_of_the_small_class_path(classes, monkeypatch):
+    # up to SMALL_SOFTMAX classes the output gradient takes the softmax over a transposed
+    # view; both paths against the float64 loop and against each other
+    import sa_clip.fastpath as fastpath
+
+    g = torch.Generator().manual_seed(classes)
+    model = nn.Sequential(nn.Linear(4, 6, dtype=D), nn.Tanh(), nn.Linear(6, classes, dtype=D))
+    X = torch.randn(13, 4, generator=g, dtype=D)
+    y = torch.randint(0, classes, (13,), generator=g)
+    p = sc.Problem(model, X, y, "cross_entropy")
+    rule = sc.NormClip(0.3)
+    th = thetas(p, 2, scale=0.6)
+    fast = sc.MeanField(p, rule, method="fast")
+    H = fast(th)
+    assert rel_err(H[0], brute_H(p, rule, th[0])) < 1e-12
+    assert rel_err(H[1], brute_H(p, rule, th[1])) < 1e-12
+    other = 10 ** 6 if classes > fastpath.SMALL_SOFTMAX else 0
+    monkeypatch.setattr(fastpath, "SMALL_SOFTMAX", other)
+    assert rel_err(sc.MeanField(p, rule, method="fast")(th), H) < 1e-13

@@ -149,3 +149,24 @@ def test_plane_and_grid_arguments_are_named():
         sc.field_on_plane(f, pl, (-1, 1), (2, float("inf")), n=3)
     with pytest.raises(TypeError, match="`a_range` must be a pair of numbers"):
         sc.field_on_plane(f, pl, (1, 2, 3), (-1, 1), n=3)
+
+
+def test_projection_and_grid_in_chunks_equal_one_pass(monkeypatch):
+    import sa_clip.plane as plane_mod
+
+    g = torch.Generator().manual_seed(3)
+    p = sc.problems.tanh_regression()
+    pl = Plane(torch.zeros(2, dtype=torch.float64), torch.tensor([1.0, 0.2], dtype=torch.float64),
+               torch.tensor([-0.3, 1.0], dtype=torch.float64))
+    pts = torch.randn(5, 7, 2, generator=g, dtype=torch.float64)
+    pf = field_on_plane(sc.MeanField(p, sc.NormClip(1.0)), pl, (-2, 2), (-1, 3), n=6)
+    whole = pl.project(pts)
+    monkeypatch.setattr(plane_mod, "PROJECT_ROWS", 4)        # 35 points in 9 chunks
+    monkeypatch.setattr(plane_mod, "GRID_ROWS", 5)           # 36 grid points in 8 calls
+    assert torch.allclose(pl.project(pts), whole, rtol=1e-14, atol=1e-15)
+    # least squares by hand: coordinates c with basis @ c closest to the point
+    ref = torch.linalg.lstsq(pl.basis, pts.reshape(-1, 2).T).solution.T.reshape(5, 7, 2)
+    assert torch.allclose(whole, ref, rtol=1e-12, atol=1e-13)
+    pf2 = field_on_plane(sc.MeanField(p, sc.NormClip(1.0)), pl, (-2, 2), (-1, 3), n=6)
+    for a, b in [(pf.flow, pf2.flow), (pf.loss, pf2.loss), (pf.speed, pf2.speed)]:
+        assert torch.allclose(a, b, rtol=1e-14, atol=1e-15)

@@ -23,7 +23,7 @@ BASE_DEFAULTS: dict[str, Any] = dict(device="cpu", dtype="float64", quiet=False,
 #: options that must be integers >= 1, integers >= 0, and numbers > 0
 AT_LEAST_ONE = ("steps", "chains", "batch_size", "record_every", "starts", "tracking_chains",
                 "grid", "ode_starts", "n_starts", "frames", "repeats", "noise_steps",
-                "checkpoint_every", "samples", "max_nfev")
+                "checkpoint_every", "samples", "max_nfev", "workers")
 AT_LEAST_ZERO = ("noise_chains", "portrait_grid")
 POSITIVE = ("horizon", "extent", "ode_time", "max_norm", "lam", "eps", "adaptive_lam")
 SEED_MAX = 2 ** 63 - 1

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from .._memory import peak_rss_mb
 
 RULE_LABELS = {"none": "no clipping", "norm": "classic (norm)", "adaptive": "adaptive",
                "layerwise": "layer-wise adaptive", "unitwise": "unit-wise (AGC)",
@@ -60,12 +60,6 @@ def problem_fields(problem: Any) -> dict[str, Any]:
     return {"name": problem.name, "N": int(problem.N), "P": int(problem.P),
             "loss": getattr(problem, "loss_name", None), "dtype": str(problem.dtype),
             "device": str(problem.device), "model": type(problem.model).__name__}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (``ru_maxrss``)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10   # bytes vs KB
 
 
 class StageClock:

@@ -4,10 +4,12 @@ against many SGD chains, tracking distances; figures, summary.json and a table."
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from .._memory import finite_rows
 from ..experiment import Experiment, RuleReport, run_experiment
 from ..schedules import make_schedule
 from .builders import build_problem, build_rules, checkpoint_dir, run_chains
@@ -26,7 +28,7 @@ DEFAULTS: dict[str, Any] = dict(
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False, predict_spread=False)
+    resume=False, predict_spread=False, workers=None)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -59,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "seconds for 2-parameter problems)")
     p.add_argument("--portrait-grid", type=int,
                    help="grid points per side of the PCA-plane portrait (default 21; 0 skips)")
+    p.add_argument("--workers", type=int,
+                   help="rules run at once, each in its own process (default: one per rule, "
+                        "at most one per CPU core; 1 with --device cuda)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -66,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
     clock = StageClock()
     problem = build_problem(args, min_params=2)
     rules = build_rules(args)
+    args.workers = workers(args, problem, len(rules))      # the number used, in summary.json
     ckpt = checkpoint_dir(args)
     if ckpt is not None:                                    # checked before any compute
         check_folder(ckpt, "--checkpoint")
@@ -75,19 +81,23 @@ def main(args: argparse.Namespace) -> int:
     clock.stage("setup")
     with folder:
         schedule = make_schedule(args.schedule)
-        done: list[RuleReport] = []
+
+        first_rule = next(iter(rules))
 
         def draw(report: RuleReport) -> None:
-            """A rule's figures, drawn as soon as the rule is done."""
+            """A rule's figures, drawn as soon as the rule is done (in its worker process
+            when rules run in parallel: the figure names and time travel with the report)."""
             log(args, f"  {label(report.name)}: " + ", ".join(
                 f"{st} {s:.1f} s" for st, s in report.seconds.items())
                 + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
             t = time.perf_counter()
-            for name, fig in rule_figures(problem, schedule, report, args, first=not done):
+            for name, fig in rule_figures(problem, schedule, report, args,
+                                          first=report.name == first_rule):
                 folder.save_figure(fig, name)
-            clock.record(f"{report.name}.figures", time.perf_counter() - t)
-            done.append(report)
+                report.outputs.append(name)
+            report.seconds["figures"] = time.perf_counter() - t
 
+        _preload_figures()
         exp = run_experiment(
             problem, rules, schedule, steps=args.steps, chains=args.chains,
             batch_size=args.batch_size, clip_per=args.clip_per, seed=args.seed,
@@ -97,7 +107,10 @@ def main(args: argparse.Namespace) -> int:
             progress=args.progress, shard=_sharded(), start_spacing="log",
             tracking_options={"keep_paths": [0]},
             on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
-            on_report=draw)
+            on_report=draw, workers=args.workers)
+        for report in exp:
+            for name in report.outputs:            # written by a worker process
+                folder.add(name)
         clock.stage("rules")
         if args.noise_chains > 0:
             first = next(iter(exp))
@@ -117,6 +130,32 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {n_figs} figures, summary.json and manifest.json to {folder.out}/ in "
           f"{clock.total:.0f} s")
     return 0
+
+
+def workers(args: argparse.Namespace, problem: Any, n_rules: int) -> int:
+    """``--workers``, or by default one process per rule up to the CPU cores this process may
+    use (1 on CUDA, where a forked process cannot use the parent's GPU context, under
+    ``torchrun``, and where fork is unsafe, as on macOS)."""
+    from .._workers import fork_available
+
+    if args.workers is not None:
+        return args.workers
+    if problem.device.type != "cpu" or _sharded() or not fork_available()[0]:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(n_rules, cores or 1))
+
+
+def _preload_figures() -> None:
+    """Import matplotlib and the figure modules (and build matplotlib's font list) before
+    the rules fork: the workers then share those pages instead of each loading its own."""
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    from .. import viz  # noqa: F401
+    from ..linear_noise import linear_noise  # noqa: F401
+
+    font_manager.findfont(font_manager.FontProperties(family=plt.rcParams["font.family"]))
 
 
 def _sharded() -> bool:
@@ -161,7 +200,7 @@ def _threshold(rule: Any) -> str:
     return f"λ = {lam:g}" + (f", ε = {eps:g}" if eps is not None and rule.relative else "")
 
 
-def pca_plane(*paths: Any, chunk: int = 4096) -> Any:
+def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
     """The plane of the two principal directions of all finite points of ``paths`` (each
     ``(..., P)``) through their mean, like :meth:`sa_clip.plane.Plane.pca`, from the ``P x P``
     covariance accumulated in chunks (float64) instead of an SVD of all points: the same
@@ -171,19 +210,24 @@ def pca_plane(*paths: Any, chunk: int = 4096) -> Any:
 
     from ..plane import Plane
 
-    pts = [p.reshape(-1, p.shape[-1]) for p in paths]
-    pts = [x[torch.isfinite(x).all(-1)] for x in pts]
-    n = sum(len(x) for x in pts)
+    def chunks():                                  # finite rows, ``chunk`` rows at a time
+        for p in paths:
+            rows = p.reshape(-1, p.shape[-1])
+            for i in range(0, len(rows), chunk):
+                x = rows[i:i + chunk]
+                yield x[finite_rows(x)].to(torch.float64)
+
+    n = sum(len(x) for x in chunks())
     if n < 3:
         raise ValueError("the PCA plane needs at least 3 finite points.")
-    mean = sum(x.sum(0, dtype=torch.float64) for x in pts) / n
-    cov = torch.zeros(len(mean), len(mean), dtype=torch.float64, device=mean.device)
-    for x in pts:
-        for i in range(0, len(x), chunk):
-            xc = x[i:i + chunk].to(torch.float64) - mean
-            cov.addmm_(xc.T, xc)
+    mean = sum(x.sum(0) for x in chunks()) / n
+    p = paths[0].shape[-1]
+    cov = torch.zeros(p, p, dtype=torch.float64, device=mean.device)
+    for x in chunks():
+        xc = x - mean
+        cov.addmm_(xc.T, xc)
     vals, vecs = torch.linalg.eigh(cov)                  # ascending eigenvalues
-    dtype = pts[0].dtype
+    dtype = paths[0].dtype
     total = float(vals.clamp(min=0).sum())
     explained = ((float(vals[-1]) / total, float(vals[-2]) / total) if total > 0 else None)
     return Plane(mean.to(dtype), vecs[:, -1].to(dtype), vecs[:, -2].to(dtype), ("PC1", "PC2"),

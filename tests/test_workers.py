@@ -1,0 +1,99 @@
+"""sa_clip._workers: jobs in forked processes, results (tensors included) sent back whole."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from sa_clip._workers import WorkerError, fork_available, run_jobs
+
+pytestmark = pytest.mark.skipif(not fork_available()[0], reason=fork_available()[1])
+
+
+def test_results_come_back_in_job_order_from_other_processes():
+    here = os.getpid()
+    jobs = [(f"j{i}", (lambda i=i: (i * i, os.getpid()))) for i in range(5)]
+    out = list(run_jobs(jobs, workers=2))
+    assert [name for name, _ in out] == ["j0", "j1", "j2", "j3", "j4"]
+    assert [value for _, (value, _) in out] == [0, 1, 4, 9, 16]
+    pids = {pid for _, (_, pid) in out}
+    assert here not in pids and len(pids) == 5          # one fresh process per job
+
+
+def test_tensors_round_trip_exactly_whatever_their_layout_and_dtype():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, 4, dtype=torch.float64, generator=g)
+    payload = {
+        "f64": base,
+        "f32": base.float(),
+        "bf16": base.to(torch.bfloat16),             # no numpy dtype: pickled in band
+        "int": torch.arange(7),
+        "bool": base > 0,
+        "view": base[:, 1],                           # not contiguous
+        "transposed": base.transpose(0, 2),
+        "empty": torch.empty(0, 3),
+        "scalar": torch.tensor(2.5),
+        "nan": torch.tensor([float("nan"), float("inf"), -0.0]),
+        "nested": [base[0], ("x", {"y": base[1, 2]})],
+    }
+    ((_, got),) = run_jobs([("t", lambda: payload)], workers=1)
+    assert got.keys() == payload.keys()
+    for key, ref in payload.items():
+        if key == "nested":
+            continue
+        assert got[key].dtype == ref.dtype and got[key].shape == ref.shape, key
+        assert torch.equal(got[key], ref) or key == "nan", key
+    assert torch.equal(got["nan"][1:], payload["nan"][1:]) and torch.isnan(got["nan"][0])
+    assert str(got["nan"][2].item()) == "-0.0"
+    assert torch.equal(got["nested"][0], base[0]) and got["nested"][1][0] == "x"
+    assert torch.equal(got["nested"][1][1]["y"], base[1, 2])
+    got["f64"][0, 0, 0] = 123.0                       # a writable tensor of its own
+    assert base[0, 0, 0] != 123.0
+
+
+def test_a_job_that_raises_raises_here_with_the_workers_traceback():
+    def bad():
+        raise ValueError("`lam` must be positive, got -1.")
+
+    with pytest.raises(ValueError, match="must be positive") as info:
+        list(run_jobs([("ok", lambda: 1), ("bad", bad)], workers=2))
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "worker process of job 'bad'" in notes
+    assert "raise ValueError" in notes
+
+
+def test_a_killed_worker_is_an_error_naming_the_job_and_the_signal():
+    def killed():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(WorkerError, match=r"job 'k' died without a result: killed by signal 9 "
+                                          r"\(out of memory\?\)"):
+        list(run_jobs([("k", killed)], workers=1))
+
+
+def test_a_result_that_does_not_pickle_is_a_clear_error():
+    with pytest.raises(TypeError, match="the job's result cannot be sent back"):
+        list(run_jobs([("lam", lambda: (lambda: 0))], workers=1))
+
+
+def test_results_already_yielded_are_kept_when_a_later_job_fails():
+    def bad():
+        raise RuntimeError("boom")
+
+    got = []
+    with pytest.raises(RuntimeError, match="boom"):
+        for name, value in run_jobs([("a", lambda: 1), ("b", bad)], workers=1):
+            got.append((name, value))
+    assert got == [("a", 1)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_workers_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=r"`workers` must be a positive integer, got "):
+        list(run_jobs([("a", lambda: 1)], workers=bad))
+
+
+def test_threads_are_set_in_the_worker():
+    ((_, n),) = run_jobs([("t", torch.get_num_threads)], workers=1, threads=1)
+    assert n == 1
