@@ -8,13 +8,16 @@ most ``workers`` at a time), so the children share the parent's imported librari
 pages (copy-on-write) instead of importing torch again; each child runs its job with
 ``threads`` torch threads and sends the result back pickled through a pipe (tensors by value).
 
-Nothing here is on by default: :func:`sa_clip.run_experiment` uses it when given
-``workers > 1``, and only where ``fork`` exists and is safe (see :func:`fork_available`).
+:func:`sa_clip.run_experiment` uses it when given ``workers > 1`` (``sa-clip run`` passes one
+worker per rule and core by default), and only where ``fork`` exists and is safe (see
+:func:`fork_available`).
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import io
 import os
 import pickle
 import signal
@@ -26,6 +29,8 @@ from typing import Any
 
 #: exit code of a worker whose job raised (its exception is sent to the parent first)
 JOB_FAILED = 3
+#: prctl option: the signal a process gets when its parent dies (Linux)
+PR_SET_PDEATHSIG = 1
 
 
 class WorkerError(RuntimeError):
@@ -49,33 +54,33 @@ def fork_available() -> tuple[bool, str]:
     return True, ""
 
 
+@functools.lru_cache(maxsize=1)
+def _numpy_dtypes() -> frozenset[Any]:
+    """torch dtypes that ``Tensor.numpy()`` supports (bfloat16 and the like are not)."""
+    import torch
+
+    return frozenset({torch.float16, torch.float32, torch.float64, torch.complex64,
+                      torch.complex128, torch.int8, torch.int16, torch.int32, torch.int64,
+                      torch.uint8, torch.bool})
+
+
 class _Pickler(pickle.Pickler):
-    """Pickles CPU tensors as numpy arrays, whose data go out of band (protocol 5): the
-    worker writes each array's memory straight into the pipe and the parent reads it into
-    one buffer that the rebuilt tensor uses, instead of a pickle string holding copies."""
+    """Pickles contiguous CPU tensors as numpy arrays, whose data go out of band (protocol
+    5): the worker writes each array's memory straight into the pipe and the parent reads it
+    into the one buffer the rebuilt tensor uses, instead of a pickle string holding copies.
+    Other tensors (views, bfloat16, CUDA) take torch's own pickling."""
 
     def reducer_override(self, obj: Any) -> Any:
         import torch
 
         if (type(obj) is torch.Tensor and obj.device.type == "cpu" and not obj.requires_grad
-                and obj.dtype in _NUMPY_DTYPES and obj.is_contiguous()):
-            return torch.from_numpy, (obj.detach().numpy(),)
+                and obj.dtype in _numpy_dtypes() and obj.is_contiguous()):
+            return torch.from_numpy, (obj.numpy(),)
         return NotImplemented
-
-
-_NUMPY_DTYPES: set[Any] = set()
 
 
 def _dumps(obj: Any) -> list[Any]:
     """``[pickle stream, buffer, ...]`` of ``obj`` (protocol 5, out-of-band arrays)."""
-    import io
-
-    import torch
-
-    if not _NUMPY_DTYPES:
-        _NUMPY_DTYPES.update({torch.float16, torch.float32, torch.float64, torch.complex64,
-                              torch.complex128, torch.int8, torch.int16, torch.int32,
-                              torch.int64, torch.uint8, torch.bool})
     buffers: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
     _Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
@@ -119,10 +124,26 @@ def _receive(fd: int) -> Any:
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def _child(job: Callable[[], Any], threads: int, write_fd: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel kill this worker when its parent dies (a killed ``sa-clip
+    run`` leaves no workers computing on); elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:          # the parent died before the prctl took effect
+        os._exit(JOB_FAILED)
+
+
+def _child(job: Callable[[], Any], threads: int, write_fd: int, parent: int) -> None:
     """Body of a forked worker: run ``job`` and send ``(ok, payload)``; never returns."""
     code = 0
     try:
+        _die_with_parent(parent)
         import torch
 
         torch.set_num_threads(threads)
@@ -174,6 +195,7 @@ def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int, thr
     done: dict[int, Any] = {}
     next_out = 0
     sel = selectors.DefaultSelector()
+    parent = os.getpid()
     # objects that exist now are never collected in a child: without this, the first
     # collection there writes to every object's header and copies the parent's heap
     gc.freeze()
@@ -187,7 +209,7 @@ def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int, thr
                 pid = os.fork()
                 if pid == 0:                            # the child
                     os.close(r)
-                    _child(job, threads, w)
+                    _child(job, threads, w, parent)
                 os.close(w)
                 running[r] = (i, name, pid)
                 sel.register(r, selectors.EVENT_READ)

@@ -97,3 +97,42 @@ def test_workers_must_be_a_positive_integer(bad):
 def test_threads_are_set_in_the_worker():
     ((_, n),) = run_jobs([("t", torch.get_num_threads)], workers=1, threads=1)
     assert n == 1
+
+
+@pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="prctl is Linux-only")
+def test_workers_die_with_their_parent(tmp_path):
+    # a parent process runs a job that would sleep for a minute, and is killed: the worker
+    # must not outlive it
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "worker.pid"
+    code = (
+        "import os, time\n"
+        "from sa_clip._workers import run_jobs\n"
+        f"def job():\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "list(run_jobs([('sleep', job)], workers=1))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    worker = int(pidfile.read_text())
+    proc.kill()
+    proc.wait()
+    def alive(pid):                       # a zombie (exited, not yet reaped) is not alive
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    for _ in range(100):
+        if not alive(worker):
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
