@@ -88,7 +88,7 @@ def test_run_writes_figures_summary_manifest_and_table(tmp_path, capsys):
     assert r["final_loss_ode"] > 0 and r["tracking_early"] > 0 and r["blowups"] == 0
     stages = summary["stages"]
     assert {"setup", "norm.sgd", "norm.ode", "norm.tracking", "adaptive.tracking", "figures",
-            "noise"} <= set(stages["seconds"])
+            "norm.figures", "norm.noise", "adaptive.figures"} <= set(stages["seconds"])
     assert 200 < stages["peak_rss_mb"] < 5000
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["command"] == "run"
@@ -360,6 +360,21 @@ def test_module_entry_point_in_a_subprocess():
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("sa-clip: error: `--chains` must be an integer >= 1")
     assert res.stdout == ""
+
+
+def test_console_script_exits_with_mains_code_after_flushing(monkeypatch, capsys):
+    # the console script skips the interpreter's teardown (os._exit) once main has returned
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli, "main", lambda: print("table") or 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    with pytest.raises(SystemExit):
+        cli.console()
+    assert exits == [3] and capsys.readouterr().out == "table\n"
 
 
 # ---------------------------------------------------------------------------- --max-nfev

@@ -1,7 +1,5 @@
 """``python -m sa_clip.cli``: the sa-clip command."""
 
-import sys
+from . import console
 
-from . import main
-
-sys.exit(main())
+console()

@@ -86,16 +86,24 @@ def main(args: argparse.Namespace) -> int:
 
         def draw(report: RuleReport) -> None:
             """A rule's figures, drawn as soon as the rule is done (in its worker process
-            when rules run in parallel: the figure names and time travel with the report)."""
+            when rules run in parallel: the figure names and times travel with the report);
+            after the first rule's, the short extra run recording the martingale noise (in
+            that worker: the rules take about as long, so it would otherwise wait for both)."""
             log(args, f"  {label(report.name)}: " + ", ".join(
                 f"{st} {s:.1f} s" for st, s in report.seconds.items())
                 + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
+            first = report.name == first_rule
             t = time.perf_counter()
-            for name, fig in rule_figures(problem, schedule, report, args,
-                                          first=report.name == first_rule):
+            for name, fig in rule_figures(problem, schedule, report, args, first=first):
                 folder.save_figure(fig, name)
                 report.outputs.append(name)
             report.seconds["figures"] = time.perf_counter() - t
+            if first and args.noise_chains > 0:
+                t = time.perf_counter()
+                name = f"noise_{report.name}.png"
+                folder.save_figure(noise_figure(report, noise_chains(report, args), args), name)
+                report.outputs.append(name)
+                report.seconds["noise"] = time.perf_counter() - t
 
         _preload_figures()
         exp = run_experiment(
@@ -112,11 +120,6 @@ def main(args: argparse.Namespace) -> int:
             for name in report.outputs:            # written by a worker process
                 folder.add(name)
         clock.stage("rules")
-        if args.noise_chains > 0:
-            first = next(iter(exp))
-            folder.save_figure(noise_figure(first, noise_chains(first, args), args),
-                               f"noise_{first.name}.png")
-            clock.stage("noise")
         for name, fig in comparison_figures(exp):
             folder.save_figure(fig, name)
         clock.stage("figures")
