@@ -21,7 +21,7 @@ HELP = "ODE vs many SGD chains on the paper's network (main job)"
 DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-learn, classic "
                "and adaptive clipping: the ODE against many SGD chains, tracking distances "
                "D_T(s), clipping fractions, martingale noise. Writes PNGs, summary.json and "
-               "manifest.json to --out and prints a table. About 13 s on a 2-core CPU; --quick "
+               "manifest.json to --out and prints a table. About 12 s on a 2-core CPU; --quick "
                "for seconds.")
 DEFAULTS: dict[str, Any] = dict(
     problem="wine", hidden=None, rule="norm,adaptive", lam=1.0, adaptive_lam=0.3, eps=1e-3,
