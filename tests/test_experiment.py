@@ -229,3 +229,19 @@ def test_finite_rows_equals_isfinite_all_in_chunks(monkeypatch):
     assert got.shape == (3, 11) and got.dtype == torch.bool
     assert torch.equal(got, torch.isfinite(x).all(-1)) and int((~got).sum()) == 3
     assert memory.finite_rows(torch.empty(0, 5)).shape == (0,)
+
+
+@pytest.mark.skipif(not sc.experiment.fork_available()[0], reason="no fork here")
+def test_progress_bars_come_from_the_first_worker_only(monkeypatch, tmp_path, exp):
+    # the workers are other processes: they report what they were given through a file
+    real = sc.experiment.simulate_sgd
+    log = tmp_path / "progress.txt"
+
+    def recording(problem, rule, *a, **k):
+        with open(log, "a") as f:
+            f.write(f"{rule.name} {k['progress']}\n")
+        return real(problem, rule, *a, **{**k, "progress": False})
+
+    monkeypatch.setattr(sc.experiment, "simulate_sgd", recording)
+    sc.run_experiment(exp.problem, RULES, "harmonic:1.0", **SMALL, workers=2, progress=True)
+    assert sorted(log.read_text().split("\n")[:-1]) == ["none False", "norm True"]
