@@ -622,3 +622,19 @@ def test_hidden_for_a_toy_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "`--hidden` sets the network of the data-set problems" in err and "'tanh'" in err
     assert not (tmp_path / "a").exists()
+
+
+def test_default_workers_one_per_rule_and_core_and_one_off_the_cpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from sa_clip.cli import run
+
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    gpu = SimpleNamespace(device=torch.device("cuda", 0))     # only its .device is read
+    args = SimpleNamespace(workers=None)
+    monkeypatch.setattr(run.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert run.workers(args, cpu, 2) == 2 and run.workers(args, cpu, 5) == 3
+    assert run.workers(args, cpu, 1) == 1 and run.workers(args, gpu, 2) == 1
+    monkeypatch.setattr("sa_clip._workers.fork_available", lambda: (False, "macOS"))
+    assert run.workers(args, cpu, 2) == 1
+    assert run.workers(SimpleNamespace(workers=4), gpu, 2) == 4      # as given
