@@ -1,12 +1,17 @@
-"""Run independent jobs in forked worker processes, one torch thread pool each.
+"""Run independent jobs in forked worker processes, one torch thread each.
 
 The stages of one clipping rule (a few thousand small SGD steps, a few hundred ODE right-hand
 sides of a few dozen parameter vectors each) are too small for torch's intra-op threads: two
 threads run them hardly faster than one, and Python threads serialise on the GIL between the
 tiny operations. Separate processes do not. :func:`run_jobs` forks one process per job (at
 most ``workers`` at a time), so the children share the parent's imported libraries and data
-pages (copy-on-write) instead of importing torch again; each child runs its job with
-``threads`` torch threads and sends the result back pickled through a pipe (tensors by value).
+pages (copy-on-write) instead of importing torch again; each child runs its job with ONE
+torch thread and sends the result back pickled through a pipe (tensors by value).
+
+One thread, always: torch's CPU builds run their parallel regions on GNU OpenMP, whose thread
+pool does not survive ``fork``. A child that starts a parallel region with two or more threads
+after the parent has used the pool waits forever for threads that exist only in the parent
+(``tests/test_workers.py`` shows it in a subprocess); with one thread torch never enters one.
 
 :func:`sa_clip.run_experiment` uses it when given ``workers > 1`` (``sa-clip run`` passes one
 worker per rule and core by default), and only where ``fork`` exists and is safe (see
@@ -139,14 +144,14 @@ def _die_with_parent(parent: int) -> None:
         os._exit(JOB_FAILED)
 
 
-def _child(job: Callable[[], Any], threads: int, write_fd: int, parent: int) -> None:
+def _child(job: Callable[[], Any], write_fd: int, parent: int) -> None:
     """Body of a forked worker: run ``job`` and send ``(ok, payload)``; never returns."""
     code = 0
     try:
         _die_with_parent(parent)
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(1)            # see the module docstring: OpenMP after fork
         try:
             payload = (True, job())
         except BaseException as exc:                    # sent to the parent, re-raised there
@@ -167,19 +172,19 @@ def _child(job: Callable[[], Any], threads: int, write_fd: int, parent: int) -> 
         os._exit(code)                                  # no atexit handlers of the parent
 
 
-def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int, threads: int = 1
+def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int
              ) -> Iterator[tuple[str, Any]]:
     """Run each ``(name, job)`` in its own forked process, at most ``workers`` at a time;
     yield ``(name, result)`` in the order of ``jobs`` as soon as each (and those before it)
     is done.
 
     ``job`` is called without arguments in the child (a closure: with fork it needs no
-    pickling); its result must pickle. CPU tensors in it come back without a copy in a pickle
-    string (their memory is written to the pipe and read into the tensor's own buffer). An
-    exception in a job is raised here with the child's traceback attached as a note; a child
-    that dies without a result (a signal, running out of memory) raises :class:`WorkerError`
-    naming the job and its exit status. On any error the other children are killed; results
-    already yielded are the caller's.
+    pickling), with one torch thread; its result must pickle. CPU tensors in it come back
+    without a copy in a pickle string (their memory is written to the pipe and read into the
+    tensor's own buffer). An exception in a job is raised here with the child's traceback
+    attached as a note; a child that dies without a result (a signal, running out of memory)
+    raises :class:`WorkerError` naming the job and its exit status. On any error the other
+    children are killed; results already yielded are the caller's.
 
     Example
     -------
@@ -209,7 +214,7 @@ def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int, thr
                 pid = os.fork()
                 if pid == 0:                            # the child
                     os.close(r)
-                    _child(job, threads, w, parent)
+                    _child(job, w, parent)
                 os.close(w)
                 running[r] = (i, name, pid)
                 sel.register(r, selectors.EVENT_READ)

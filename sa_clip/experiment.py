@@ -375,9 +375,10 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         rule's figures there, before the next rule starts). It may add stage times to
         ``report.seconds`` and file names to ``report.outputs``.
     workers : int
-        Run up to ``workers`` rules at once, each in its own forked process with
-        ``torch.get_num_threads() // workers`` threads (at least 1). The stages of one rule
-        are mostly too small to keep two torch threads busy: on a 2-core machine the default
+        Run up to ``workers`` rules at once, each in its own forked process with one torch
+        thread (GNU OpenMP's thread pool does not survive ``fork``: more threads there can
+        hang, see ``sa_clip._workers``). The stages of one rule are mostly too small to keep
+        two torch threads busy: on a 2-core machine the default
         ``sa-clip run`` (two rules) takes 12.0 s with two workers against 17.8 s in one
         process. The children share the parent's libraries and data copy-on-write; each
         sends its report back pickled (the :class:`~sa_clip.MeanField` is rebuilt here).
@@ -463,7 +464,6 @@ def _rules_in_workers(problem: Problem, named: dict[str, ClipRule], sched: Sched
                       ) -> dict[str, RuleReport]:
     """:func:`run_rule` (and ``on_report``) of each rule in a forked worker process."""
     on_stage = settings["on_stage"]
-    threads = max(1, torch.get_num_threads() // workers)
 
     def job(name: str, rule: ClipRule, first: bool) -> Callable[[], RuleReport]:
         # progress bars from the first worker only: two processes drawing bars on one
@@ -472,7 +472,7 @@ def _rules_in_workers(problem: Problem, named: dict[str, ClipRule], sched: Sched
 
         def work() -> RuleReport:
             report = run_rule(problem, name, rule, sched, **mine)
-            report.worker = {"pid": os.getpid(), "threads": threads}
+            report.worker = {"pid": os.getpid(), "threads": torch.get_num_threads()}
             if on_report is not None:
                 on_report(report)
             report.worker["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -482,7 +482,7 @@ def _rules_in_workers(problem: Problem, named: dict[str, ClipRule], sched: Sched
     release_memory()                      # the children start from a trimmed heap
     reports: dict[str, RuleReport] = {}
     jobs = [(n, job(n, r, k == 0)) for k, (n, r) in enumerate(named.items())]
-    for name, report in run_jobs(jobs, workers=workers, threads=threads):
+    for name, report in run_jobs(jobs, workers=workers):
         report.field = MeanField(problem, report.rule, distributed=settings["shard"])
         reports[name] = report
         _replay_stages(report, on_stage)

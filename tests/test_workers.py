@@ -94,9 +94,28 @@ def test_workers_must_be_a_positive_integer(bad):
         list(run_jobs([("a", lambda: 1)], workers=bad))
 
 
-def test_threads_are_set_in_the_worker():
-    ((_, n),) = run_jobs([("t", torch.get_num_threads)], workers=1, threads=1)
-    assert n == 1
+def test_a_worker_after_the_parents_openmp_pool_runs_on_one_thread():
+    # GNU OpenMP's pool does not survive fork: a child that opens a parallel region with two
+    # threads after the parent used its pool hangs. In a subprocess, so a regression fails
+    # on the timeout instead of hanging the suite.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from sa_clip._workers import run_jobs\n"
+        "torch.set_num_threads(2)\n"
+        "x = torch.randn(1500, 1500)\n"
+        "(x @ x).sum(); torch.tanh(x).sum()       # the parent's pool is up\n"
+        "def job():\n"
+        "    y = torch.randn(1500, 1500)\n"
+        "    (y @ y).sum(); torch.tanh(2 * y).sum()\n"
+        "    return torch.get_num_threads()\n"
+        "print(dict(run_jobs([('a', job), ('b', job)], workers=2)))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "{'a': 1, 'b': 1}"
 
 
 @pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="prctl is Linux-only")
