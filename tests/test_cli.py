@@ -122,6 +122,14 @@ def test_run_with_rules_in_worker_processes_equals_one_process(tmp_path, capsys)
     assert {"norm.figures", "adaptive.figures"} <= set(two["stages"]["seconds"])
     out = capsys.readouterr().out
     assert out.count("classic (norm)") == 2
+    # the workers write the checkpoints, and a resumed run gives the numbers again
+    ck = tmp_path / "ck"
+    for extra in ([], ["--resume"]):
+        assert cli.main([*base, "--workers", "2", "--out", str(tmp_path / "c"),
+                         "--checkpoint", str(ck), "--checkpoint-every", "10", *extra]) == 0
+        assert sorted(p.name for p in ck.iterdir()) == ["adaptive.ckpt.npz", "norm.ckpt.npz"]
+        got = json.loads((tmp_path / "c" / "summary.json").read_text())["results"]
+        assert [r["tracking_late"] for r in got] == [r["tracking_late"] for r in two["results"]]
 
 
 @pytest.mark.slow
