@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import resource
 import sys
 from functools import lru_cache
 from typing import Any
@@ -72,13 +71,17 @@ def finite_rows(x: Any) -> Any:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (``getrusage``'s ``ru_maxrss``:
-    kilobytes on Linux, bytes on macOS).
+    kilobytes on Linux, bytes on macOS; NaN where there is no ``getrusage``, as on Windows).
 
     Example
     -------
     >>> peak_rss_mb() > 0
     True
     """
+    try:
+        import resource  # POSIX only
+    except ImportError:             # pragma: no cover - Windows
+        return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
 
