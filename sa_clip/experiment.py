@@ -429,7 +429,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     config = {"schedule": str(sched), "steps": steps, "chains": chains,
               "batch_size": batch_size, "clip_per": clip_per, "seed": seed,
               "record_every": record_every, "horizon": horizon, "starts": starts,
-              "tracking_chains": tracking_chains, "max_nfev": max_nfev}
+              "tracking_chains": tracking_chains, "max_nfev": max_nfev, "workers": workers}
     return Experiment(problem, sched, reports, config)
 
 

@@ -180,6 +180,7 @@ def test_rules_in_worker_processes_give_the_numbers_of_one_process(exp):
         assert torch.allclose(b.field(th), a.field(th), rtol=1e-13, atol=0)
     json.dumps(par.summary(), allow_nan=False)
     assert par.summary()["results"][0]["worker"]["pid"] == par["norm"].worker["pid"]
+    assert par.config["workers"] == 2 and exp.config["workers"] == 1
 
 
 def test_workers_fall_back_to_one_process_where_fork_is_unsafe(monkeypatch, exp):
