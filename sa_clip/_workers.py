@@ -42,6 +42,17 @@ class WorkerError(RuntimeError):
     """A worker process died without sending its job's result (killed, out of memory)."""
 
 
+def check_workers(workers: Any) -> int:
+    """``workers`` if it is a positive integer (not a bool), else a ``ValueError`` naming it.
+
+    >>> check_workers(2)
+    2
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"`workers` must be a positive integer, got {workers!r}.")
+    return workers
+
+
 def fork_available() -> tuple[bool, str]:
     """``(True, "")`` where jobs may run in forked processes; otherwise ``(False, why)``.
 
@@ -193,8 +204,7 @@ def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int
     """
     import selectors
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be a positive integer, got {workers!r}.")
+    check_workers(workers)
     pending = list(enumerate(jobs))
     running: dict[int, tuple[int, str, int]] = {}       # read fd -> (index, name, pid)
     done: dict[int, Any] = {}
@@ -258,4 +268,4 @@ def _result(name: str, message: Any, status: int) -> Any:
     raise WorkerError(f"job {name!r} failed in its worker process:\n{text}")
 
 
-__all__ = ["run_jobs", "fork_available", "WorkerError"]
+__all__ = ["run_jobs", "fork_available", "check_workers", "WorkerError"]

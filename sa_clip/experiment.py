@@ -38,7 +38,7 @@ import torch
 
 from . import distributed as _dist
 from ._memory import finite_rows, peak_rss_mb, release_memory
-from ._workers import fork_available, run_jobs
+from ._workers import check_workers, fork_available, run_jobs
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
 from .ode import OdeSolution, solve_ode
@@ -436,9 +436,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
 def _check_workers(workers: Any, n_rules: int, shard: bool) -> int:
     """The number of worker processes to use: ``workers`` checked, at most one per rule, and
     1 where forking is unsafe (with a warning saying why)."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"`workers` must be a positive integer, got {workers!r}.")
-    workers = min(workers, n_rules)
+    workers = min(check_workers(workers), n_rules)
     if workers == 1:
         return 1
     ok, why = (False, "shard=True runs under torch.distributed") if shard else fork_available()

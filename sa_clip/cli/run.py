@@ -220,11 +220,14 @@ def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
                 x = rows[i:i + chunk]
                 yield x[finite_rows(x)].to(torch.float64)
 
-    n = sum(len(x) for x in chunks())
+    p = paths[0].shape[-1]
+    n, sums = 0, torch.zeros(p, dtype=torch.float64, device=paths[0].device)
+    for x in chunks():
+        n += len(x)
+        sums += x.sum(0)
     if n < 3:
         raise ValueError("the PCA plane needs at least 3 finite points.")
-    mean = sum(x.sum(0) for x in chunks()) / n
-    p = paths[0].shape[-1]
+    mean = sums / n
     cov = torch.zeros(p, p, dtype=torch.float64, device=mean.device)
     for x in chunks():
         xc = x - mean
