@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from torchdiffeq import odeint
-from tqdm.auto import tqdm
 
 from . import _torchdiffeq
+from ._tqdm import tqdm
 from ._validate import as_tensor, check_nonneg_int, check_positive
 from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField, check_theta

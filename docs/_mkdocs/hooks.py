@@ -9,6 +9,9 @@ hooks
   them because this hook runs first);
 * rewrite the links ``../figures/`` and ``../examples/notebooks/`` in the pages to those paths
   before MkDocs checks links, so ``mkdocs build --strict`` still fails on a really broken one;
+* add MathJax to the site as ``_js/mathjax/...``, copied from the ``django-static-mathjax``
+  package of the docs extra (a plain copy of MathJax 3, no Django needed), so the maths renders
+  with no network: in a lecture hall, on an exam machine, from a copied site folder;
 * put ``linear_noise.md`` (written on another branch) into the navigation after "Theory" once
   it exists, so the merge needs no edit of ``mkdocs.yml``;
 * put one navigation entry per notebook under "Notebooks" and replace the marker
@@ -29,6 +32,9 @@ FIGURES = ROOT / "figures"
 NOTEBOOKS = ROOT / "examples" / "notebooks"
 MARKER = "<!-- notebooks -->"
 OPTIONAL_PAGES = {"Theory": ("Linear noise", "linear_noise.md")}   # after entry: (title, page)
+# MathJax 3 (es5 build): the combined TeX + CHTML component, the TeX extensions it autoloads
+# (boldsymbol, ...), its fonts and the context menu's parts; not the speech engine (sre/) or SVG
+MATHJAX_PARTS = ("tex-mml-chtml.js", "input/tex/extensions", "output/chtml/fonts", "ui", "a11y")
 REWRITES = {"](../figures/": "](figures/", "](../examples/notebooks/": "](notebooks/"}
 
 
@@ -48,6 +54,30 @@ def title(path: Path) -> str:
                 if line.startswith("#"):
                     return line.lstrip("#").strip()
     return path.stem.replace("_", " ")
+
+
+def mathjax_dir() -> Path:
+    """The ``es5`` folder of the MathJax copy installed with the docs extra."""
+    try:
+        import mathjax       # the django-static-mathjax package: mathjax/static/mathjax/es5
+    except ImportError as err:
+        raise RuntimeError("the site bundles MathJax from the package django-static-mathjax: "
+                           "pip install -e '.[docs]'") from err
+    es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    if not (es5 / MATHJAX_PARTS[0]).is_file():
+        raise RuntimeError(f"no {MATHJAX_PARTS[0]} in {es5}: reinstall django-static-mathjax")
+    return es5
+
+
+def mathjax_files() -> list[tuple[Path, str]]:
+    """(file, path in the site) of each bundled MathJax file, under ``_js/mathjax/``."""
+    es5 = mathjax_dir()
+    out = []
+    for part in MATHJAX_PARTS:
+        found = [es5 / part] if (es5 / part).is_file() else sorted(
+            p for p in (es5 / part).rglob("*") if p.is_file())
+        out += [(p, "_js/mathjax/" + p.relative_to(es5).as_posix()) for p in found]
+    return out
 
 
 def on_config(config, **kwargs):
@@ -81,6 +111,9 @@ def on_files(files, config, **kwargs):
     for folder, uri in extra:
         if files.get_file_from_path(uri) is None:
             files.append(File(uri, str(folder), config["site_dir"], config["use_directory_urls"]))
+    for path, uri in mathjax_files():
+        if files.get_file_from_path(uri) is None:
+            files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
 
 

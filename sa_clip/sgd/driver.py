@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from .._tqdm import tqdm
 from .._validate import check_choice, check_memory, check_nonneg_int, check_positive
 from ..clipping import ClipRule, make_rule
 from ..meanfield import CLIP_PER, MeanField
