@@ -191,6 +191,88 @@ def test_site_builds_strictly(tmp_path):
         assert (site / "notebooks" / nb.stem / "index.html").exists(), f"{nb.name} not rendered"
     gallery = (site / "gallery" / "index.html").read_text(encoding="utf-8")
     assert 'src="../figures/phase_portrait.png"' in gallery
+    check_offline(site)
+    check_notebook_pages(site)
+
+
+# a script, stylesheet, font or image fetched from elsewhere: the site must work offline
+REMOTE = re.compile(r'<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="((?:https?:)?//[^"]*)"',
+                    flags=re.I)
+REMOTE_CSS = re.compile(r'(?:@import\s+|url\(\s*)["\']?((?:https?:)?//[^"\')\s]*)', flags=re.I)
+
+
+def check_offline(site: Path) -> None:
+    """Nothing the site loads comes from the internet: MathJax is bundled (its script and
+    fonts), no Google Fonts, no CDN stylesheet. (Links the reader may click are fine.)"""
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    remote = {(p.relative_to(site).as_posix(), url) for p in pages
+              for url in REMOTE.findall(p.read_text(encoding="utf-8"))}
+    remote |= {(c.relative_to(site).as_posix(), url) for c in site.rglob("*.css")
+               for url in REMOTE_CSS.findall(c.read_text(encoding="utf-8"))}
+    assert not remote, f"the site loads from the internet: {sorted(remote)[:5]}"
+    theory = (site / "theory" / "index.html").read_text(encoding="utf-8")
+    script = re.search(r'<script src="([^"]*tex-mml-chtml\.js)"', theory)
+    assert script, "theory.md does not load MathJax"
+    mathjax = (site / "theory" / script.group(1)).resolve()
+    assert mathjax.is_file() and mathjax.stat().st_size > 500_000, mathjax
+    fonts = mathjax.parent / "output" / "chtml" / "fonts" / "woff-v2"
+    assert len(list(fonts.glob("*.woff"))) > 10, "MathJax's fonts are not bundled"
+    assert 'class="arithmatex"' in theory
+
+
+def check_notebook_pages(site: Path) -> None:
+    """Every notebook page shows its figures (the saved outputs), and its links to the docs
+    point at the site's pages."""
+    for nb in sorted((ROOT / "examples" / "notebooks").glob("*.ipynb")):
+        html = (site / "notebooks" / nb.stem / "index.html").read_text(encoding="utf-8")
+        assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', html)) >= 2, nb.name
+        assert "docs/" not in " ".join(re.findall(r'href="([^"]*)"', html)), nb.name
+        for target in re.findall(r'href="\.\./\.\./([\w-]+)/(?:#[\w-]*)?"', html):
+            assert (site / target / "index.html").exists(), (nb.name, target)
+        assert "IProgress" not in html and "Traceback" not in html, nb.name
+
+
+NOTEBOOKS = sorted((ROOT / "examples" / "notebooks").glob("*.ipynb"))
+# what must not appear in a saved output: a warning, an error, a bare object repr
+DIRTY = re.compile(r"Warning|warn\(|Traceback|Error|IProgress|<[\w.]+ object at 0x|"
+                   r"<torch\._C\.\w+|<matplotlib\.\w+")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_outputs_are_saved_and_clean(path):
+    """The notebooks are saved executed (examples/notebooks/execute.py), in order, with figures
+    sized for a notebook column and nothing but results in their outputs."""
+    import base64
+    import json
+    import struct
+
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert [c["execution_count"] for c in code] == list(range(1, len(code) + 1)), \
+        f"{path.name}: run it top to bottom with examples/notebooks/execute.py"
+    figures = 0
+    for cell in code:
+        for out in cell["outputs"]:
+            kind = out["output_type"]
+            assert kind in ("stream", "display_data", "execute_result"), (path.name, out)
+            assert out.get("name", "stdout") == "stdout", (path.name, "".join(out["text"]))
+            text = "".join(out.get("text", "")) + "".join(
+                "".join(v) for k, v in out.get("data", {}).items() if k.startswith("text/")
+                and "image/png" not in out["data"])
+            assert not DIRTY.search(text), (path.name, text[:300])
+            if "image/png" in out.get("data", {}):
+                png = base64.b64decode(out["data"]["image/png"])
+                width, height = struct.unpack(">II", png[16:24])
+                assert width <= 1600 and height <= 1000, (path.name, width, height)
+                assert len(png) < 400_000, (path.name, len(png))
+                figures += 1
+        source = "".join(cell["source"])
+        long_comments = [ln for ln in source.splitlines()
+                         if ln.lstrip().startswith("#") and len(ln.strip()) > 60]
+        assert not long_comments, f"{path.name}: say it in a Markdown cell: {long_comments}"
+    assert figures >= 3 if "03" not in path.stem else figures >= 2
+    assert path.stat().st_size < 1_000_000, path.name
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ hooks
   with no network: in a lecture hall, on an exam machine, from a copied site folder;
 * put ``linear_noise.md`` (written on another branch) into the navigation after "Theory" once
   it exists, so the merge needs no edit of ``mkdocs.yml``;
+* in a notebook page, point the links a notebook makes to ``../../docs/page.md#anchor`` (right
+  on GitHub and in Jupyter) at the site's page instead;
 * put one navigation entry per notebook under "Notebooks" and replace the marker
   ``<!-- notebooks -->`` in ``notebooks.md`` by a list of them, so notebooks added later
   appear without editing the configuration.
@@ -22,6 +24,7 @@ hooks
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -35,6 +38,7 @@ OPTIONAL_PAGES = {"Theory": ("Linear noise", "linear_noise.md")}   # after entry
 # MathJax 3 (es5 build): the combined TeX + CHTML component, the TeX extensions it autoloads
 # (boldsymbol, ...), its fonts and the context menu's parts; not the speech engine (sre/) or SVG
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input/tex/extensions", "output/chtml/fonts", "ui", "a11y")
+NOTEBOOK_DOC_LINK = re.compile(r'href="\.\./\.\./docs/([\w-]+)\.md(#[\w-]*)?"')
 REWRITES = {"](../figures/": "](figures/", "](../examples/notebooks/": "](notebooks/"}
 
 
@@ -59,7 +63,7 @@ def title(path: Path) -> str:
 def mathjax_dir() -> Path:
     """The ``es5`` folder of the MathJax copy installed with the docs extra."""
     try:
-        import mathjax       # the django-static-mathjax package: mathjax/static/mathjax/es5
+        import mathjax  # the django-static-mathjax package: mathjax/static/mathjax/es5
     except ImportError as err:
         raise RuntimeError("the site bundles MathJax from the package django-static-mathjax: "
                            "pip install -e '.[docs]'") from err
@@ -125,3 +129,13 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
         markdown = markdown.replace(MARKER, "\n".join(items) or
                                     "*(No notebook in `examples/notebooks/` yet.)*")
     return markdown
+
+
+def on_post_page(output, page, config, **kwargs):
+    if page.file.src_uri.endswith(".ipynb"):
+        # the page is notebooks/<name>/ (or notebooks/<name>.html): two levels up is the root
+        up = "../../" if config["use_directory_urls"] else "../"
+        ext = "/" if config["use_directory_urls"] else ".html"
+        output = NOTEBOOK_DOC_LINK.sub(
+            lambda m: f'href="{up}{m.group(1)}{ext}{m.group(2) or ""}"', output)
+    return output
