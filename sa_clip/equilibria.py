@@ -44,13 +44,20 @@ class Equilibrium:
 
     Attributes
     ----------
-    theta : (P,) tensor (for a set: the root found nearest to the middle of the set).
-    residual : ``||H(theta)||``.
-    eigenvalues : (P,) complex numpy array, eigenvalues of ``DH(theta)``.
-    kind : ``"stable"``, ``"unstable"``, ``"saddle"`` or ``"degenerate"`` (every set is).
-    shape : ``"node"`` or ``"focus"`` (complex eigenvalues).
-    switch_margin : distance of the nearest clipping factor to its switch (0 = on a kink).
-    count : how many starts converged here (to any point of the set).
+    theta : tensor ``(P,)``
+        The zero (for a set: the root found nearest to the middle of the set).
+    residual : float
+        ``||H(theta)||``.
+    eigenvalues : complex numpy array ``(P,)``
+        Eigenvalues of ``DH(theta)``.
+    kind : str
+        ``"stable"``, ``"unstable"``, ``"saddle"`` or ``"degenerate"`` (every set is).
+    shape : str
+        ``"node"``, or ``"focus"`` (complex eigenvalues).
+    switch_margin : float
+        Distance of the nearest clipping factor to its switch (0 = on a kink).
+    count : int
+        How many starts converged here (to any point of the set).
     lower, upper : (P,) tensors or None
         For a set: its extent per coordinate. With ``P = 1`` these are the endpoints of the
         interval of zeros (to ``tol``, by bisection); with ``P > 1`` the bounding box of the
@@ -96,11 +103,15 @@ class Equilibria(list):
 
     Attributes
     ----------
-    n_starts : number of starts.
-    not_converged : starts whose root search did not reach ``||H|| <= tol`` (dropped).
-    beyond_max_norm : list of the roots with ``||theta|| > max_norm`` (dropped: far out,
-        saturated activations make ``H`` vanish numerically), each a (P,) tensor.
-    max_norm : the bound used (None: no bound).
+    n_starts : int
+        Number of starts.
+    not_converged : int
+        Starts whose root search did not reach ``||H|| <= tol`` (dropped).
+    beyond_max_norm : list of tensors ``(P,)``
+        The roots with ``||theta|| > max_norm`` (dropped: far out, saturated activations make
+        ``H`` vanish numerically).
+    max_norm : float or None
+        The bound used (None: no bound).
     """
 
     def __init__(self, items=(), *, n_starts: int = 0, not_converged: int = 0,
@@ -417,10 +428,17 @@ class ClippingBias:
 
     Attributes
     ----------
-    grad_norm : ``||grad L(theta*)||``, the unclipped full-data gradient at the clipped zero
-        (0 if the paper's conclusion held).
-    theta_unclipped : the unclipped minimiser found from ``theta*`` (local, L-BFGS).
-    distance : ``||theta* - theta_unclipped||``. loss_gap : ``L(theta*) - L(theta_unclipped)``.
+    theta_star : tensor ``(P,)``
+        The zero of ``H`` examined.
+    grad_norm : float
+        ``||grad L(theta*)||``, the unclipped full-data gradient at the clipped zero (0 if the
+        paper's conclusion held).
+    theta_unclipped : tensor ``(P,)``
+        The unclipped minimiser found from ``theta*`` (local, L-BFGS).
+    distance : float
+        ``||theta* - theta_unclipped||``.
+    loss_gap : float
+        ``L(theta*) - L(theta_unclipped)``.
     """
 
     theta_star: torch.Tensor

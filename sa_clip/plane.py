@@ -159,9 +159,18 @@ class PlaneField:
 
     Attributes
     ----------
-    a, b : (na,), (nb,) grid coordinates. ``flow``: (nb, na, 2) plane components of ``-H``.
-    speed : (nb, na) norm of the projected flow. ``loss``: (nb, na) full-data loss or None.
-    residual : (nb, na) norm of the part of ``-H`` orthogonal to the plane (0 for P = 2).
+    plane : Plane
+        The plane the field is drawn on.
+    a, b : tensors ``(na,)``, ``(nb,)``
+        Grid coordinates along the plane's two directions.
+    flow : tensor ``(nb, na, 2)``
+        Plane components of ``-H`` at each grid point.
+    speed : tensor ``(nb, na)``
+        Norm of the projected flow.
+    loss : tensor ``(nb, na)`` or None
+        Full-data loss at each grid point.
+    residual : tensor ``(nb, na)``
+        Norm of the part of ``-H`` orthogonal to the plane (0 for P = 2).
     """
 
     plane: Plane

@@ -153,17 +153,26 @@ class Problem:
 
     Attributes
     ----------
-    theta0 : (P,) the model's trainable weights, flat. ``layout``/``blocks``: one
-        :class:`Block` per trainable tensor. ``frozen``: name -> the fixed parameters.
-    N, P : numbers of samples and of trainable parameters.
-    source : the :class:`~sa_clip.DataSource` the samples are read from.
-    in_memory : whether the samples are tensors in memory (built from ``X`` and ``y``).
-    X, y : the data tensors, on the problem's device and in its dtype, **for in-memory data
-        only**. A problem over a streamed source holds no ``X``/``y`` (``hasattr(p, "X")`` is
-        False; reading it raises ``AttributeError`` saying so): read its samples with
-        :meth:`data` and :meth:`take`, which work for every source.
-    loss_spec : the per-sample loss as given (``"mse"``, ``"cross_entropy"`` or the callable);
-        ``loss_name`` its label.
+    theta0 : tensor ``(P,)``
+        The model's trainable weights, flat.
+    layout, blocks : Layout, tuple of Block
+        One :class:`Block` per trainable tensor.
+    frozen : dict
+        Name -> the fixed (non-trainable) parameters.
+    N, P : int
+        Numbers of samples and of trainable parameters.
+    source : DataSource
+        The :class:`~sa_clip.DataSource` the samples are read from.
+    in_memory : bool
+        Whether the samples are tensors in memory (built from ``X`` and ``y``).
+    X, y : tensors
+        The data, on the problem's device and in its dtype, **for in-memory data only**. A
+        problem over a streamed source holds no ``X``/``y`` (``hasattr(p, "X")`` is False;
+        reading it raises ``AttributeError`` saying so): read its samples with :meth:`data`
+        and :meth:`take`, which work for every source.
+    loss_spec, loss_name : str or callable, str
+        The per-sample loss as given (``"mse"``, ``"cross_entropy"`` or the callable), and
+        its label.
 
     Raises
     ------

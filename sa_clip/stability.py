@@ -136,10 +136,14 @@ class BlowupResult:
 
     Attributes
     ----------
-    lams : (L,) float64 tensor of clipping parameters.
-    frequency : (L,) fraction of chains that blew up within ``steps``.
-    median_step : (L,) median blow-up step among chains that blew up (NaN where none did).
-    chains, steps : the run sizes.
+    lams : float64 tensor ``(L,)``
+        The clipping parameters.
+    frequency : tensor ``(L,)``
+        Fraction of chains that blew up within ``steps``.
+    median_step : tensor ``(L,)``
+        Median blow-up step among chains that blew up (NaN where none did).
+    chains, steps : int
+        The run sizes.
     """
 
     lams: torch.Tensor

@@ -193,6 +193,66 @@ def test_site_builds_strictly(tmp_path):
     assert 'src="../figures/phase_portrait.png"' in gallery
     check_offline(site)
     check_notebook_pages(site)
+    # the gallery leads with the shadowing picture, the explorer and linear noise
+    pictures = re.findall(r'<img[^>]+src="\.\./figures/([\w.]+)"', gallery)
+    assert pictures[:4] == ["shadowing.png", "shadowing_wine.png", "explore.png",
+                            "linear_noise.png"], pictures[:4]
+    assert "<!--" not in (DOCS / "gallery.md").read_text(encoding="utf-8"), "a placeholder"
+    assert 'id="sa_clip.viz.explore.Explorer"' in api
+    check_attribute_tables(api)
+    cli = (site / "cli" / "index.html").read_text(encoding="utf-8")
+    for command in subcommands():
+        assert f'id="sa-clip-{command}"' in cli, f"docs/cli.md has no section sa-clip {command}"
+
+
+def subcommands() -> list[str]:
+    """The subcommands `sa-clip --help` lists."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "sa_clip.cli", "--help"], env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=120).stdout
+    block = out.split("positional arguments:")[1].split("\n\n")[0]
+    names = re.findall(r"^ {4}(\w+)", block, flags=re.M)
+    assert {"run", "explore"} <= set(names), out
+    return names
+
+
+def check_attribute_tables(api: str) -> None:
+    """numpydoc ``name : type`` + indented description renders as name | type | description;
+    a one-line ``name : sentence`` is not shown as a type, and ``tensor (L,)`` not as a call."""
+    import html
+
+    rows = {}
+    for table in re.findall(r'Attributes:</span></p>\s*<table>(.*?)</table>', api, flags=re.S):
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table, flags=re.S)[1:]:
+            cells = [re.sub(r"\s+", " ", html.unescape(re.sub("<[^>]+>", "", c))).strip()
+                     for c in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+            rows.setdefault(cells[0], cells[1:])
+    assert len(rows) > 40
+    rows = {k: [c.replace("\u00a0", " ") for c in v] for k, v in rows.items()}
+    assert rows["lams"] == ["float64 tensor (L,)", "The clipping parameters."]
+    assert rows["status, message"][0] == "int, str"
+    assert rows["theta_star"][0] == "tensor (P,)"
+    for name, (kind, *_) in rows.items():
+        assert len(kind) < 60 and not kind.rstrip().endswith("."), (name, kind)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name : the number of starts.", ["name", "    the number of starts."]),
+    ("name : int", ["name : int"]),
+    ("cov : tensor ``(T, P)``, or None", ["cov : tensor\u00a0(T,\u00a0P),\u00a0or None"]),
+])
+def test_griffe_extension_reads_attributes(text, expected):
+    """docs/_mkdocs/griffe_numpyish.py: ``name : sentence`` becomes a name with a description,
+    a type keeps its words (no-break spaces stop griffe reading it as Python)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_numpyish",
+                                                  DOCS / "_mkdocs" / "griffe_numpyish.py")
+    pytest.importorskip("griffe", reason="the docs extra: pip install -e '.[docs]'")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.convert(f"Doc.\n\nAttributes\n----------\n{text}\n").split("\n")
+    assert out[4:4 + len(expected)] == expected, out
 
 
 # a script, stylesheet, font or image fetched from elsewhere: the site must work offline

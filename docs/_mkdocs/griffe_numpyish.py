@@ -3,7 +3,11 @@ renders (configured in ``mkdocs.yml``; not part of the package, the docstrings s
 
 * ``Main arguments`` / ``Other arguments`` sections become ``Parameters`` / ``Other
   Parameters`` (a parameter table each) and ``Example`` becomes ``Examples``;
-* the types of ``name : type`` lines lose their double backticks (types are shown verbatim);
+* the types of ``name : type`` lines lose their double backticks and are shown as written
+  (``tensor (P,)``, not the call ``tensor(P)``);
+* a one-line ``name : description`` (a sentence, not a type: it ends with a full stop, holds
+  one, starts like a phrase or is long) becomes ``name`` with the description indented below,
+  so the Attributes/Parameters tables show it as a description, not as the type;
 * reST roles ``:func:`~sa_clip.x``` become inline code ``x``;
 * ``.. math::`` directives become ``$$ ... $$`` blocks (pymdownx.arithmatex);
 * free text at the left margin inside a parameter-like section (which numpy style would read
@@ -25,12 +29,27 @@ ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj|py:\w+):`(~?)([^`]
 TABLE_RULE = re.compile(r"^\s*=+(\s+=+)+\s*$")
 UNDERLINE = re.compile(r"^\s*-{3,}\s*$")
 ITEM_SECTIONS = {"parameters", "other parameters", "attributes", "raises"}
+PHRASE = re.compile(r"^(the|a|an|its|their|whether|how|what|which|where|number|numbers|"
+                    r"distance|fraction of|true|false)\b", flags=re.I)
 ITEM = re.compile(r"^\*{0,2}[A-Za-z_(][\w()*, ]*(\s:.*)?$")  # "name : type", "a, b", "name"
 
 
 def _role(m: re.Match) -> str:
     target = m.group(2)
     return f"`{target.rsplit('.', 1)[-1] if m.group(1) else target}`"
+
+
+def verbatim(kind: str) -> str:
+    """A type as written: a no-break space after each comma and before each bracket keeps griffe
+    from reading ``tensor (P,)`` as a call ``tensor(P)`` or ``int, str`` as a tuple ``(int,
+    str)`` (it shows what does not parse as Python unchanged); the text looks the same."""
+    return kind.replace(", ", ",\u00a0").replace(" (", "\u00a0(")
+
+
+def is_description(text: str) -> bool:
+    """Whether the part after ``name :`` reads as a sentence rather than a type."""
+    text = text.strip()
+    return (text.endswith(".") or ". " in text or len(text) > 70 or bool(PHRASE.match(text)))
 
 
 def convert(text: str) -> str:
@@ -56,7 +75,11 @@ def convert(text: str) -> str:
             out += ["", "Notes", "-----"]
         if name in ITEM_SECTIONS and not indent and " : " in line:   # "name : type": no ``
             head, _, kind = line.partition(" : ")
-            line = f"{head} : {kind.replace('``', '')}"
+            if is_description(kind):                  # "name : a sentence": no type given
+                out += [head, "    " + kind.strip()]
+                i += 1
+                continue
+            line = f"{head} : {verbatim(kind.replace('``', ''))}"
         if stripped.startswith(".. math::"):                        # reST math directive
             body = [stripped[len(".. math::"):].strip()]
             i += 1
