@@ -358,3 +358,43 @@ def test_site_build_fails_on_a_broken_link(tmp_path):
     # the broken link, and nothing else, stops it
     warnings = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("WARNING")]
     assert len(warnings) == 1 and "no-such-page.md" in warnings[0], warnings
+
+
+def test_theory_opens_with_the_idea_and_states_the_assumptions():
+    """theory.md: the idea in five sentences and a figure before any section, (A1)-(A4) and
+    Theorem 1 stated in a section of their own."""
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    opening = text.split("\n## ")[0]
+    idea = re.search(r"\*\*The idea\.\*\* (.*?)\n\n", opening, flags=re.S).group(1)
+    idea = re.sub(r"\$[^$]*\$", "X", idea)           # maths has no sentence ends
+    assert len(re.findall(r"[.!?](?:\s|$)", idea)) == 5, idea
+    assert re.search(r"!\[[^\]]+\]\(\.\./figures/shadowing\.png\)", opening)
+    section = text.split("## Assumptions and Theorem 1")[1].split("\n## ")[0]
+    for k in range(1, 5):
+        assert re.search(rf"^- \*\*\(A{k}\) [A-Z]", section, flags=re.M), f"(A{k}) not stated"
+    assert "**Theorem 1**" in section and "$$" in section
+
+
+def test_theory_worked_example_matches_the_schedule():
+    """The numbers of theory.md's worked example (tau_n, n(s), a(n(s))) are the package's."""
+    import math
+
+    import torch
+
+    import sa_clip as sc
+
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    example = text.split("### A worked example")[1].split("\n## ")[0]
+    schedule = sc.make_schedule("power:0.5,0.7")
+    rates, tau = schedule.rates(1000), schedule.tau(1000)
+    for n, value in re.findall(r"\\tau_\{?(\d+)\}? = (\d+\.\d+)", example):
+        rounding = 0.51 * 10.0 ** -len(value.split(".")[1])      # as many digits as written
+        assert float(tau[int(n)]) == pytest.approx(float(value), abs=rounding), (n, value)
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", example, flags=re.M)
+    assert len(rows) == 5
+    for s, n, a, root in rows:
+        step = int(torch.searchsorted(tau, torch.tensor(float(s), dtype=tau.dtype),
+                                      right=True)) - 1
+        assert step == int(n), (s, step, n)
+        assert float(rates[step]) == pytest.approx(float(a), rel=5e-3)
+        assert math.sqrt(float(rates[step])) == pytest.approx(float(root), rel=5e-3)
