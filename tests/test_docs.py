@@ -387,7 +387,7 @@ def test_theory_worked_example_matches_the_schedule():
     example = text.split("### A worked example")[1].split("\n## ")[0]
     schedule = sc.make_schedule("power:0.5,0.7")
     rates, tau = schedule.rates(1000), schedule.tau(1000)
-    for n, value in re.findall(r"\\tau_\{?(\d+)\}? = (\d+\.\d+)", example):
+    for n, value in re.findall(r"\\tau_\{?(\d+)\}?\s*&?=\s*(\d+\.\d+)", example):
         rounding = 0.51 * 10.0 ** -len(value.split(".")[1])      # as many digits as written
         assert float(tau[int(n)]) == pytest.approx(float(value), abs=rounding), (n, value)
     rows = re.findall(r"^\| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|$", example, flags=re.M)
