@@ -294,9 +294,10 @@ def check_notebook_pages(site: Path) -> None:
 
 
 NOTEBOOKS = sorted((ROOT / "examples" / "notebooks").glob("*.ipynb"))
-# what must not appear in a saved output: a warning, an error, a bare object repr
+# what must not appear in a saved output: a warning, an error, a bare object repr, a path
+# of the machine that ran it
 DIRTY = re.compile(r"Warning|warn\(|Traceback|Error|IProgress|<[\w.]+ object at 0x|"
-                   r"<torch\._C\.\w+|<matplotlib\.\w+")
+                   r"<torch\._C\.\w+|<matplotlib\.\w+|/home/|/work/|/tmp/")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
