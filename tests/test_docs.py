@@ -399,3 +399,16 @@ def test_theory_worked_example_matches_the_schedule():
         assert step == int(n), (s, step, n)
         assert float(rates[step]) == pytest.approx(float(a), rel=5e-3)
         assert math.sqrt(float(rates[step])) == pytest.approx(float(root), rel=5e-3)
+
+
+def test_griffe_extension_drops_literal_block_markers():
+    """``text::`` (reST) renders as ``text:`` with the indented block as code, not as ``::``."""
+    import importlib.util
+
+    pytest.importorskip("griffe", reason="the docs extra: pip install -e '.[docs]'")
+    spec = importlib.util.spec_from_file_location("griffe_numpyish",
+                                                  DOCS / "_mkdocs" / "griffe_numpyish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.convert("Doc.\n\nFrom the shell::\n\n    sa-clip explore\n")
+    assert out == "Doc.\n\nFrom the shell:\n\n    sa-clip explore\n"

@@ -12,6 +12,8 @@ renders (configured in ``mkdocs.yml``; not part of the package, the docstrings s
 * ``.. math::`` directives become ``$$ ... $$`` blocks (pymdownx.arithmatex);
 * free text at the left margin inside a parameter-like section (which numpy style would read
   as one more parameter), after a blank line, gets a ``Notes`` header of its own;
+* a reST literal-block marker ``text::`` becomes ``text:`` (the indented block after it is a
+  code block in Markdown too);
 * reST simple tables (``=====  ====`` rules) and doctest lines outside an Examples section
   are fenced, so Markdown does not read ``>>>`` as a quotation or the rules as headings.
 """
@@ -104,6 +106,8 @@ def convert(text: str) -> str:
                 i += 1
             out += [indent + "```pycon", *block, indent + "```"]
             continue
+        if stripped.rstrip().endswith("::"):                        # reST literal-block marker
+            line = line.rstrip()[:-1] if stripped.strip() != "::" else ""
         out.append(line)
         i += 1
     return "\n".join(out)
