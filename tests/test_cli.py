@@ -8,13 +8,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import InterruptingField
+from helpers import PROCESS_DEADLINE, InterruptingField, wait_for
 
 import sa_clip as sc
 import sa_clip.experiment as experiment
@@ -502,11 +501,8 @@ def test_kill_mid_run_leaves_the_previous_run_intact(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
     proc = subprocess.Popen([sys.executable, "-m", "sa_clip.cli", *TINY_PORTRAIT, "--steps",
                              "100000", "--out", str(out)], cwd=ROOT)
-    try:
-        for _ in range(600):                 # wait until the run holds the folder
-            if list(out.glob(".staging-*")) or proc.poll() is not None:
-                break
-            time.sleep(0.1)
+    try:                                     # wait until the run holds the folder
+        wait_for(lambda: list(out.glob(".staging-*")), "staging folder", proc=proc)
         proc.kill()
         proc.wait()
     finally:
@@ -587,7 +583,8 @@ def test_tracking_under_torchrun_two_ranks_equals_one_process(tmp_path, capsys):
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", "-m", "sa_clip.cli", *args, "--out",
                           str(tmp_path / "two")], capture_output=True, text=True, cwd=ROOT,
-                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=PROCESS_DEADLINE,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-2000:]
 
     def table(out):
