@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import PROCESS_DEADLINE, wait_for
 
-from sa_clip._workers import WorkerError, fork_available, run_jobs
+from sa_clip._workers import WorkerDied, WorkerError, fork_available, run_jobs
 
 pytestmark = pytest.mark.skipif(not fork_available()[0], reason=fork_available()[1])
 
@@ -71,6 +71,25 @@ def test_a_killed_worker_is_an_error_naming_the_job_and_the_signal():
     with pytest.raises(WorkerError, match=r"job 'k' died without a result: killed by signal 9 "
                                           r"\(out of memory\?\)"):
         list(run_jobs([("k", killed)], workers=1))
+
+
+def test_keep_going_yields_a_dead_worker_and_runs_the_other_jobs():
+    def killed():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    out = list(run_jobs([("a", lambda: 1), ("k", killed), ("b", lambda: 2)], workers=2,
+                        keep_going=True))
+    assert [name for name, _ in out] == ["a", "k", "b"]
+    assert out[0][1] == 1 and out[2][1] == 2
+    assert isinstance(out[1][1], WorkerDied) and "killed by signal 9" in str(out[1][1])
+
+
+def test_keep_going_still_raises_what_a_job_raised():
+    def bad():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        list(run_jobs([("bad", bad)], workers=1, keep_going=True))
 
 
 def test_a_result_that_does_not_pickle_is_a_clear_error():

@@ -29,6 +29,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 from .. import distributed  # noqa: E402
+from . import interrupt  # noqa: E402
+from .interrupt import interruptible  # noqa: E402
 from .options import PROG, CliError, as_typed, resolve_options  # noqa: E402
 from .parser import COMMANDS, build_parser, command_module  # noqa: E402
 
@@ -41,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     command_parser = parser.commands[args.command]
+    with interruptible():
+        try:
+            return _run(args, command_parser)
+        except KeyboardInterrupt as exc:        # SIGINT or SIGTERM: one line, 130 or 143
+            print(f"{PROG}: {interrupt.message(exc)}", file=sys.stderr)
+            return interrupt.exit_code(exc)
+
+
+def _run(args, command_parser) -> int:
     module = command_module(args.command)
     started = distributed.init_from_env()          # under torchrun: shard H over the ranks
     try:
