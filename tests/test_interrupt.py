@@ -101,12 +101,12 @@ def test_interruption_before_anything_is_written_leaves_the_folder_as_it_was(
     out = tmp_path / "o"
     assert cli.main([*TINY_PORTRAIT, "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    import sa_clip.cli.portrait as portrait
+    import sa_clip.equilibria
 
     def interrupted(*a, **k):
         raise cli.interrupt.Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(portrait, "find_equilibria", interrupted)
+    monkeypatch.setattr(sa_clip.equilibria, "find_equilibria", interrupted)
     capsys.readouterr()
     assert cli.main([*TINY_PORTRAIT, "--out", str(out)]) == 143
     err = capsys.readouterr().err

@@ -41,7 +41,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import distributed
 from .options import CliError
 
 MANIFEST = "manifest.json"
@@ -96,6 +95,8 @@ class OutputFolder:
     def __init__(self, out: str | os.PathLike, command: str, option: str = "--out") -> None:
         if not str(out).strip():              # Path("") would be the current folder
             raise CliError(f"`{option}` must name a folder, got an empty string.")
+        from .. import distributed
+
         self.out, self.command, self.option = Path(out), command, option
         self.active = distributed.is_main_process()
         self.staging: Path = self.out

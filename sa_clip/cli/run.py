@@ -8,15 +8,14 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._memory import finite_rows
-from ..experiment import Experiment, RuleReport, RulesFailed, run_experiment
-from ..schedules import make_schedule
-from .builders import build_problem, build_rules, checkpoint_dir, run_chains
 from .options import PROG, add_common_options, add_model_options, config_dict
 from .output import MANIFEST, OutputFolder, check_folder
 from .report import StageClock, color, label, log, problem_fields, table
+
+if TYPE_CHECKING:        # torch loads in main(), not when the parser is built (--help)
+    from ..experiment import Experiment, RuleReport
 
 HELP = "ODE vs many SGD chains on the paper's network (main job)"
 DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-learn, classic "
@@ -69,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """ODE vs SGD chains for each rule, tracking distances, figures and summary.json."""
+    from ..experiment import RulesFailed, run_experiment
+    from ..schedules import make_schedule
+    from .builders import build_problem, build_rules, checkpoint_dir
+
     clock = StageClock()
     problem = build_problem(args, min_params=2)
     rules = build_rules(args)
@@ -236,6 +239,7 @@ def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
     default run)."""
     import torch
 
+    from .._memory import finite_rows
     from ..plane import Plane
 
     def chunks():                                  # finite rows, ``chunk`` rows at a time
@@ -290,6 +294,8 @@ def plane_ranges(plane: Any, *paths: Any) -> tuple[tuple[float, float], ...]:
 
 def noise_chains(report: RuleReport, args: argparse.Namespace) -> Any:
     """An extra short run of ``--noise-chains`` chains recording the martingale noise."""
+    from .builders import run_chains
+
     return run_chains(report.field.problem, report.rule, args, chains=args.noise_chains,
                       steps=min(args.noise_steps, args.steps), record_noise=True,
                       field=report.field)
