@@ -66,7 +66,10 @@ def test_a_signal_ends_the_run_with_one_line_and_keeps_finished_figures(tmp_path
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "sa_clip.cli", *SMALL_RUN, "--out",
                              str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as from a terminal: SIGINT not ignored (a test runner's worker
+                            # may ignore it, and a run respects an ignored SIGINT)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # the event: a rule's first figure is finished (written whole into staging)
         seen = wait_for(lambda: [p.name for p in out.glob(".staging-*/*.png")
@@ -113,6 +116,21 @@ def test_interruption_before_anything_is_written_leaves_the_folder_as_it_was(
     assert err == f"sa-clip: interrupted by SIGTERM; {str(out)!r} is as it was (nothing was " \
                   "finished).\n"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, monkeypatch):
+    monkeypatch.setattr(signal, "getsignal", lambda s: signal.SIG_IGN if s == signal.SIGINT
+                        else signal.SIG_DFL)
+    installed = {}                      # recorded, not installed in this process
+
+    def record(s, h):
+        installed.setdefault(s, h)
+        return signal.SIG_DFL
+
+    monkeypatch.setattr(signal, "signal", record)
+    with cli.interrupt.interruptible():
+        pass
+    assert signal.SIGINT not in installed and signal.SIGTERM in installed
 
 
 def test_handlers_are_restored_after_a_command(tmp_path):

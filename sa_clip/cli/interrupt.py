@@ -32,11 +32,13 @@ def _raise(signum: int, frame: object) -> None:
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """Inside the block SIGINT and SIGTERM raise :class:`Interrupted` (main thread only;
-    elsewhere a no-op); the previous handlers come back after it."""
+    elsewhere a no-op; a signal this process ignores, as ``nohup`` or a shell's background
+    job sets up, stays ignored); the previous handlers come back after it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {s: signal.signal(s, _raise) for s in SIGNALS}
+    before = {s: signal.signal(s, _raise) for s in SIGNALS
+              if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
