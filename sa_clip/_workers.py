@@ -39,6 +39,10 @@ PR_SET_PDEATHSIG = 1
 
 
 class WorkerError(RuntimeError):
+    """A job failed in its worker process in a way that has no exception of its own."""
+
+
+class WorkerDied(WorkerError):
     """A worker process died without sending its job's result (killed, out of memory)."""
 
 
@@ -159,6 +163,11 @@ def _child(job: Callable[[], Any], write_fd: int, parent: int) -> None:
     """Body of a forked worker: run ``job`` and send ``(ok, payload)``; never returns."""
     code = 0
     try:
+        # the parent decides what an interruption means: Ctrl-C (SIGINT to the whole process
+        # group) is the parent's to handle, it then ends the workers; SIGTERM ends a worker
+        # at once (not through a handler the parent installed, which would raise in the job)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _die_with_parent(parent)
         import torch
 
@@ -183,8 +192,8 @@ def _child(job: Callable[[], Any], write_fd: int, parent: int) -> None:
         os._exit(code)                                  # no atexit handlers of the parent
 
 
-def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int
-             ) -> Iterator[tuple[str, Any]]:
+def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int,
+             keep_going: bool = False) -> Iterator[tuple[str, Any]]:
     """Run each ``(name, job)`` in its own forked process, at most ``workers`` at a time;
     yield ``(name, result)`` in the order of ``jobs`` as soon as each (and those before it)
     is done.
@@ -194,8 +203,11 @@ def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int
     without a copy in a pickle string (their memory is written to the pipe and read into the
     tensor's own buffer). An exception in a job is raised here with the child's traceback
     attached as a note; a child that dies without a result (a signal, running out of memory)
-    raises :class:`WorkerError` naming the job and its exit status. On any error the other
-    children are killed; results already yielded are the caller's.
+    raises :class:`WorkerDied` (a :class:`WorkerError`) naming the job and its exit status.
+    On any error the other children are killed; results already yielded are the caller's.
+    With ``keep_going=True`` a job whose worker died is yielded as ``(name, WorkerDied(...))``
+    instead and the other jobs go on: one killed worker costs only its own job. An
+    interruption (``KeyboardInterrupt`` in the calling process) kills the running workers.
 
     Example
     -------
@@ -233,7 +245,12 @@ def run_jobs(jobs: Sequence[tuple[str, Callable[[], Any]]], *, workers: int
                 sel.unregister(key.fd)
                 message = _receive(key.fd)             # closes the fd
                 _, status = os.waitpid(pid, 0)
-                done[i] = _result(name, message, status)
+                try:
+                    done[i] = _result(name, message, status)
+                except WorkerDied as exc:
+                    if not keep_going:
+                        raise
+                    done[i] = exc
             while next_out in done:
                 yield jobs[next_out][0], done.pop(next_out)
                 next_out += 1
@@ -256,7 +273,7 @@ def _result(name: str, message: Any, status: int) -> Any:
     if message is None:
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        raise WorkerError(f"the worker process of job {name!r} died without a result: "
+        raise WorkerDied(f"the worker process of job {name!r} died without a result: "
                           f"{how}{hint}.")
     ok, payload = message
     if ok:
@@ -268,4 +285,4 @@ def _result(name: str, message: Any, status: int) -> Any:
     raise WorkerError(f"job {name!r} failed in its worker process:\n{text}")
 
 
-__all__ = ["run_jobs", "fork_available", "check_workers", "WorkerError"]
+__all__ = ["run_jobs", "fork_available", "check_workers", "WorkerError", "WorkerDied"]

@@ -38,7 +38,7 @@ import torch
 
 from . import distributed as _dist
 from ._memory import finite_rows, peak_rss_mb, release_memory
-from ._workers import check_workers, fork_available, run_jobs
+from ._workers import WorkerDied, check_workers, fork_available, run_jobs
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
 from .ode import OdeSolution, solve_ode
@@ -388,6 +388,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
         floating-point round-off (torch's sums may group differently with another thread
         count). Falls back to one process, with a warning, where fork is unsafe (macOS,
         Windows, CUDA initialised, ``shard=True`` or an active ``torch.distributed`` group).
+        A worker that dies (killed, out of memory) costs only its own rule: the others run
+        to the end, then :class:`RulesFailed` is raised, holding their :class:`Experiment`.
 
     Returns
     -------
@@ -416,8 +418,9 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                     tracking_options=tracking_options, start_spacing=start_spacing,
                     on_stage=on_stage)
     workers = _check_workers(workers, len(named), shard)
+    dead: dict[str, WorkerDied] = {}
     if workers > 1:
-        reports = _rules_in_workers(problem, named, sched, settings, workers, on_report)
+        reports, dead = _rules_in_workers(problem, named, sched, settings, workers, on_report)
     else:
         reports = {}
         for name, rule in named.items():
@@ -430,7 +433,23 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
               "batch_size": batch_size, "clip_per": clip_per, "seed": seed,
               "record_every": record_every, "horizon": horizon, "starts": starts,
               "tracking_chains": tracking_chains, "max_nfev": max_nfev, "workers": workers}
-    return Experiment(problem, sched, reports, config)
+    exp = Experiment(problem, sched, reports, config)
+    if dead:
+        raise RulesFailed(exp, dead)
+    return exp
+
+
+class RulesFailed(WorkerDied):
+    """The worker processes of some rules died (killed, out of memory); the other rules ran
+    to the end. ``experiment`` holds their reports; ``failed`` maps each lost rule to the
+    error that says how its worker died."""
+
+    def __init__(self, experiment: Experiment, failed: Mapping[str, BaseException]) -> None:
+        self.experiment, self.failed = experiment, dict(failed)
+        lost = "; ".join(str(e) for e in self.failed.values())
+        kept = ", ".join(repr(n) for n in experiment.reports) or "none"
+        super().__init__(f"{len(self.failed)} rule(s) lost: {lost} The other rules finished "
+                         f"(`.experiment` holds them): {kept}.")
 
 
 def _check_workers(workers: Any, n_rules: int, shard: bool) -> int:
@@ -459,8 +478,9 @@ def _replay_stages(report: RuleReport, on_stage: Callable[[str, str, float], Non
 def _rules_in_workers(problem: Problem, named: dict[str, ClipRule], sched: Schedule,
                       settings: dict[str, Any], workers: int,
                       on_report: Callable[[RuleReport], None] | None
-                      ) -> dict[str, RuleReport]:
-    """:func:`run_rule` (and ``on_report``) of each rule in a forked worker process."""
+                      ) -> tuple[dict[str, RuleReport], dict[str, WorkerDied]]:
+    """:func:`run_rule` (and ``on_report``) of each rule in a forked worker process; the
+    reports, and the rules whose worker died."""
     on_stage = settings["on_stage"]
 
     def job(name: str, rule: ClipRule, first: bool) -> Callable[[], RuleReport]:
@@ -479,13 +499,17 @@ def _rules_in_workers(problem: Problem, named: dict[str, ClipRule], sched: Sched
 
     release_memory()                      # the children start from a trimmed heap
     reports: dict[str, RuleReport] = {}
+    dead: dict[str, WorkerDied] = {}
     jobs = [(n, job(n, r, k == 0)) for k, (n, r) in enumerate(named.items())]
-    for name, report in run_jobs(jobs, workers=workers):
+    for name, report in run_jobs(jobs, workers=workers, keep_going=True):
+        if isinstance(report, WorkerDied):
+            dead[name] = report
+            continue
         report.field = MeanField(problem, report.rule, distributed=settings["shard"])
         reports[name] = report
         _replay_stages(report, on_stage)
-    return reports
+    return reports, dead
 
 
-__all__ = ["run_experiment", "run_rule", "Experiment", "RuleReport", "batched_loss",
-           "tracking_in_groups"]
+__all__ = ["run_experiment", "run_rule", "Experiment", "RuleReport", "RulesFailed",
+           "batched_loss", "tracking_in_groups"]

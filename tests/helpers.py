@@ -1,5 +1,5 @@
 """Shared test helpers: relative errors, the package's import graph, loading example scripts,
-interrupting a run mid-way."""
+interrupting a run mid-way, waiting on other processes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,34 @@ import torch
 import sa_clip as sc
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+#: deadline (seconds) of every wait on another process. Only a hang guard: the tests wait on
+#: events (a line on a pipe, a file that appears, ``join``), so it must hold on a machine
+#: loaded many times over (a child importing torch took 35 s of wall time at load 8)
+PROCESS_DEADLINE = 900.0
+
+
+def wait_for(condition, what: str, *, proc=None, deadline: float = PROCESS_DEADLINE,
+             poll: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned) or ``deadline``
+    seconds pass; fail sooner, naming ``what``, if ``proc`` (a ``subprocess.Popen``) ends
+    first (with its stderr where it was piped)."""
+    import time
+
+    import pytest
+
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            pytest.fail(f"the process ended (exit {proc.returncode}) before {what}: "
+                        f"{err[-2000:] if err else ''}")
+        if time.monotonic() > end:
+            pytest.fail(f"no {what} within {deadline:.0f} s")
+        time.sleep(poll)
 
 
 def rel_err(a, b) -> float:

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import PROCESS_DEADLINE
 
 import sa_clip as sc
 
@@ -88,7 +89,7 @@ def test_same_seed_same_numbers_in_a_fresh_process_and_this_one(tmp_path):
     # long-lived process (other tests have run here, torch has its own thread count): two
     # processes that share nothing but the code
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout
+                         text=True, timeout=PROCESS_DEADLINE, check=True).stdout
     assert len(out.splitlines()) == 5
     here = _namespace()["results"]()
     assert out == "".join(f"{k} {v}\n" for k, v in sorted(here.items()))

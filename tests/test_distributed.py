@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import rel_err
+from helpers import PROCESS_DEADLINE, rel_err
 
 import sa_clip as sc
 from problems import mlp_problem, shared_problem
@@ -76,10 +76,11 @@ def _worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
-def _run_ranks(tmp_path, timeout=60.0):
+def _run_ranks(tmp_path, timeout=PROCESS_DEADLINE):
     # fresh processes, as under torchrun: a forkserver (a new interpreter, never this one) that
     # imports torch, sa_clip and this module once, then forks the ranks from that clean state
-    # (spawn would import them once per rank)
+    # (spawn would import them once per rank). ``join`` waits on the ranks' exits; the
+    # deadline is only a hang guard (minutes: a loaded machine takes long to import torch)
     mp.get_context("forkserver").set_forkserver_preload([__name__])
     ctx = mp.start_processes(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)),
                              nprocs=WORLD, join=False, start_method="forkserver")

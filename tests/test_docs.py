@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import PROCESS_DEADLINE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -36,7 +37,7 @@ def test_import_sa_clip_does_not_import_matplotlib():
             "sc.viz.plot_phase_portrait; assert 'matplotlib' in sys.modules; print('ok')")
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         cwd=str(ROOT), timeout=120)
+                         cwd=str(ROOT), timeout=PROCESS_DEADLINE)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -169,7 +170,7 @@ def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(config.parent), NO_MKDOCS_2_WARNING="1")
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f",
                            str(config), "-d", str(site)], env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=PROCESS_DEADLINE)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Every call either works, giving finite output (or the documented NaN/status for a blow-up or a
 failed solve), or raises the documented ValueError/TypeError with a message; never anything else,
-and never hangs (examples are small, each has a deadline).
+and never hangs (examples are small). No per-example deadline: hypothesis measures one after
+the example has returned (it cannot stop a hang) and a loaded machine would trip it.
 """
 
 import math
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 import sa_clip as sc
 
-SETTINGS = settings(max_examples=40, deadline=30000, derandomize=True,  # 30 s: a hang guard
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 D = torch.float64
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import PROCESS_DEADLINE
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -42,7 +43,7 @@ def test_notebook_executes(path, tmp_path):
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT)] + ([env_before["PYTHONPATH"]] if env_before["PYTHONPATH"] else []))
     try:
-        client = nbclient.NotebookClient(book, timeout=120, kernel_name="python3",
+        client = nbclient.NotebookClient(book, timeout=PROCESS_DEADLINE, kernel_name="python3",
                                          resources={"metadata": {"path": str(tmp_path)}})
         client.execute()
     finally:

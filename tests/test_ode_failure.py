@@ -1,7 +1,6 @@
 """A failing ODE solve keeps what it computed (status -1 and a message), and never hangs."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -49,9 +48,9 @@ def test_discontinuous_field_stops_at_max_nfev_instead_of_hanging():
     def sign(th):  # a jump at 0.3: dopri5 would take ever smaller steps there
         return torch.sign(th - 0.3)
 
-    t0 = time.perf_counter()
+    # no wall-clock limit (the suite runs on loaded machines): the evaluation count is the
+    # bound, and a hang would never reach the asserts
     sol = sc.solve_ode(sign, torch.tensor([1.0], dtype=D), [0.0, 0.5, 1.0, 2.0], max_nfev=3000)
-    assert time.perf_counter() - t0 < 20
     assert sol.status == -1 and "more than max_nfev = 3000 evaluations" in sol.message
     assert sol.theta[1, 0].item() == pytest.approx(0.5, abs=1e-7)
     assert sol.nfev <= 3000 and sol.max_nfev == 3000     # one budget, the recovery included

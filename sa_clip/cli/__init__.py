@@ -24,29 +24,43 @@ import os
 import sys
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-from .. import distributed  # noqa: E402
-from .options import PROG, CliError, as_typed, resolve_options  # noqa: E402
-from .parser import COMMANDS, build_parser, command_module  # noqa: E402
+from . import interrupt
+from .interrupt import interruptible
+from .options import PROG, CliError, as_typed, resolve_options
+from .parser import COMMANDS, build_parser, command_module
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sa-clip`` console script; returns the exit code."""
-    parser = build_parser()
+    """Entry point of the ``sa-clip`` console script; returns the exit code.
+
+    Parsing and the checks of the options import neither torch nor matplotlib: ``--help``
+    and a bad argument answer at once; the command loads them when it runs."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     command_parser = parser.commands[args.command]
+    with interruptible():
+        try:
+            return _run(args, command_parser)
+        except KeyboardInterrupt as exc:        # SIGINT or SIGTERM: one line, 130 or 143
+            print(f"{PROG}: {interrupt.message(exc)}", file=sys.stderr)
+            return interrupt.exit_code(exc)
+
+
+def _run(args, command_parser) -> int:
     module = command_module(args.command)
-    started = distributed.init_from_env()          # under torchrun: shard H over the ranks
+    started = False
     try:
         if hasattr(module, "DEFAULTS"):
             args = resolve_options(args, command_parser, module.DEFAULTS,
                                    getattr(module, "QUICK", {}))
+        _figures_to_files()
+        from .. import distributed
+
+        started = distributed.init_from_env()      # under torchrun: shard H over the ranks
         if not distributed.is_main_process():      # one rank prints and writes files
             args.quiet, args.progress = True, False
             with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
@@ -62,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if started:
             import torch
             torch.distributed.destroy_process_group()
+
+
+def _figures_to_files() -> None:
+    """The commands write figures to files: matplotlib's Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 def console() -> None:

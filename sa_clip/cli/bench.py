@@ -11,11 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..clipping import make_rule
-from ..meanfield import MeanField
-from .builders import build_problem, build_rule, make_field, rule_names
 from .options import CliError, add_common_options, add_model_options
 from .report import log, table
 
@@ -95,6 +90,12 @@ def main(args: argparse.Namespace) -> int:
 
 def builtin(args: argparse.Namespace) -> int:
     """Median times of the clipped H, the unclipped H and a plain gradient."""
+    import torch
+
+    from ..clipping import make_rule
+    from ..meanfield import MeanField
+    from .builders import build_problem, build_rule, make_field, rule_names
+
     problem = build_problem(args)
     rule = build_rule(rule_names(args.rule)[0], args)
     field = make_field(problem, rule)

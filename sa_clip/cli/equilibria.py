@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..equilibria import clipping_bias, find_equilibria
-from .builders import build_problem, build_rule, make_field, rule_names
 from .options import add_common_options, add_model_options
 from .report import table
 
@@ -30,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Table of the zeros of H: position, eigenvalues of DH, kind, and the clipping bias."""
+    from ..equilibria import clipping_bias, find_equilibria
+    from .builders import build_problem, build_rule, make_field, rule_names
+
     problem = build_problem(args)
     rule = build_rule(rule_names(args.rule)[0], args)
     field = make_field(problem, rule)

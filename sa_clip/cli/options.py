@@ -27,6 +27,12 @@ AT_LEAST_ONE = ("steps", "chains", "batch_size", "record_every", "starts", "trac
 AT_LEAST_ZERO = ("noise_chains", "portrait_grid")
 POSITIVE = ("horizon", "extent", "ode_time", "max_norm", "lam", "eps", "adaptive_lam")
 SEED_MAX = 2 ** 63 - 1
+# The parser is built without torch (``sa-clip --help`` and a bad argument answer at once), so
+# it names the rules and --clip-per choices from these copies of ``sa_clip.clipping.RULES``
+# and ``sa_clip.meanfield.CLIP_PER`` (tests/test_cli_light.py checks they agree); --problem is
+# checked against ``sa_clip.problems.PROBLEMS`` itself, after parsing (check_options).
+RULE_NAMES = ("adaptive", "layerwise", "none", "norm", "unitwise", "value")
+CLIP_PER = ("sample", "batch")
 
 
 class CliError(Exception):
@@ -52,13 +58,12 @@ def add_common_options(p: argparse.ArgumentParser, d: dict[str, Any],
     """The options of every sa_clip command (defaults ``d``, ``--quick`` sizes ``quick``); the
     SGD options where ``d`` has ``steps``."""
     g = p.add_argument_group("common options")
-    from .. import problems as zoo
-    from ..clipping import RULES
-
-    g.add_argument("--problem", choices=sorted(zoo.PROBLEMS),
-                   help=f"ready-made problem (default {d['problem']}); data-set names use the "
-                        "paper's sigmoid network")
-    g.add_argument("--rule", help=f"clipping rule(s), comma-separated, from {sorted(RULES)} "
+    g.add_argument("--problem",
+                   help=f"ready-made problem (default {d['problem']}): a 2-parameter toy "
+                        "(tanh, logistic2d, ...) or a scikit-learn data set (wine, iris, "
+                        "digits, ...) with the paper's sigmoid network; a name that is not "
+                        "one is answered with the list")
+    g.add_argument("--rule", help=f"clipping rule(s), comma-separated, from {list(RULE_NAMES)} "
                                   f"(default {d['rule']})")
     g.add_argument("--lam", type=float, help=f"clipping threshold lambda (default {d['lam']})")
     g.add_argument("--eps", type=float, help=f"epsilon of the adaptive rules (default "
@@ -76,8 +81,6 @@ def add_common_options(p: argparse.ArgumentParser, d: dict[str, Any],
                    help="tiny sizes (seconds): " + ", ".join(f"{k}={v}" for k, v in
                                                              quick.items()))
     if "steps" in d:
-        from ..meanfield import CLIP_PER
-
         g.add_argument("--schedule", help=f"step sizes: constant:A0 | harmonic:A0[,N0] | "
                                           f"power:A0,ALPHA[,N0] (default {d['schedule']})")
         g.add_argument("--steps", type=int, help=f"SGD steps (default {d['steps']})")
@@ -176,7 +179,8 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
 
 
 def check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Range checks of the numeric options, the seed, the schedule and the device."""
+    """Range checks of the numeric options and the seed (no torch needed), then the schedule,
+    the device and the problem (these load torch)."""
     actions = option_actions(parser)
 
     def name(dest: str) -> str:
@@ -203,14 +207,20 @@ def check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                            f"{str(exc).replace('`schedule` ', '')}") from None
     if getattr(args, "device", None) is not None:
         check_device(args.device)
+    if getattr(args, "problem", None) is not None:
+        from ..problems import PROBLEMS
+
+        if args.problem not in PROBLEMS:
+            raise CliError(f"`--problem` must be one of {sorted(PROBLEMS)}, got "
+                           f"{args.problem!r}.")
 
 
 def check_device(spec: str) -> None:
     """``--device``: cpu, auto, cuda or cuda:N where CUDA is present."""
-    import torch
-
     if spec in ("cpu", "auto"):
         return
+    import torch
+
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError):

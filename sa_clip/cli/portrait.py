@@ -6,12 +6,6 @@ import argparse
 import math
 from typing import Any
 
-import torch
-
-from ..equilibria import find_equilibria
-from ..ode import solve_ode
-from ..plane import Plane, field_on_plane
-from .builders import build_problem, build_rule, make_field, rule_names, run_chains
 from .options import CliError, add_common_options
 from .output import OutputFolder
 
@@ -40,7 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Phase portrait of a 2-parameter problem with equilibria, ODE curves and SGD chains."""
+    import torch
+
+    from ..equilibria import find_equilibria
+    from ..ode import solve_ode
+    from ..plane import Plane, field_on_plane
     from ..viz import animate_chains, plot_phase_portrait
+    from .builders import build_problem, build_rule, make_field, rule_names, run_chains
 
     problem = build_problem(args)
     if problem.P != 2:

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._memory import finite_rows
-from ..experiment import Experiment, RuleReport, run_experiment
-from ..schedules import make_schedule
-from .builders import build_problem, build_rules, checkpoint_dir, run_chains
-from .options import add_common_options, add_model_options, config_dict
-from .output import OutputFolder, check_folder
+from .options import PROG, add_common_options, add_model_options, config_dict
+from .output import MANIFEST, OutputFolder, check_folder
 from .report import StageClock, color, label, log, problem_fields, table
+
+if TYPE_CHECKING:        # torch loads in main(), not when the parser is built (--help)
+    from ..experiment import Experiment, RuleReport
 
 HELP = "ODE vs many SGD chains on the paper's network (main job)"
 DESCRIPTION = ("The paper's sigmoid network on a data set bundled with scikit-learn, classic "
@@ -68,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """ODE vs SGD chains for each rule, tracking distances, figures and summary.json."""
+    from ..experiment import RulesFailed, run_experiment
+    from ..schedules import make_schedule
+    from .builders import build_problem, build_rules, checkpoint_dir
+
     clock = StageClock()
     problem = build_problem(args, min_params=2)
     rules = build_rules(args)
@@ -76,6 +80,7 @@ def main(args: argparse.Namespace) -> int:
     if ckpt is not None:                                    # checked before any compute
         check_folder(ckpt, "--checkpoint")
     folder = OutputFolder(args.out, "run").open()
+    folder.expect(*planned_files(rules, args))
     log(args, f"{problem!r}\nschedule {args.schedule}, {args.steps} steps, {args.chains} "
               f"chains, batch size {args.batch_size}, clip per {args.clip_per}")
     clock.stage("setup")
@@ -106,22 +111,27 @@ def main(args: argparse.Namespace) -> int:
                 report.seconds["noise"] = time.perf_counter() - t
 
         _preload_figures()
-        exp = run_experiment(
-            problem, rules, schedule, steps=args.steps, chains=args.chains,
-            batch_size=args.batch_size, clip_per=args.clip_per, seed=args.seed,
-            record_every=args.record_every, horizon=args.horizon, starts=args.starts,
-            tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
-            checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            progress=args.progress, shard=_sharded(), start_spacing="log",
-            tracking_options={"keep_paths": [0]},
-            on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
-            on_report=draw, workers=args.workers)
+        try:
+            exp = run_experiment(
+                problem, rules, schedule, steps=args.steps, chains=args.chains,
+                batch_size=args.batch_size, clip_per=args.clip_per, seed=args.seed,
+                record_every=args.record_every, horizon=args.horizon, starts=args.starts,
+                tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
+                checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, progress=args.progress, shard=_sharded(),
+                start_spacing="log", tracking_options={"keep_paths": [0]},
+                on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
+                on_report=draw, workers=args.workers)
+        except RulesFailed as err:             # a worker died: the other rules are kept
+            exp = err.experiment
+            folder.failed.update({name: str(e) for name, e in err.failed.items()})
         for report in exp:
             for name in report.outputs:            # written by a worker process
                 folder.add(name)
         clock.stage("rules")
-        for name, fig in comparison_figures(exp):
-            folder.save_figure(fig, name)
+        if len(exp):
+            for name, fig in comparison_figures(exp):
+                folder.save_figure(fig, name)
         clock.stage("figures")
         folder.write_json("summary.json", summary(exp, args, folder, clock))
     print(table([[label(r["name"]), r["final_loss_ode"], r["final_loss_sgd_median"],
@@ -132,7 +142,25 @@ def main(args: argparse.Namespace) -> int:
     n_figs = sum(f.endswith(".png") for f in folder.files)
     print(f"wrote {n_figs} figures, summary.json and manifest.json to {folder.out}/ in "
           f"{clock.total:.0f} s")
+    if folder.failed:
+        lost = "; ".join(f"{label(n)}: {m}" for n, m in folder.failed.items())
+        print(f"{PROG}: error: {lost} The other rules' outputs are kept ({MANIFEST} says "
+              "'incomplete' and lists what is missing).", file=sys.stderr)
+        return 1
     return 0
+
+
+def planned_files(rules: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The files a complete run writes (what :func:`main` and :func:`rule_figures` save), in
+    that order; a manifest that is not complete lists those missing."""
+    names = []
+    for k, name in enumerate(rules):
+        names += [f"shadowing_{name}.png", f"ode_vs_sgd_{name}.png"]
+        if k == 0 and args.portrait_grid > 1:
+            names.append(f"portrait_{name}.png")
+        if k == 0 and args.noise_chains > 0:
+            names.append(f"noise_{name}.png")
+    return names + ["tracking.png", "clip_fraction.png", "loss.png", "summary.json"]
 
 
 def workers(args: argparse.Namespace, problem: Any, n_rules: int) -> int:
@@ -211,6 +239,7 @@ def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
     default run)."""
     import torch
 
+    from .._memory import finite_rows
     from ..plane import Plane
 
     def chunks():                                  # finite rows, ``chunk`` rows at a time
@@ -265,6 +294,8 @@ def plane_ranges(plane: Any, *paths: Any) -> tuple[tuple[float, float], ...]:
 
 def noise_chains(report: RuleReport, args: argparse.Namespace) -> Any:
     """An extra short run of ``--noise-chains`` chains recording the martingale noise."""
+    from .builders import run_chains
+
     return run_chains(report.field.problem, report.rule, args, chains=args.noise_chains,
                       steps=min(args.noise_steps, args.steps), record_noise=True,
                       field=report.field)
@@ -318,5 +349,6 @@ def summary(exp: Experiment, args: argparse.Namespace, folder: OutputFolder,
     clock.stage("summary")
     return {"command": "run", "problem": problem_fields(exp.problem),
             "config": config_dict(args), "results": _results(exp),
+            **({"failed": dict(folder.failed)} if folder.failed else {}),
             "figures": [str(folder.out / f) for f in folder.files if f.endswith(".png")],
             "stages": clock.to_dict(), "seconds": round(clock.total, 3)}

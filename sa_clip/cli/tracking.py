@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
-from ..experiment import tracking_in_groups
-from .builders import build_problem, build_rules, make_field, run_chains
 from .options import add_common_options, add_model_options
 from .output import OutputFolder
 from .report import color, label, table
@@ -33,8 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """D_T(s) of many chains for each rule: a header, a table and tracking.png."""
     import matplotlib.pyplot as plt
+    import torch
 
+    from ..experiment import tracking_in_groups
     from ..viz import plot_tracking
+    from .builders import build_problem, build_rules, make_field, run_chains
 
     problem = build_problem(args)
     rules = build_rules(args)
