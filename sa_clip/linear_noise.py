@@ -30,6 +30,13 @@ Both agree to first order in ``a ||J||``; with constant steps their stationary c
 by a relative ``O(a ||J||)``. Neither holds where ``H`` is not differentiable along the path (a
 clipping switch crossed by the chains' spread) or where the spread is large enough that ``H`` is
 not linear over it (large steps).
+
+* **Gaussian moment closure** (``form="gaussian"``, per step, and ``"gaussian-continuous"``):
+  mean ``m`` and covariance ``V`` evolve together with ``H``, ``Cov(H, theta)`` and ``S``
+  averaged over ``N(m, V)`` by quadrature (:mod:`sa_clip.gaussian_closure`). It sees the
+  kinks a spread straddles, and the mean shift curvature causes; where ``H`` is linear over
+  the spread it is the first-order result. Cost: ``Q`` evaluations of ``H`` and ``S`` per step
+  or grid point (``Q`` quadrature nodes), no ``DH``.
 """
 
 from __future__ import annotations
@@ -68,22 +75,24 @@ class LinearNoiseResult:
     tau : tensor ``(T,)``
         The requested ODE times.
     mean : tensor ``(T, P)``
-        The ODE path ``theta(tau)`` (for ``clip_per="batch"`` the path of ``-H_M``).
+        The ODE path ``theta(tau)`` (for ``clip_per="batch"`` the path of ``-H_M``); for the
+        Gaussian closure its mean ``m``.
     cov : tensor ``(T, P, P)``, or ``(T, k, k)`` with a ``basis``
         Predicted covariance of the chains around ``mean`` (in the basis coordinates
         ``U^T V U`` when ``basis`` was given). NaN from the first time not reached on failure.
     basis : tensor ``(P, k)`` or None
         The orthonormal basis ``U`` of the projected variant.
     form : str
-        ``"discrete"`` or ``"continuous"``.
+        ``"discrete"``, ``"continuous"``, ``"gaussian"`` or ``"gaussian-continuous"``.
     status : int
         0 on success, -1 on failure (the solve failed or the covariance became non-finite);
         what was computed before is kept.
     message : str
     nfev : int
-        Points of the path where ``H``, ``DH`` and ``S`` were evaluated (discrete: one per SGD
-        step; continuous: grid nodes and midpoints, or right-hand-side evaluations of the
-        joint solve).
+        Points where ``H``, ``DH`` and ``S`` were evaluated (discrete: one per SGD step;
+        continuous: grid nodes and midpoints, or right-hand-side evaluations of the joint
+        solve, at most ``max_nfev``; Gaussian closure: quadrature nodes, ``Q`` per step or RK4
+        stage). The ODE solve's own evaluations of ``H`` are not counted here.
     steps : int
         SGD steps of the schedule up to ``tau[-1]``.
     noise : str
@@ -91,6 +100,13 @@ class LinearNoiseResult:
         enumerating every batch) or ``"monte carlo (B batches)"``.
     seconds : float
         Wall-clock time of the call.
+    config : dict
+        The settings (schedule, batch, solver; ``"quadrature"`` and ``"grid_step"`` where they
+        apply).
+    path : tensor ``(T, P)`` or None
+        Gaussian closure only: the noise-free path, the ODE path (``"gaussian-continuous"``)
+        or the noise-free steps ``theta - a_n H(theta)`` (``"gaussian"``), so that
+        :attr:`shift` is what the noise and the curvature of ``H`` add.
     """
 
     tau: torch.Tensor
@@ -292,7 +308,7 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
                  max_steps: int = 10_000_000, chunk: int = 256, max_elements: int = 2 ** 22,
                  invariance_tol: float = 1e-8, integrator: str = "grid",
                  grid_step: float | None = None, quadrature: str = "auto",
-                 nodes: int | None = None, max_points: int = 2_000_000) -> LinearNoiseResult:
+                 nodes: int | None = None, max_points: int = 1_000_000) -> LinearNoiseResult:
     r"""Predict the mean path and the covariance of clipped-SGD chains: the linear-noise
     approximation (maths and its limits: ``docs/linear_noise.md``).
 
@@ -336,7 +352,19 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         Output ODE times, e.g. a run's ``Trajectory.tau``.
     batch_size : int >= 1
     clip_per : ``"sample"`` | ``"batch"``
-    form : ``"discrete"`` | ``"continuous"``
+    form : ``"discrete"`` | ``"continuous"`` | ``"gaussian"`` | ``"gaussian-continuous"``
+
+    * ``form="gaussian"``: the Gaussian moment closure, one SGD step at a time: with
+      ``theta ~ N(m, V)``, ``m' = m - a E[H]`` and ``V' = V - a (C + C^T) + a^2 (Cov(H) +
+      E[S])``, ``C = Cov(H(theta), theta) = E[DH] V`` (Stein's lemma, computed from ``H`` alone),
+      expectations by quadrature (``quadrature``, ``nodes``). The exact first two moments of
+      one step from a Gaussian; the discrete form where ``H`` is linear over the spread.
+      ``"gaussian-continuous"``: ``dm/dtau = -E[H]``, ``dV/dtau = -(C + C^T) + a(tau) E[S]``
+      by RK4 on the grid of ``grid_step``. Use them where the spread straddles clipping
+      switches (outliers, heavy tails: the limit sits beside them) or ``H`` curves over it.
+      ``result.shift`` is the mean's move off the noise-free path. Cost: ``Q`` evaluations of
+      ``H`` and ``S`` (no ``DH``) per step or RK4 stage, one batched call each
+      (``docs/linear_noise.md``).
 
     Other arguments
     ---------------
@@ -353,8 +381,12 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     seed : int or None
         Seeds the Monte-Carlo batches of per-batch clipping (None: a fresh random seed).
     method, rtol, atol, max_nfev
-        The torchdiffeq solver (both forms solve the ODE with them), its tolerances, and the
-        most right-hand-side evaluations before giving up (``status = -1``).
+        The torchdiffeq solver (every form solves the ODE with them), its tolerances, and the
+        most right-hand-side evaluations of that solve before giving up (``status = -1``): for
+        ``integrator="joint"`` the evaluations of ``(H, DH, S)`` of the joint solve, first
+        attempt and recovery of its outputs together (``result.nfev <= max_nfev``); otherwise
+        those of :func:`~sa_clip.solve_ode` (it keeps the same bound). The evaluations at path
+        points or quadrature nodes that follow are bounded by ``max_points``.
     max_steps : int
         Most SGD steps of the schedule that ``tau[-1]`` may span.
     chunk : int
@@ -366,7 +398,18 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     integrator : ``"grid"`` | ``"joint"``
         How the continuous form is integrated (above).
     grid_step : float, optional
-        ODE-time step of the ``"grid"`` integrator.
+        ODE-time step of the ``"grid"`` integrator (and of ``"gaussian-continuous"``).
+    quadrature : ``"auto"`` | ``"gauss-hermite"`` | ``"sigma"`` | ``"samples"``
+        Nodes of the Gaussian closure (:func:`~sa_clip.gaussian_closure.quadrature_nodes`):
+        ``"auto"`` takes Gauss-Hermite (``k^P <= 256`` nodes, ``k >= 3``: ``P <= 5``) and else
+        256 fixed antithetic samples.
+    nodes : int, optional
+        Gauss-Hermite points per dimension, or the number of samples.
+    max_points : int
+        The most evaluation points the call may need: SGD steps (discrete forms) or grid nodes
+        and midpoints (grid integrator), times the quadrature nodes for the closure. Checked
+        before any compute, so that a far ``tau`` or a tiny ``grid_step`` is refused with the
+        numbers instead of running for hours or exhausting memory.
 
     Returns
     -------
@@ -382,7 +425,8 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         For a ``field`` that is not a MeanField; a bad schedule; ``theta0`` not ``(P,)`` or
         not finite; ``tau`` not 1-D, finite, strictly increasing from 0, or beyond
         ``max_steps`` steps; ``batch_size < 1``; an unknown ``clip_per``, ``form``,
-        ``integrator`` or ``method``; non-positive tolerances or ``grid_step``;
+        ``integrator``, ``method`` or ``quadrature``; non-positive tolerances or ``grid_step``;
+        more than ``max_points`` evaluation points;
         ``P > max_full`` without ``basis``; a ``basis`` of the wrong shape, without
         orthonormal columns, not invariant, or with ``clip_per="batch"``.
 
@@ -751,13 +795,20 @@ def _continuous(noise: _Noise, th0, times, grid, rates, method, rtol, atol, max_
     rate = _rate_at(grid, rates)
     q = noise.U.shape[1] if noise.U is not None else th0.numel()
     count = [0]
+    # max_nfev bounds the evaluations of both attempts together: the first may use all but a
+    # reserve (as solve_ode keeps) to recover the outputs it had passed if it fails
+    reserve = 0 if max_nfev is None else min(max_nfev // 4, 32 * max(1, len(times) - 1))
+    limit = [None if max_nfev is None else max_nfev - reserve]
 
     class _Budget(RuntimeError):
         pass
 
     def rhs(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        if max_nfev is not None and count[0] >= max_nfev:
-            raise _Budget(f"more than max_nfev = {max_nfev} evaluations")
+        if limit[0] is not None and count[0] >= limit[0]:
+            raise _Budget(f"more than max_nfev = {max_nfev} evaluations"
+                          + (" (in the first attempt: all but a reserve of "
+                             f"{reserve} kept to recover its outputs)"
+                             if limit[0] < max_nfev else ""))
         count[0] += 1
         th, V = state
         h, S = noise.moments(th[None])
@@ -777,7 +828,7 @@ def _continuous(noise: _Noise, th0, times, grid, rates, method, rtol, atol, max_
         # keep what can be computed: output interval by output interval, up to the failure
         mean[0], cov[0] = th0, V0
         state, reached, why = (th0, V0), 0, exc
-        count[0] = 0
+        limit[0] = max_nfev
         for i in range(len(times) - 1):
             try:
                 with torch.no_grad():
