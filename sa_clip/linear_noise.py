@@ -739,7 +739,7 @@ def _gaussian(noise: _Noise, h_fn, th0, times, grid, rates, z, w, continuous, gr
 
     if not continuous:
         n_steps = len(rates)
-        n_out = (torch.searchsorted(grid, times, right=True) - 1).clamp(max=n_steps)
+        n_out = (torch.searchsorted(grid, times.contiguous(), right=True) - 1).clamp(max=n_steps)
         want: dict[int, list[int]] = {}
         for j, n in enumerate(n_out.tolist()):
             want.setdefault(n, []).append(j)
