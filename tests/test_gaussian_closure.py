@@ -114,6 +114,12 @@ def test_closure_equals_the_linear_noise_forms_where_h_is_linear():
         torch.testing.assert_close(r.shift, r.mean - r.path)
         assert float(r.shift.abs().max()) < 1e-12
         assert float((r.mean - first.mean).abs().max()) < 0.05
+    # per-batch clipping (every ordered batch of 2): H_M linear and S_M constant as well
+    fb = sc.linear_noise(field, sched, p.theta0, t, batch_size=2, clip_per="batch")
+    gb = sc.linear_noise(field, sched, p.theta0, t, batch_size=2, clip_per="batch",
+                         form="gaussian", quadrature="sigma")
+    assert gb.success and gb.noise == "exact"
+    torch.testing.assert_close(gb.cov, fb.cov, rtol=1e-8, atol=1e-13)
     cont = sc.linear_noise(field, sched, p.theta0, t, form="continuous", grid_step=0.01)
     rc = sc.linear_noise(field, sched, p.theta0, t, form="gaussian-continuous", grid_step=0.01)
     assert rc.success and rc.config["grid_step"] == 0.01
