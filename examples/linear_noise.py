@@ -9,7 +9,7 @@ covariance, the Gaussian moment closure, and the chains themselves, where the fi
   0.02) straddles those switches, where H has kinks and DH jumps.
 * ``linear_noise(form="discrete")`` linearises H on the ODE path: one DH per step, blind to
   kinks a hair away. ``form="gaussian"`` averages H and the noise over N(m, V) (Gauss-Hermite,
-  16 x 16 nodes) and propagates m and V together.
+  8 x 8 nodes) and propagates m and V together.
 * Panel (d): the location problem on {-1, +1} with lam = 0.5, whose zeros of H fill
   [-0.5, 0.5]. The first order predicts a steady band at the edge; the chains diffuse into the
   flat interval; the closure follows them, but its Gaussian cannot be one-sided, so it

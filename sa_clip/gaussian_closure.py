@@ -40,9 +40,19 @@ import numpy as np
 import torch
 
 QUADRATURES = ("auto", "gauss-hermite", "sigma", "samples")
-#: Nodes of the automatic choice: Gauss-Hermite while ``k^P`` stays within this many with
-#: ``k >= 3``, otherwise this many fixed samples.
+#: Nodes of the automatic choice: Gauss-Hermite with the largest ``k <= 12`` per dimension such
+#: that ``k^P <= AUTO_GH`` (8 x 8 for two parameters), or ``k = 3`` while ``3^P <= AUTO_NODES``
+#: (up to 5 parameters); beyond that ``AUTO_NODES`` fixed samples.
+AUTO_GH = 64
 AUTO_NODES = 256
+
+
+def _auto_order(P: int) -> int:
+    """Gauss-Hermite points per dimension of the automatic choice (0: use samples)."""
+    k = min(12, int(math.floor(AUTO_GH ** (1.0 / P) + 1e-9)))
+    if k >= 3:
+        return k
+    return 3 if 3 ** P <= AUTO_NODES else 0
 
 
 def quadrature_nodes(P: int, kind: str = "auto", nodes: int | None = None, seed: int | None = 0,
@@ -51,9 +61,10 @@ def quadrature_nodes(P: int, kind: str = "auto", nodes: int | None = None, seed:
     """Nodes ``z (Q, P)`` and weights ``w (Q,)`` with ``sum w = 1``, ``sum w z = 0`` and
     ``sum w z z^T = I``, and a description.
 
-    ``nodes``: points per dimension for ``"gauss-hermite"`` (default the largest ``k <= 20``
-    with ``k^P <= 256``), the number of samples for ``"samples"`` (default 256, at least
-    ``2 P + 2``); ignored for ``"sigma"``.
+    ``nodes``: points per dimension for ``"gauss-hermite"`` (default the largest ``k <= 12``
+    with ``k^P <= 64``, at least 3: 8 for two parameters), the number of samples for
+    ``"samples"`` (default 256, at least ``2 P + 2``); ignored for ``"sigma"``. ``"auto"``:
+    Gauss-Hermite up to 5 parameters (``3^5 = 243`` nodes), samples beyond.
 
     >>> z, w, what = quadrature_nodes(2, "gauss-hermite", 5)
     >>> z.shape, what
@@ -62,15 +73,12 @@ def quadrature_nodes(P: int, kind: str = "auto", nodes: int | None = None, seed:
     True
     """
     if kind == "auto":
-        k = min(20, int(math.floor(AUTO_NODES ** (1.0 / P) + 1e-9)))
-        if nodes is None and k >= 3:
-            kind, nodes = "gauss-hermite", k
-        elif nodes is None:
-            kind = "samples"
+        if _auto_order(P):
+            kind = "gauss-hermite"
         else:
-            kind = "gauss-hermite" if nodes ** P <= 16 * AUTO_NODES else "samples"
+            kind = "samples"
     if kind == "gauss-hermite":
-        k = nodes if nodes is not None else min(20, int(AUTO_NODES ** (1.0 / P) + 1e-9))
+        k = nodes if nodes is not None else max(3, _auto_order(P))
         if k < 1:
             raise ValueError(f"`nodes` must be >= 1 for Gauss-Hermite, got {k}.")
         if float(k) ** P > 1e7:

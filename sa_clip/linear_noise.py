@@ -401,8 +401,9 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         ODE-time step of the ``"grid"`` integrator (and of ``"gaussian-continuous"``).
     quadrature : ``"auto"`` | ``"gauss-hermite"`` | ``"sigma"`` | ``"samples"``
         Nodes of the Gaussian closure (:func:`~sa_clip.gaussian_closure.quadrature_nodes`):
-        ``"auto"`` takes Gauss-Hermite (``k^P <= 256`` nodes, ``k >= 3``: ``P <= 5``) and else
-        256 fixed antithetic samples.
+        ``"auto"`` takes Gauss-Hermite (``k`` per dimension, the largest ``k <= 12`` with
+        ``k^P <= 64`` and at least 3: 8 x 8 for two parameters, ``3^5`` for five) up to
+        ``P = 5``, and else 256 fixed antithetic samples.
     nodes : int, optional
         Gauss-Hermite points per dimension, or the number of samples.
     max_points : int
