@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from helpers import rel_err, smooth_rule
@@ -363,3 +364,23 @@ def test_frozen_linear_layers_are_served_by_the_fast_path(frozen):
         torch.testing.assert_close(fast(th), slow(th), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(fast(th), brute_H(p, rule, th), rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(fast.jacobian(th), slow.jacobian(th), rtol=1e-9, atol=1e-11)
+
+
+def test_find_equilibria_at_an_origin_equilibrium_with_unitwise_clipping():
+    """Symmetric data (x, y) and (-x, -y): theta = 0 is an equilibrium of a tanh MLP, with
+    exact zeros into the second layer. Its eigenvalues (+-1.95 here, from the coupling of
+    second-layer weights and first-layer biases) came back all zero; now they are those of
+    the central-difference Jacobian of H."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 3, generator=g, dtype=D), torch.randn(10, generator=g, dtype=D)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(D)
+    p = sc.Problem(model, torch.cat([x, -x]), torch.cat([y, -y]), "mse")
+    field = sc.MeanField(p, sc.UnitwiseAGC(0.01))
+    th = torch.zeros(p.P, dtype=D)
+    assert float(field(th).abs().max()) < 1e-15
+    eq = sc.find_equilibria(field, starts=th[None])[0]
+    assert float(eq.theta.abs().max()) < 1e-6
+    ref = np.sort(np.linalg.eigvals(_central_jacobian(field, th).numpy()).real)
+    got = np.sort(np.asarray(eq.eigenvalues).real)
+    assert ref.max() > 1.0
+    np.testing.assert_allclose(got, ref, atol=1e-5)
