@@ -109,8 +109,8 @@ def main(argv=None):
 
     print(f"{p!r}, {rule!r}, schedule {spec}, {args.steps} steps (tau in [0, "
           f"{float(t[-1]):.3f}]), {args.outputs} output times, {args.threads} threads")
-    print(f"{'':<30} {'time (s)':>9} {'x ODE':>7} {'nfev':>6}  accuracy (worst rel. Frobenius)")
-    print(f"{'solve_ode alone':<30} {t_ode:9.3f} {1.0:7.1f} {res['ode'].nfev:6d}")
+    print(f"{'':<34} {'time (s)':>9} {'x ODE':>7} {'nfev':>6}  accuracy (worst rel. Frobenius)")
+    print(f"{'solve_ode alone':<34} {t_ode:9.3f} {1.0:7.1f} {res['ode'].nfev:6d}")
     for k in cases:
         r = res[k]
         if k == "discrete":
@@ -123,9 +123,9 @@ def main(argv=None):
                    f"{worst_rel(r.cov, res['discrete'].cov):.2e} ({r.config['quadrature']})")
         else:
             acc = f"{worst_rel(r.cov, ref.cov):.2e} (rtol {r.config['rtol']:g})"
-        print(f"{'linear_noise ' + k:<30} {times[k]:9.3f} {times[k] / t_ode:7.1f} {r.nfev:6d}"
+        print(f"{'linear_noise ' + k:<34} {times[k]:9.3f} {times[k] / t_ode:7.1f} {r.nfev:6d}"
               f"  {acc}")
-    print(f"{'reference (grid/8)':<30} {t_ref:9.3f} {t_ref / t_ode:7.1f} {ref.nfev:6d}")
+    print(f"{'reference (grid/8)':<34} {t_ref:9.3f} {t_ref / t_ode:7.1f} {ref.nfev:6d}")
     if not args.no_joint and not args.quick:
         tight = sc.linear_noise(field, sched, p.theta0, t, form="continuous",
                                 integrator="joint", rtol=1e-9, atol=1e-12)
