@@ -465,6 +465,10 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     if grid_step is not None:
         grid_step = check_positive("grid_step", grid_step)
     check_choice("quadrature", quadrature, _gc.QUADRATURES)
+    if form == "gaussian-continuous" and integrator != "grid":
+        raise ValueError(f"form='gaussian-continuous' is integrated on the grid (RK4 with "
+                         f"`grid_step`), got `integrator` = {integrator!r}: use "
+                         "integrator='grid'.")
     if nodes is not None:
         nodes = check_nonneg_int("nodes", nodes, minimum=1)
     max_points = check_nonneg_int("max_points", max_points, minimum=1)

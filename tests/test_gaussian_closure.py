@@ -159,6 +159,9 @@ def test_gaussian_form_errors():
     with pytest.raises(ValueError, match="not available with form='gaussian'"):
         sc.linear_noise(field, "constant:0.1", p.theta0, t, form="gaussian",
                         basis=torch.eye(2, dtype=D)[:, :1])
+    with pytest.raises(ValueError, match="integrated on the grid"):
+        sc.linear_noise(field, "constant:0.1", p.theta0, t, form="gaussian-continuous",
+                        integrator="joint")
     with pytest.raises(ValueError, match="more than `max_points`"):
         sc.linear_noise(field, "constant:0.1", p.theta0, t, form="gaussian", max_points=100)
 
