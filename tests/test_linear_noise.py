@@ -391,12 +391,12 @@ def test_example_runs_and_writes_its_figure(tmp_path, capsys):
 @pytest.mark.parametrize("form", ["discrete", "continuous", "gaussian"])
 def test_far_tau_is_refused_up_front_with_the_numbers(form):
     """tau up to 2e5 with steps of 0.1: two million steps (eight million grid nodes and
-    midpoints; 256 nodes per step for the closure); refused before any compute, with the
+    midpoints; 64 nodes per step for the closure); refused before any compute, with the
     numbers and what to do."""
     with pytest.raises(ValueError, match=r"more than `max_points` = 1000000") as err:
         _call(tau=taus(0.0, 1.0, 2e5), form=form)
     want = {"discrete": "2e+06 points", "continuous": "8e+06 evaluation points",
-            "gaussian": "5.12e+08 points"}[form]
+            "gaussian": "1.28e+08 points"}[form]
     assert want in str(err.value), str(err.value)
 
 
