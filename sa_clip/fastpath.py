@@ -33,6 +33,7 @@ per-sample gradient). :func:`unsupported_reason` says why a problem does not qua
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,19 +99,27 @@ _BACKWARD: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Ten
 
 @dataclass(frozen=True)
 class _Layer:
-    """One ``Linear`` layer and the element-wise activations that follow it."""
+    """One ``Linear`` layer and the element-wise activations that follow it.
 
-    weight: Block
+    ``weight`` / ``bias``: the trainable blocks in ``theta``; a frozen one
+    (``requires_grad=False``) is None and named in ``frozen_w`` / ``frozen_b`` (a key of
+    ``Problem.frozen``): it propagates but contributes no parameters.
+    """
+
+    weight: Block | None
     bias: Block | None
     acts: tuple[nn.Module, ...]
+    shape: tuple[int, int] = (0, 0)
+    frozen_w: str | None = None
+    frozen_b: str | None = None
 
     @property
     def d_out(self) -> int:
-        return self.weight.shape[0]
+        return self.shape[0]
 
     @property
     def d_in(self) -> int:
-        return self.weight.shape[1]
+        return self.shape[1]
 
     def activate(self, z: torch.Tensor) -> tuple[torch.Tensor, Backprop | None]:
         """``(act(z), delta -> delta * act'(z))``; the second is None for the identity."""
@@ -223,15 +232,20 @@ def _layers(problem: Problem, mods: list[nn.Module]) -> tuple[list[nn.Module], l
             prefix = names[id(m)]
             prefix = f"{prefix}." if prefix else ""
             w, b = by_name.get(prefix + "weight"), by_name.get(prefix + "bias")
-            if w is None or (m.bias is not None and b is None) or w.name in used:
+            fw = prefix + "weight" if prefix + "weight" in problem.frozen else None
+            fb = prefix + "bias" if m.bias is not None and prefix + "bias" in problem.frozen \
+                else None
+            if (w is None and fw is None) or (m.bias is not None and b is None and fb is None) \
+                    or (w is not None and w.name in used):
                 raise ValueError("a Linear layer is used twice (tied weights)")
-            used.update({w.name} | ({b.name} if b is not None else set()))
-            layers.append(_Layer(w, b, ()))
+            used.update(({w.name} if w is not None else set())
+                        | ({b.name} if b is not None else set()))
+            layers.append(_Layer(w, b, (), tuple(m.weight.shape), fw, fb))
         elif type(m) in (nn.Flatten, nn.Identity):
             continue
         elif layers:
             last = layers[-1]
-            layers[-1] = _Layer(last.weight, last.bias, last.acts + (m,))
+            layers[-1] = dataclasses.replace(last, acts=last.acts + (m,))
         else:
             pre.append(m)
     if used != set(by_name):
@@ -274,7 +288,8 @@ class LinearStackEngine(Engine):
         self.layers = list(plan.layers)
         self._pre = [_act_function(m) for m in plan.pre if type(m) is not nn.Identity]
         self._order = sorted(
-            [(ly.weight.start, i, "w") for i, ly in enumerate(self.layers)]
+            [(ly.weight.start, i, "w") for i, ly in enumerate(self.layers)
+             if ly.weight is not None]
             + [(ly.bias.start, i, "b") for i, ly in enumerate(self.layers) if ly.bias is not None])
         # unit-wise groups: offset of each block's first group, in Layout order
         self._unit_offset: dict[str, int] = {}
@@ -350,8 +365,16 @@ class LinearStackEngine(Engine):
         a = self._inputs(x, k, shared)
         inputs, backprops, weights = [], [], []
         for ly in self.layers:
-            W = theta[:, ly.weight.slice].reshape(k, ly.d_out, ly.d_in)
-            b = None if ly.bias is None else theta[:, ly.bias.slice]
+            if ly.weight is not None:
+                W = theta[:, ly.weight.slice].reshape(k, ly.d_out, ly.d_in)
+            else:       # frozen: the same matrix for every row
+                W = self.problem.frozen[ly.frozen_w].to(theta).expand(k, ly.d_out, ly.d_in)
+            if ly.bias is not None:
+                b = theta[:, ly.bias.slice]
+            elif ly.frozen_b is not None:
+                b = self.problem.frozen[ly.frozen_b].to(theta).expand(k, ly.d_out)
+            else:
+                b = None
             inputs.append(a)
             weights.append(W)
             a, bp = ly.activate(self._linear(a, W, b))
@@ -545,7 +568,13 @@ class LinearStackEngine(Engine):
             v = v.clamp(-thr, thr) if safe else v.clamp_(-thr, thr)
             pos = an > 0
             a_hat = a * (pos / torch.where(pos, an, torch.ones_like(an))).unsqueeze(-1)
-            pieces.append(_outer_sum(v, a_hat))
+            piece = _outer_sum(v, a_hat)
+            if safe:
+                # where a_i = 0 exactly, v a_hat is 0 with derivative 0, but the block is
+                # delta_i a_i^T (unclipped: ||a_i|| |delta_ij| = 0 < tau_j) with derivative
+                # delta_i da_i^T; this term adds it (its value is 0)
+                piece = piece + _outer_sum(delta * (~pos).to(delta.dtype).unsqueeze(-1), a)
+            pieces.append(piece)
         return torch.cat(pieces, 1)
 
     def gradient_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -30,6 +30,13 @@ Both agree to first order in ``a ||J||``; with constant steps their stationary c
 by a relative ``O(a ||J||)``. Neither holds where ``H`` is not differentiable along the path (a
 clipping switch crossed by the chains' spread) or where the spread is large enough that ``H`` is
 not linear over it (large steps).
+
+* **Gaussian moment closure** (``form="gaussian"``, per step, and ``"gaussian-continuous"``):
+  mean ``m`` and covariance ``V`` evolve together with ``H``, ``Cov(H, theta)`` and ``S``
+  averaged over ``N(m, V)`` by quadrature (:mod:`sa_clip.gaussian_closure`). It sees the
+  kinks a spread straddles, and the mean shift curvature causes; where ``H`` is linear over
+  the spread it is the first-order result. Cost: ``Q`` evaluations of ``H`` and ``S`` per step
+  or grid point (``Q`` quadrature nodes), no ``DH``.
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ from typing import Any
 import torch
 from torch.func import vjp, vmap
 from torchdiffeq import odeint
-from torchdiffeq._impl.odeint import SOLVERS
 
+from . import gaussian_closure as _gc
+from ._torchdiffeq import solver_names
 from ._validate import as_tensor, check_choice, check_nonneg_int, check_positive
 from .batchfield import FixedBatchField
 from .meanfield import CLIP_PER, MeanField
@@ -54,7 +62,7 @@ from .ode import check_times, solve_ode
 from .problem import iter_chunks
 from .schedules import Schedule, make_schedule
 
-FORMS = ("discrete", "continuous")
+FORMS = ("discrete", "continuous", "gaussian", "gaussian-continuous")
 INTEGRATORS = ("grid", "joint")
 
 
@@ -67,22 +75,24 @@ class LinearNoiseResult:
     tau : tensor ``(T,)``
         The requested ODE times.
     mean : tensor ``(T, P)``
-        The ODE path ``theta(tau)`` (for ``clip_per="batch"`` the path of ``-H_M``).
+        The ODE path ``theta(tau)`` (for ``clip_per="batch"`` the path of ``-H_M``); for the
+        Gaussian closure its mean ``m``.
     cov : tensor ``(T, P, P)``, or ``(T, k, k)`` with a ``basis``
         Predicted covariance of the chains around ``mean`` (in the basis coordinates
         ``U^T V U`` when ``basis`` was given). NaN from the first time not reached on failure.
     basis : tensor ``(P, k)`` or None
         The orthonormal basis ``U`` of the projected variant.
     form : str
-        ``"discrete"`` or ``"continuous"``.
+        ``"discrete"``, ``"continuous"``, ``"gaussian"`` or ``"gaussian-continuous"``.
     status : int
         0 on success, -1 on failure (the solve failed or the covariance became non-finite);
         what was computed before is kept.
     message : str
     nfev : int
-        Points of the path where ``H``, ``DH`` and ``S`` were evaluated (discrete: one per SGD
-        step; continuous: grid nodes and midpoints, or right-hand-side evaluations of the
-        joint solve).
+        Points where ``H``, ``DH`` and ``S`` were evaluated (discrete: one per SGD step;
+        continuous: grid nodes and midpoints, or right-hand-side evaluations of the joint
+        solve, at most ``max_nfev``; Gaussian closure: quadrature nodes, ``Q`` per step or RK4
+        stage). The ODE solve's own evaluations of ``H`` are not counted here.
     steps : int
         SGD steps of the schedule up to ``tau[-1]``.
     noise : str
@@ -90,6 +100,13 @@ class LinearNoiseResult:
         enumerating every batch) or ``"monte carlo (B batches)"``.
     seconds : float
         Wall-clock time of the call.
+    config : dict
+        The settings (schedule, batch, solver; ``"quadrature"`` and ``"grid_step"`` where they
+        apply).
+    path : tensor ``(T, P)`` or None
+        Gaussian closure only: the noise-free path, the ODE path (``"gaussian-continuous"``)
+        or the noise-free steps ``theta - a_n H(theta)`` (``"gaussian"``), so that
+        :attr:`shift` is what the noise and the curvature of ``H`` add.
     """
 
     tau: torch.Tensor
@@ -104,10 +121,18 @@ class LinearNoiseResult:
     noise: str
     seconds: float = 0.0
     config: dict[str, Any] = dc_field(default_factory=dict)
+    path: torch.Tensor | None = None
 
     @property
     def success(self) -> bool:
         return self.status == 0
+
+    @property
+    def shift(self) -> torch.Tensor:
+        """``mean - path`` ``(T, P)``: how far the Gaussian closure's mean moves off the
+        noise-free path where ``H`` curves over the spread (0 where ``H`` is linear); zeros for
+        the first-order forms, whose mean is the ODE path."""
+        return torch.zeros_like(self.mean) if self.path is None else self.mean - self.path
 
     def variance(self, direction: Any) -> torch.Tensor:
         """Predicted variance ``u^T V u`` (shape ``(T,)``) along ``direction`` ``u`` (``(P,)``,
@@ -282,7 +307,8 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
                  atol: float = 1e-9, max_nfev: int | None = 100_000,
                  max_steps: int = 10_000_000, chunk: int = 256, max_elements: int = 2 ** 22,
                  invariance_tol: float = 1e-8, integrator: str = "grid",
-                 grid_step: float | None = None) -> LinearNoiseResult:
+                 grid_step: float | None = None, quadrature: str = "auto",
+                 nodes: int | None = None, max_points: int = 1_000_000) -> LinearNoiseResult:
     r"""Predict the mean path and the covariance of clipped-SGD chains: the linear-noise
     approximation (maths and its limits: ``docs/linear_noise.md``).
 
@@ -326,7 +352,19 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         Output ODE times, e.g. a run's ``Trajectory.tau``.
     batch_size : int >= 1
     clip_per : ``"sample"`` | ``"batch"``
-    form : ``"discrete"`` | ``"continuous"``
+    form : ``"discrete"`` | ``"continuous"`` | ``"gaussian"`` | ``"gaussian-continuous"``
+
+    * ``form="gaussian"``: the Gaussian moment closure, one SGD step at a time: with
+      ``theta ~ N(m, V)``, ``m' = m - a E[H]`` and ``V' = V - a (C + C^T) + a^2 (Cov(H) +
+      E[S])``, ``C = Cov(H(theta), theta) = E[DH] V`` (Stein's lemma, computed from ``H`` alone),
+      expectations by quadrature (``quadrature``, ``nodes``). The exact first two moments of
+      one step from a Gaussian; the discrete form where ``H`` is linear over the spread.
+      ``"gaussian-continuous"``: ``dm/dtau = -E[H]``, ``dV/dtau = -(C + C^T) + a(tau) E[S]``
+      by RK4 on the grid of ``grid_step``. Use them where the spread straddles clipping
+      switches (outliers, heavy tails: the limit sits beside them) or ``H`` curves over it.
+      ``result.shift`` is the mean's move off the noise-free path. Cost: ``Q`` evaluations of
+      ``H`` and ``S`` (no ``DH``) per step or RK4 stage, one batched call each
+      (``docs/linear_noise.md``).
 
     Other arguments
     ---------------
@@ -343,8 +381,12 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     seed : int or None
         Seeds the Monte-Carlo batches of per-batch clipping (None: a fresh random seed).
     method, rtol, atol, max_nfev
-        The torchdiffeq solver (both forms solve the ODE with them), its tolerances, and the
-        most right-hand-side evaluations before giving up (``status = -1``).
+        The torchdiffeq solver (every form solves the ODE with them), its tolerances, and the
+        most right-hand-side evaluations of that solve before giving up (``status = -1``): for
+        ``integrator="joint"`` the evaluations of ``(H, DH, S)`` of the joint solve, first
+        attempt and recovery of its outputs together (``result.nfev <= max_nfev``); otherwise
+        those of :func:`~sa_clip.solve_ode` (it keeps the same bound). The evaluations at path
+        points or quadrature nodes that follow are bounded by ``max_points``.
     max_steps : int
         Most SGD steps of the schedule that ``tau[-1]`` may span.
     chunk : int
@@ -356,7 +398,19 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     integrator : ``"grid"`` | ``"joint"``
         How the continuous form is integrated (above).
     grid_step : float, optional
-        ODE-time step of the ``"grid"`` integrator.
+        ODE-time step of the ``"grid"`` integrator (and of ``"gaussian-continuous"``).
+    quadrature : ``"auto"`` | ``"gauss-hermite"`` | ``"sigma"`` | ``"samples"``
+        Nodes of the Gaussian closure (:func:`~sa_clip.gaussian_closure.quadrature_nodes`):
+        ``"auto"`` takes Gauss-Hermite (``k`` per dimension, the largest ``k <= 12`` with
+        ``k^P <= 64`` and at least 3: 8 x 8 for two parameters, ``3^5`` for five) up to
+        ``P = 5``, and else 256 fixed antithetic samples.
+    nodes : int, optional
+        Gauss-Hermite points per dimension, or the number of samples.
+    max_points : int
+        The most evaluation points the call may need: SGD steps (discrete forms) or grid nodes
+        and midpoints (grid integrator), times the quadrature nodes for the closure. Checked
+        before any compute, so that a far ``tau`` or a tiny ``grid_step`` is refused with the
+        numbers instead of running for hours or exhausting memory.
 
     Returns
     -------
@@ -372,7 +426,8 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         For a ``field`` that is not a MeanField; a bad schedule; ``theta0`` not ``(P,)`` or
         not finite; ``tau`` not 1-D, finite, strictly increasing from 0, or beyond
         ``max_steps`` steps; ``batch_size < 1``; an unknown ``clip_per``, ``form``,
-        ``integrator`` or ``method``; non-positive tolerances or ``grid_step``;
+        ``integrator``, ``method`` or ``quadrature``; non-positive tolerances or ``grid_step``;
+        more than ``max_points`` evaluation points;
         ``P > max_full`` without ``basis``; a ``basis`` of the wrong shape, without
         orthonormal columns, not invariant, or with ``clip_per="batch"``.
 
@@ -409,8 +464,16 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
     check_choice("integrator", integrator, INTEGRATORS)
     if grid_step is not None:
         grid_step = check_positive("grid_step", grid_step)
-    if method not in SOLVERS:
-        raise ValueError(f"`method` must be one of {sorted(SOLVERS)}, got {method!r}.")
+    check_choice("quadrature", quadrature, _gc.QUADRATURES)
+    if form == "gaussian-continuous" and integrator != "grid":
+        raise ValueError(f"form='gaussian-continuous' is integrated on the grid (RK4 with "
+                         f"`grid_step`), got `integrator` = {integrator!r}: use "
+                         "integrator='grid'.")
+    if nodes is not None:
+        nodes = check_nonneg_int("nodes", nodes, minimum=1)
+    max_points = check_nonneg_int("max_points", max_points, minimum=1)
+    if method not in solver_names():
+        raise ValueError(f"`method` must be one of {solver_names()}, got {method!r}.")
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     if max_nfev is not None:
         max_nfev = check_nonneg_int("max_nfev", max_nfev, minimum=1)
@@ -435,6 +498,11 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
         if not math.isfinite(err) or err > 1e-8:
             raise ValueError(f"`basis` must have orthonormal columns (U^T U = I; off by {err:.3g})"
                              ": orthonormalise it, e.g. with torch.linalg.qr(basis).Q.")
+        if form.startswith("gaussian"):
+            raise ValueError(f"`basis` (the projected variant) is not available with form="
+                             f"{form!r}: the closure needs H and S at points spread over all P "
+                             "directions; use quadrature='samples' (cost: `nodes` evaluations "
+                             "of H and S per step) or drop `basis`.")
         if clip_per == "batch" and m > 1:
             raise ValueError("`basis` (the projected variant) is available for "
                              "clip_per='sample' only; per-batch clipping needs the full DH_M by "
@@ -447,14 +515,43 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
             "block-diagonal DH) to get U^T V U without P x P matrices, or raise `max_full`.")
 
     grid, rates = _step_grid(sched, float(times[-1]), max_steps)
+    z = w = None
+    what = ""
+    if form.startswith("gaussian"):
+        z, w, what = _gc.quadrature_nodes(problem.P, quadrature, nodes, seed, problem.dtype,
+                                          problem.device)
+    q_nodes = 1 if z is None else z.shape[0]
+    continuous = form in ("continuous", "gaussian-continuous")
+    if continuous and integrator == "grid" and grid_step is not None:
+        _grid_cost(times, grid_step, q_nodes, max_points)      # before DH(theta0) is computed
     noise = _Noise(field, m, clip_per, U, noise_samples, seed, max_elements, invariance_tol)
     h_fn = noise.batch_field if noise.batch else field
+    if continuous and integrator == "grid" and grid_step is None:
+        grid_step = _default_grid_step(noise, th0)
+    if continuous and integrator == "grid":
+        _grid_cost(times, grid_step, q_nodes, max_points)
+    elif not continuous and len(rates) * q_nodes > max_points:
+        raise ValueError(
+            f"`tau` up to {float(times[-1]):.6g} spans {len(rates)} SGD steps of {sched!r}; "
+            f"form={form!r} evaluates {'DH and S' if z is None else 'H and S'} at "
+            f"{'every step' if z is None else f'{q_nodes} nodes per step'}: "
+            f"{len(rates) * q_nodes:.3g} points, more than `max_points` = {max_points}. Use "
+            "form='continuous' (or 'gaussian-continuous'), whose cost depends on the ODE time "
+            "covered, not on the steps; ask for earlier times; or raise `max_points`.")
     config = {"batch_size": m, "clip_per": clip_per, "form": form, "schedule": sched.to_dict(),
               "method": method, "rtol": rtol, "atol": atol,
-              "integrator": integrator if form == "continuous" else None}
+              "integrator": integrator if continuous else None}
+    path = None
     if form == "discrete":
         mean, cov, nfev, status, message = _discrete(noise, h_fn, th0, times, grid, rates,
                                                      method, rtol, atol, max_nfev, chunk)
+    elif form.startswith("gaussian"):
+        config["quadrature"] = what
+        if continuous:
+            config["grid_step"] = grid_step
+        mean, cov, path, nfev, status, message = _gaussian(
+            noise, h_fn, th0, times, grid, rates, z, w, continuous, grid_step, method, rtol,
+            atol, max_nfev, max_elements)
     elif integrator == "grid":
         mean, cov, nfev, status, message, grid_step = _continuous_grid(
             noise, h_fn, th0, times, grid, rates, method, rtol, atol, max_nfev, chunk, grid_step)
@@ -464,7 +561,30 @@ def linear_noise(field: MeanField, schedule: Schedule | str | Callable, theta0: 
                                                        rtol, atol, max_nfev)
     return LinearNoiseResult(tau=times, mean=mean, cov=cov, basis=U, form=form, status=status,
                              message=message, nfev=nfev, steps=len(rates), noise=noise.noise,
-                             seconds=time.perf_counter() - t0, config=config)
+                             seconds=time.perf_counter() - t0, config=config, path=path)
+
+
+def _default_grid_step(noise: _Noise, th0: torch.Tensor) -> float:
+    """``min(0.05, 0.5 / ||DH(theta0)||)``."""
+    J0 = noise.jacobians(th0[None])[0]
+    norm = float(torch.linalg.matrix_norm(J0, 2)) if bool(torch.isfinite(J0).all()) else 0.0
+    return min(0.05, 0.5 / max(norm, 1e-12))
+
+
+def _grid_cost(times: torch.Tensor, grid_step: float, q_nodes: int, max_points: int) -> None:
+    """Refuse, before any work, a grid with more than ``max_points`` evaluation points."""
+    span = float(times[-1] - times[0])
+    pieces = sum(max(1.0, math.ceil(float(times[i + 1] - times[i]) / grid_step - 1e-9))
+                 if math.isfinite(float(times[i + 1] - times[i]) / grid_step) else math.inf
+                 for i in range(len(times) - 1))
+    points = (2 * pieces + 1) * q_nodes
+    if not points <= max_points:
+        raise ValueError(
+            f"`grid_step` = {grid_step:.6g} over tau in [0, {span:.6g}] gives {points:.3g} "
+            f"evaluation points ({2 * pieces + 1:.3g} grid nodes and midpoints"
+            f"{f' x {q_nodes} quadrature nodes' if q_nodes > 1 else ''}), more than "
+            f"`max_points` = {max_points}: pass a larger `grid_step` (default "
+            "min(0.05, 0.5 / ||DH(theta0)||)), ask for earlier times, or raise `max_points`.")
 
 
 def _first_bad(cov: torch.Tensor, times: torch.Tensor) -> tuple[int, str]:
@@ -535,24 +655,28 @@ def _discrete(noise: _Noise, h_fn, th0, times, grid, rates, method, rtol, atol, 
     return mean, cov, n_steps, status, message
 
 
-def _continuous_grid(noise: _Noise, h_fn, th0, times, grid, rates, method, rtol, atol,
-                     max_nfev, chunk, grid_step):
-    """``theta`` by :func:`solve_ode` on a grid, then RK4 for ``V`` on that grid with ``J``,
-    ``S`` evaluated in batches at the nodes and midpoints (see :func:`linear_noise`)."""
-    rate = _rate_at(grid, rates)
-    if grid_step is None:
-        J0 = noise.jacobians(th0[None])[0]
-        norm = float(torch.linalg.matrix_norm(J0, 2)) if bool(torch.isfinite(J0).all()) else 0.0
-        grid_step = min(0.05, 0.5 / max(norm, 1e-12))
-    # every output interval cut into equal pieces of at most grid_step, each with a midpoint
+def _fine_grid(times: torch.Tensor, grid_step: float) -> tuple[torch.Tensor, list[int]]:
+    """Every output interval cut into equal pieces of at most ``grid_step``, each with a
+    midpoint: the points and the index of each output among them."""
     pts, node_of = [times[:1]], [0]
     for i in range(len(times) - 1):
         k = max(1, math.ceil(float(times[i + 1] - times[i]) / grid_step - 1e-9))
         pts.append(torch.linspace(float(times[i]), float(times[i + 1]), 2 * k + 1,
                                   dtype=times.dtype)[1:])
         node_of.append(node_of[-1] + 2 * k)
-    pts = torch.cat(pts)
-    pts[torch.tensor(node_of)] = times                      # outputs exactly as requested
+    out = torch.cat(pts)
+    out[torch.tensor(node_of)] = times                      # outputs exactly as requested
+    return out, node_of
+
+
+def _continuous_grid(noise: _Noise, h_fn, th0, times, grid, rates, method, rtol, atol,
+                     max_nfev, chunk, grid_step):
+    """``theta`` by :func:`solve_ode` on a grid, then RK4 for ``V`` on that grid with ``J``,
+    ``S`` evaluated in batches at the nodes and midpoints (see :func:`linear_noise`)."""
+    rate = _rate_at(grid, rates)
+    if grid_step is None:
+        grid_step = _default_grid_step(noise, th0)
+    pts, node_of = _fine_grid(times, grid_step)
     sol = solve_ode(h_fn, th0, pts, method=method, rtol=rtol, atol=atol, max_nfev=max_nfev)
     path = sol.theta
     mean = path[torch.tensor(node_of)]
@@ -597,17 +721,99 @@ def _continuous_grid(noise: _Noise, h_fn, th0, times, grid, rates, method, rtol,
     return mean, cov, nfev, status, message, grid_step
 
 
+def _gaussian(noise: _Noise, h_fn, th0, times, grid, rates, z, w, continuous, grid_step,
+              method, rtol, atol, max_nfev, max_elements):
+    """The Gaussian moment closure (``sa_clip.gaussian_closure``), per SGD step or by RK4 on
+    the grid of the continuous form; also the noise-free path at ``times`` (for the mean
+    shift): the ODE path (continuous), the steps ``theta - a H(theta)`` (discrete)."""
+    closure = _gc.Closure(noise.moments, z, w, max_elements)
+    P = th0.numel()
+    sol = None
+    if continuous:
+        sol = solve_ode(h_fn, th0, times, method=method, rtol=rtol, atol=atol,
+                        max_nfev=max_nfev)
+        path = sol.theta
+    else:
+        path = torch.full((len(times), P), float("nan"), dtype=th0.dtype, device=th0.device)
+    mean = torch.full((len(times), P), float("nan"), dtype=th0.dtype, device=th0.device)
+    cov = torch.full((len(times), P, P), float("nan"), dtype=th0.dtype, device=th0.device)
+    m, V = th0.clone(), torch.zeros(P, P, dtype=th0.dtype, device=th0.device)
+
+    def finite(*ts: torch.Tensor) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in ts)
+
+    if not continuous:
+        n_steps = len(rates)
+        n_out = (torch.searchsorted(grid, times.contiguous(), right=True) - 1).clamp(max=n_steps)
+        want: dict[int, list[int]] = {}
+        for j, n in enumerate(n_out.tolist()):
+            want.setdefault(n, []).append(j)
+        free = th0.clone()
+        for n in range(n_steps):
+            a = float(rates[n])
+            m1, V1, cross, free1 = _gc.discrete_step(closure, m, V, a, free)
+            for j in want.get(n, ()):
+                s = float((times[j] - grid[n]) / a)
+                if s < 1e-9:
+                    mean[j], cov[j], path[j] = m, V, free
+                else:       # the linearly interpolated path between steps n and n + 1
+                    mean[j] = (1 - s) * m + s * m1
+                    path[j] = (1 - s) * free + s * free1
+                    cov[j] = ((1 - s) ** 2 * V + s * s * V1
+                              + s * (1 - s) * (cross + cross.T))
+            m, V, free = m1, V1, free1
+            if not finite(m, V, free):
+                break
+        else:
+            for j in want.get(n_steps, ()):
+                mean[j], cov[j], path[j] = m, V, free
+    else:
+        rate = _rate_at(grid, rates)
+        pts, node_of = _fine_grid(times, grid_step)
+        out_at = {n: j for j, n in enumerate(node_of)}
+        mean[0], cov[0] = m, V
+        for k in range((len(pts) - 1) // 2):
+            t_a, t_m, t_b = (float(t) for t in pts[2 * k:2 * k + 3])
+            h = t_b - t_a
+            r1 = _gc.rhs(closure, m, V, rate(t_a))
+            r2 = _gc.rhs(closure, m + h / 2 * r1[0], V + h / 2 * r1[1], rate(t_m))
+            r3 = _gc.rhs(closure, m + h / 2 * r2[0], V + h / 2 * r2[1], rate(t_m))
+            r4 = _gc.rhs(closure, m + h * r3[0], V + h * r3[1], rate(t_b))
+            m = m + h / 6 * (r1[0] + 2 * r2[0] + 2 * r3[0] + r4[0])
+            V = V + h / 6 * (r1[1] + 2 * r2[1] + 2 * r3[1] + r4[1])
+            V = (V + V.T) / 2
+            if 2 * k + 2 in out_at:
+                mean[out_at[2 * k + 2]], cov[out_at[2 * k + 2]] = m, V
+            if not finite(m, V):
+                break
+    cov = (cov + cov.transpose(1, 2)) / 2
+    status, message = _first_bad(cov, times)
+    mean[torch.isnan(cov.reshape(len(times), -1)).any(1)] = float("nan")
+    if sol is not None and sol.status != 0:
+        message = (f"{message}; the ODE path (for the mean shift) failed: {sol.message}"
+                   if status else f"the ODE path (for the mean shift) failed: {sol.message}")
+        status = -1
+    return mean, cov, path, closure.nfev, status, message
+
+
 def _continuous(noise: _Noise, th0, times, grid, rates, method, rtol, atol, max_nfev):
     rate = _rate_at(grid, rates)
     q = noise.U.shape[1] if noise.U is not None else th0.numel()
     count = [0]
+    # max_nfev bounds the evaluations of both attempts together: the first may use all but a
+    # reserve (as solve_ode keeps) to recover the outputs it had passed if it fails
+    reserve = 0 if max_nfev is None else min(max_nfev // 4, 32 * max(1, len(times) - 1))
+    limit = [None if max_nfev is None else max_nfev - reserve]
 
     class _Budget(RuntimeError):
         pass
 
     def rhs(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        if max_nfev is not None and count[0] >= max_nfev:
-            raise _Budget(f"more than max_nfev = {max_nfev} evaluations")
+        if limit[0] is not None and count[0] >= limit[0]:
+            raise _Budget(f"more than max_nfev = {max_nfev} evaluations"
+                          + (" (in the first attempt: all but a reserve of "
+                             f"{reserve} kept to recover its outputs)"
+                             if limit[0] < max_nfev else ""))
         count[0] += 1
         th, V = state
         h, S = noise.moments(th[None])
@@ -627,7 +833,7 @@ def _continuous(noise: _Noise, th0, times, grid, rates, method, rtol, atol, max_
         # keep what can be computed: output interval by output interval, up to the failure
         mean[0], cov[0] = th0, V0
         state, reached, why = (th0, V0), 0, exc
-        count[0] = 0
+        limit[0] = max_nfev
         for i in range(len(times) - 1):
             try:
                 with torch.no_grad():

@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from helpers import rel_err, smooth_rule
@@ -307,3 +308,79 @@ def test_cross_entropy_softmax_either_side_of_the_small_class_path(classes, monk
     other = 10 ** 6 if classes > fastpath.SMALL_SOFTMAX else 0
     monkeypatch.setattr(fastpath, "SMALL_SOFTMAX", other)
     assert rel_err(sc.MeanField(p, rule, method="fast")(th), H) < 1e-13
+
+
+# ---------------------------------------------------------------- exactness defects (issue 23)
+def _central_jacobian(field, theta, eps=1e-7):
+    """Central differences of H, column by column (independent of any autodiff)."""
+    cols = [(field(theta + eps * e) - field(theta - eps * e)) / (2 * eps)
+            for e in torch.eye(theta.numel(), dtype=theta.dtype)]
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("rule", [sc.UnitwiseAGC(0.01), sc.UnitwiseAGC(0.5)])
+def test_unitwise_jacobian_where_a_layer_input_is_exactly_zero(rule):
+    """At theta = 0 a tanh MLP feeds exact zeros to its second layer: the block of
+    second-layer weights against first-layer biases is delta_i (unclipped there), not 0."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(20, 3, generator=g, dtype=D), torch.randn(20, generator=g, dtype=D)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(D)
+    p = sc.Problem(model, X, y, "mse")
+    fast = sc.MeanField(p, rule, method="fast")
+    assert fast.method == "fast"
+    th = torch.zeros(p.P, dtype=D)
+    J, ref = fast.jacobian(th), _central_jacobian(fast, th)
+    assert float(ref[16:20, 12:16].abs().max()) > 1e-3        # the block the defect zeroed
+    torch.testing.assert_close(J, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(J, sc.MeanField(p, rule, method="vmap").jacobian(th),
+                               rtol=1e-10, atol=1e-12)
+    # and where only some samples give a zero input (dead ReLU units), away from theta = 0
+    relu = sc.Problem(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).to(D), X, y)
+    th2 = relu.theta0.clone()
+    th2[12:16] = -5.0           # first-layer biases: every ReLU unit dead for every sample
+    fr = sc.MeanField(relu, rule, method="fast")
+    torch.testing.assert_close(fr.jacobian(th2), _central_jacobian(fr, th2), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", ["first", "middle", "bias"])
+def test_frozen_linear_layers_are_served_by_the_fast_path(frozen):
+    """A frozen Linear propagates but has no parameters: the fast path serves the stack and
+    agrees with the vmap path (H and DH) and a plain loop over samples."""
+    p0 = stack_problem("mse")
+    model = p0.model
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    if frozen == "bias":
+        lins[2].bias.requires_grad_(False)
+    else:
+        lins[0 if frozen == "first" else 1].requires_grad_(False)
+    p = sc.Problem(model, p0.X, p0.y, "mse")
+    assert unsupported_reason(p, sc.NormClip(0.3)) is None
+    th = p.theta0 + 0.1 * torch.randn(p.P, generator=torch.Generator().manual_seed(1),
+                                       dtype=D)
+    for rule in (sc.NormClip(0.3), sc.LayerwiseAdaptiveClip(0.2), sc.UnitwiseAGC(0.05)):
+        fast, slow = sc.MeanField(p, rule, method="fast"), sc.MeanField(p, rule, method="vmap")
+        assert fast.method == "fast"
+        torch.testing.assert_close(fast(th), slow(th), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fast(th), brute_H(p, rule, th), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fast.jacobian(th), slow.jacobian(th), rtol=1e-9, atol=1e-11)
+
+
+def test_find_equilibria_at_an_origin_equilibrium_with_unitwise_clipping():
+    """Symmetric data (x, y) and (-x, -y): theta = 0 is an equilibrium of a tanh MLP, with
+    exact zeros into the second layer. Its eigenvalues (+-1.95 here, from the coupling of
+    second-layer weights and first-layer biases) came back all zero; now they are those of
+    the central-difference Jacobian of H."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 3, generator=g, dtype=D), torch.randn(10, generator=g, dtype=D)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).to(D)
+    p = sc.Problem(model, torch.cat([x, -x]), torch.cat([y, -y]), "mse")
+    field = sc.MeanField(p, sc.UnitwiseAGC(0.01))
+    th = torch.zeros(p.P, dtype=D)
+    assert float(field(th).abs().max()) < 1e-15
+    eq = sc.find_equilibria(field, starts=th[None])[0]
+    assert float(eq.theta.abs().max()) < 1e-6
+    ref = np.sort(np.linalg.eigvals(_central_jacobian(field, th).numpy()).real)
+    got = np.sort(np.asarray(eq.eigenvalues).real)
+    assert ref.max() > 1.0
+    np.testing.assert_allclose(got, ref, atol=1e-5)

@@ -125,3 +125,21 @@ def test_clt_covariance_closed_form_and_errors():
         clt_covariance(np.array([[0.2]]), np.array([[1.0]]), a0=1.0)
     with pytest.raises(ValueError, match="`alpha` must lie in"):
         clt_covariance(B, S, a0=1.0, alpha=0.4)
+
+
+@pytest.mark.slow
+def test_clt_approach_is_slow_beside_clipping_switches(capsys):
+    """examples/fluctuations.py --switches at 2000 chains x 1250 steps: with the limit beside
+    four clipping switches the chains' scaled covariance is several standard errors off Sigma
+    while the finite-n linear recursion is close to it; the same problem with the switches
+    moved away is within sampling error. The switches cause the slow approach."""
+    from helpers import load_example
+
+    out = load_example("fluctuations").switch_check(2000, 1250)
+    beside, away = out[0.002], out[0.2]
+    assert beside["margin"] < 0.01 < 0.1 < away["margin"]
+    n, z_beside, gap = beside["rows"][-1]
+    assert n == 1250 and gap < 5e-3
+    assert max(z_beside) > 3.5, z_beside
+    assert max(abs(v) for v in away["rows"][-1][1]) < 3.0, away["rows"][-1]
+    assert "beside" in capsys.readouterr().out

@@ -216,6 +216,25 @@ def test_step_size_at_reads_the_schedule():
     np.testing.assert_allclose(sc.viz.step_size_at(run, s), a.numpy(), rtol=1e-12)
 
 
+def test_step_size_at_uses_the_stored_schedule_between_records():
+    """With record_every = 25 a start time between two records gets a(n(s)) of its own step,
+    not the mean step of the record interval (35% off early on a power law)."""
+    p = sc.problems.logistic2d(n=10)
+    sched = sc.PowerLaw(0.5, 0.7)
+    run = sc.simulate_sgd(p, sc.NoClip(), sched, steps=200, chains=1, seed=0,
+                          record_every=25)
+    grid = sched.tau(200)
+    n = torch.tensor([0, 1, 3, 7, 30, 111, 199])
+    s = grid[n] + 0.5 * sched.rates(200)[n]                 # inside step n
+    want = sched.rates(200)[n].numpy()
+    np.testing.assert_allclose(sc.viz.step_size_at(run, s), want, rtol=1e-12)
+    # a run whose schedule cannot be rebuilt falls back to the records' mean step
+    run.meta = {}
+    got = sc.viz.step_size_at(run, s)
+    assert abs(got[1] / want[1] - 1) > 0.2
+    np.testing.assert_allclose(got[0], float(run.tau[1]) / 25, rtol=1e-12)
+
+
 def test_shadowing_draws_the_tracking_arrays(shadow_setup):
     from sa_clip.viz import plot_shadowing, step_size_at
     p, run, res = shadow_setup

@@ -214,8 +214,12 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
         plane=plane if problem.P > 2 else None, problem=problem, context=context)
     predicted = None
     if args.predict_spread:
-        predicted = linear_noise(report.field, schedule, problem.theta0, run.tau,
-                                 batch_size=args.batch_size, clip_per=args.clip_per)
+        try:
+            predicted = linear_noise(report.field, schedule, problem.theta0, run.tau,
+                                     batch_size=args.batch_size, clip_per=args.clip_per)
+        except ValueError as exc:    # e.g. more steps than linear_noise's max_points
+            import warnings
+            warnings.warn(f"--predict-spread skipped for rule {name}: {exc}", stacklevel=2)
     yield f"ode_vs_sgd_{name}.png", ode_vs_sgd_figure(
         run, sol, coords=(0, 1), plane=plane, predicted=predicted, title=context)
     if first and args.portrait_grid > 1:

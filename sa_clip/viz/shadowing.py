@@ -30,11 +30,14 @@ from .dynamics import TAU_LABEL
 
 
 def step_size_at(trajectory: Trajectory, s) -> np.ndarray:
-    r"""The step size ``a(n(s))`` in force at ODE times ``s``, read off the records.
+    r"""The step size ``a(n(s))`` in force at ODE times ``s``: ``n(s)`` is the step with
+    ``tau_n <= s < tau_{n+1}``.
 
-    Between two records ``tau`` grows by the sum of the steps taken, so
-    ``(tau_{r+1} - tau_r) / (n_{r+1} - n_r)`` is the mean step over that record interval
-    (exact when every step is recorded); ``s`` gets the value of the interval that contains it.
+    Taken from the schedule stored in the trajectory (``trajectory.meta["schedule"]``, as
+    :func:`~sa_clip.simulate_sgd` records it), so it is exact whatever ``record_every``. A
+    trajectory without a rebuildable schedule (none stored, or a ``FunctionSchedule``) falls
+    back to the records: ``(tau_{r+1} - tau_r) / (n_{r+1} - n_r)``, the mean step over the
+    record interval that contains ``s`` (exact only when every step is recorded).
 
     >>> import sa_clip as sc
     >>> run = sc.simulate_sgd(sc.problems.logistic2d(), sc.NoClip(), "constant:0.1", steps=5,
@@ -43,6 +46,16 @@ def step_size_at(trajectory: Trajectory, s) -> np.ndarray:
     [0.1, 0.1]
     """
     tau, steps = to_numpy(trajectory.tau), to_numpy(trajectory.steps)
+    spec = trajectory.meta.get("schedule") if isinstance(trajectory.meta, dict) else None
+    if isinstance(spec, dict) and spec.get("schedule") not in (None, "function") \
+            and len(steps) and int(steps[-1]) >= 1:
+        from ..schedules import schedule_from_dict
+        sched = schedule_from_dict(spec)
+        last = int(steps[-1])
+        grid = sched.tau(last).numpy()                      # tau_0 .. tau_last
+        n = np.clip(np.searchsorted(grid, np.asarray(to_numpy(s), dtype=np.float64),
+                                    side="right") - 1, 0, last - 1)
+        return sched.rates(last).numpy()[n]
     if len(tau) < 2:
         raise ValueError("`trajectory` needs at least 2 records to read the step size off.")
     a = np.diff(tau) / np.diff(steps)
@@ -148,7 +161,7 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     ch. 10; Benaim 1999, Prop. 4.1). For ``a(n) = a0 (n+1)^{-alpha}``, ``0 < alpha < 1``,
     ``tau ~ n^{1-alpha}`` and the reference falls like ``s^{-alpha / (2 (1 - alpha))}``; for
     harmonic steps like ``e^{-s/2}``; for constant steps it is flat (no tracking in the limit).
-    ``a(n(s))`` is read off the trajectory's records (:func:`step_size_at`).
+    ``a(n(s))`` comes from the schedule stored in the trajectory (:func:`step_size_at`).
 
     Parameters
     ----------
