@@ -26,11 +26,12 @@ from collections.abc import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+from .. import distributed
+from .options import PROG, CliError, as_typed, resolve_options
+from .parser import COMMANDS, build_parser, command_module
 
-from .. import distributed  # noqa: E402
-from .options import PROG, CliError, as_typed, resolve_options  # noqa: E402
-from .parser import COMMANDS, build_parser, command_module  # noqa: E402
+#: commands that open a window: they keep matplotlib's backend (MPLBACKEND or its default)
+WINDOWED = {"explore"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command not in WINDOWED:
+        matplotlib.use("Agg")                      # files only: never a window
     command_parser = parser.commands[args.command]
     module = command_module(args.command)
     started = distributed.init_from_env()          # under torchrun: shard H over the ranks
