@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled, subplots
 
 
 def parse(argv=None):
@@ -30,11 +30,17 @@ def parse(argv=None):
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures", help="folder for fluctuations.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     p = sc.problems.tanh_regression()
     rule = sc.NormClip(args.lam)
     field = sc.MeanField(p, rule)
@@ -64,15 +70,14 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from sa_clip.viz.theory import plot_fluctuation_ellipses
 
-    fig, ax = plt.subplots(figsize=(5.6, 5.2), layout="constrained")
+    fig, (ax,) = subplots(1, (5.6, 5.2))
     plot_fluctuation_ellipses(z, sigma, emp, ax=ax, names=("w1", "w2"),
                               title=f"CLT fluctuations, tanh toy, lam = {args.lam:g}, "
                                     f"n = {args.steps}")
-    path = save_figure(fig, args.out, "fluctuations.png", dpi=110)
+    path = save_figure(fig, args.out, "fluctuations.png", dpi=args.dpi)
     print(f"wrote {path}")
     return {"predicted": sigma, "empirical": emp, "errors": z, "figure": path}
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import sa_clip as sc
+from sa_clip.viz import add_figure_options, styled, subplots
 
 Z90 = 1.2815515655446004          # the 90% quantile of N(0, 1)
 
@@ -37,6 +38,7 @@ def parse(argv=None):
                     help="steps of the run near the clipping switch (a = 0.05)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures", help="folder for linear_noise.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
@@ -58,6 +60,11 @@ def band_panel(ax, tau, chains, mean, var, title, ylabel):
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,7 +100,7 @@ def main(argv=None):
           f" spread {sd_chain:.3f} (sd) against {sd_pred:.3f} predicted: the linearisation "
           "fails at the clipping switch")
 
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.1), layout="constrained")
+    fig, axes = subplots(3, (13.5, 4.1))
     tau = run.tau.numpy()
     for i, name in enumerate(("w1", "w2")):
         band_panel(axes[i], tau, th[:, :, i], pred.mean[:, i].numpy(),
@@ -118,7 +125,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "linear_noise.png")
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=args.dpi)
     os.replace(tmp, path)
     plt.close(fig)
     print(f"wrote {path}")

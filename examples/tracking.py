@@ -17,7 +17,7 @@ import time
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,11 +34,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--record-every", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures", help="folder for tracking.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> sc.TrackingResult:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> sc.TrackingResult:
     problem = sc.problems.logistic_regression(args.dataset)
     rule = sc.NormClip(args.lam)
     schedule = sc.PowerLaw(args.a0, args.alpha)
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> sc.TrackingResult:
     ax.set_ylabel(f"D_T(s), T = {args.horizon:g}")
     ax.legend()
     fig.tight_layout()
-    print(f"wrote {save_figure(fig, args.out, 'tracking.png', dpi=120)}")
+    print(f"wrote {save_figure(fig, args.out, 'tracking.png', dpi=args.dpi)}")
     return res
 
 

@@ -27,7 +27,7 @@ from ..problem import Problem
 from ..schedules import Schedule, make_schedule, warn_if_not_a2
 from ..trajectory import Trajectory
 from . import checkpoint as ckpt
-from .recorder import Recorder
+from .recorder import Recorder, record_count
 from .samplers import SAMPLING, Sampler, check_indices, make_generator, make_sampler
 from .state import ChainState, sgd_init, sgd_step
 
@@ -222,8 +222,7 @@ class _Run:
     def check_memory(self, record_noise: bool, record_indices: bool, drawn: bool) -> None:
         """Refuse sizes whose records and buffers cannot fit before allocating them."""
         p, k, b = self.problem, self.chains, self.batch_size
-        n_rec = len(range(0, self.steps + 1, self.record_every)) \
-            + (self.steps % self.record_every != 0)      # len(record_steps(...)), in O(1)
+        n_rec = record_count(self.steps, self.record_every)
         check_memory(f"`chains` = {k}, `batch_size` = {b}, `steps` = {self.steps} and "
                      f"`record_every` = {self.record_every} (P = {p.P})",
                      k * (n_rec * (p.P + 1) * (1 + 2 * record_noise) + b * (p.P + 1)
