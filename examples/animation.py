@@ -13,7 +13,7 @@ import torch
 
 import sa_clip as sc
 from sa_clip.plane import Plane, field_on_plane
-from sa_clip.viz import add_figure_options, animate_chains, save_animation, styled
+from sa_clip.viz import add_figure_options, animate_chains, describe_rule, save_animation, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def _main(args: argparse.Namespace) -> str:
                           theta0=theta0, seed=args.seed)
     sol = sc.solve_ode(field, problem.theta0, run.tau)
     anim = animate_chains(pf, run, ode=sol, equilibria=eq, frames=args.frames,
-                          title=f"{problem.name}: {args.chains} chains, {rule}")
+                          title=f"{problem.name}: {args.chains} chains, {describe_rule(rule)}")
     path = save_animation(anim, os.path.join(args.out, f"animation.{args.format}"), dpi=args.dpi)
     print(f"wrote {path}")
     return str(path)

@@ -16,7 +16,13 @@ import argparse
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import add_figure_options, plot_batch_mean_field, save_figure, styled
+from sa_clip.viz import (
+    add_figure_options,
+    describe_rule,
+    plot_batch_mean_field,
+    save_figure,
+    styled,
+)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +63,8 @@ def _main(args: argparse.Namespace) -> str:
     ax.plot(1, float(h1[0]), "k*", ms=10, label="per-sample H (exact)")
     ax.plot(1, float(h1[1]), "k*", ms=10)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    ax.set_title(f"{problem.name}, {rule}, θ = ({args.theta})", fontsize=10)
+    ax.set_title(f"{problem.name}, {describe_rule(rule)}, θ = ({args.theta})",
+                 fontsize="medium")
     path = save_figure(ax.figure, args.out, "batch_clipping.png", dpi=args.dpi)
     print(f"wrote {path}")
     return str(path)

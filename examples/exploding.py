@@ -16,7 +16,7 @@ import warnings
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import add_figure_options, plot_norms, save_figure, styled, subplots
+from sa_clip.viz import add_figure_options, describe_rule, plot_norms, save_figure, styled, subplots
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,9 +50,9 @@ def _main(args: argparse.Namespace) -> dict[str, int]:
             run = sc.simulate_sgd(problem, rule, sc.Constant(args.a0), steps=args.steps,
                                   chains=args.chains, theta0=starts[:, None], seed=args.seed,
                                   blowup_radius=1e6)
-        plot_norms(run, ax, label=str(rule), color=color)
-        ax.set_title(f"{rule}: {int(run.blown_up.sum())} of {run.chains} chains blew up",
-                     fontsize=10)
+        plot_norms(run, ax, label=describe_rule(rule), color=color)
+        ax.set_title(f"{describe_rule(rule)}:\n{int(run.blown_up.sum())} of {run.chains} chains "
+                     "blew up", fontsize="medium")
         blowups[rule.name] = int(run.blown_up.sum())
         print(f"{rule}: {blowups[rule.name]} of {run.chains} chains blew up")
     fig.suptitle(f"quartic double well, constant step a = {args.a0:g}, starts in "

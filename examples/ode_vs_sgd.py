@@ -20,6 +20,7 @@ from sa_clip.experiment import batched_loss
 from sa_clip.plane import Plane
 from sa_clip.viz import (
     add_figure_options,
+    describe_rule,
     ode_vs_sgd_figure,
     plot_clip_fraction,
     plot_ensemble,
@@ -61,7 +62,8 @@ def _main(args: argparse.Namespace) -> list[str]:
     move = (sol.theta[-1] - sol.theta[0]).abs()
     coords = torch.topk(move, 2).indices.tolist()
     fig = ode_vs_sgd_figure(run, sol, coords=coords, problem=problem,
-                            title=f"{problem.name}, {rule}: two weights against ODE time")
+                            title=f"{problem.name}, {describe_rule(rule)}: two weights against "
+                                  "ODE time")
     paths.append(save_figure(fig, args.out, "ode_vs_sgd.png", dpi=args.dpi))
     plane = Plane.pca(torch.cat([run.theta.reshape(-1, problem.P), sol.theta]))
     fig = ode_vs_sgd_figure(run, sol, coords=(0, 1), plane=plane,

@@ -18,7 +18,7 @@ import torch
 
 import sa_clip as sc
 from sa_clip.plane import Plane, field_on_plane
-from sa_clip.viz import add_figure_options, plot_phase_portrait, save_figure, styled
+from sa_clip.viz import add_figure_options, describe_rule, plot_phase_portrait, save_figure, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def _main(args: argparse.Namespace) -> str:
     starts = 0.9 * r * torch.stack([ang.cos(), ang.sin()], 1)
     sol = sc.solve_ode(field, starts, torch.linspace(0, 8.0, 200, dtype=torch.float64))
     ax = plot_phase_portrait(pf, equilibria=eq, ode_paths=sol.theta, chains=run.theta,
-                             title=f"{problem.name}: −H for {rule}")
+                             title=f"{problem.name}: −H for {describe_rule(rule)}")
     path = save_figure(ax.figure, args.out, "phase_portrait.png", dpi=args.dpi)
     for e in eq:
         print(f"equilibrium {[round(v, 4) for v in e.theta.tolist()]}: {e.kind} {e.shape}")

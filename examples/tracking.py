@@ -12,12 +12,13 @@ solve) and prints the median over chains of D_T(s) = sup_{h <= T} ||theta_bar(s+
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import add_figure_options, save_figure, styled
+from sa_clip.viz import add_figure_options, describe_rule, plot_tracking, save_figure, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +55,9 @@ def _main(args: argparse.Namespace) -> sc.TrackingResult:
                           record_every=args.record_every)
     t1 = time.perf_counter()
     last = float(run.tau[-1])
-    starts = torch.linspace(0.0, last - args.horizon, args.starts, dtype=torch.float64)
+    # start times spread evenly on a log scale (the figure's s axis is logarithmic)
+    starts = torch.logspace(-1, math.log10(last - args.horizon), args.starts,
+                            dtype=torch.float64)
     res = sc.tracking_distance(run, sc.MeanField(problem, rule), horizon=args.horizon,
                                starts=starts)
     t2 = time.perf_counter()
@@ -68,15 +71,10 @@ def _main(args: argparse.Namespace) -> sc.TrackingResult:
         print(f"{s:10.3f} {m:14.5f} {q:13.5f}")
     ratio = float(res.median[0] / res.median[-1])
     print(f"median D_T falls {ratio:.1f}x from the first start to the last")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.semilogy(res.start, res.median, "o-", label="median over chains")
-    ax.semilogy(res.start, q90, "--", label="90% quantile")
-    ax.set_xlabel("start time s (ODE time)")
-    ax.set_ylabel(f"D_T(s), T = {args.horizon:g}")
-    ax.legend()
-    fig.tight_layout()
+    ax = plot_tracking(res)
+    ax.set_title(f"{problem.name}, {describe_rule(rule)}",
+                 fontsize="medium")
+    fig = ax.figure
     print(f"wrote {save_figure(fig, args.out, 'tracking.png', dpi=args.dpi)}")
     return res
 
