@@ -56,7 +56,9 @@ def _main(args: argparse.Namespace) -> list[str]:
     rule = sc.NormClip(args.lam)
     run = sc.simulate_sgd(problem, rule, args.schedule, steps=args.steps, chains=args.chains,
                           seed=args.seed, record_every=args.record_every)
-    sol = sc.solve_ode(sc.MeanField(problem, rule), problem.theta0, run.tau)
+    # the ODE on its own fine time grid (not only at the records: no corners)
+    t_ode = torch.linspace(0.0, float(run.tau[-1]), 400, dtype=torch.float64)
+    sol = sc.solve_ode(sc.MeanField(problem, rule), problem.theta0, t_ode)
     paths = []
     # two coordinates (the weights that move most along the ODE), named from problem.blocks
     move = (sol.theta[-1] - sol.theta[0]).abs()

@@ -56,7 +56,8 @@ def _main(args: argparse.Namespace) -> sc.TrackingResult:
     t1 = time.perf_counter()
     last = float(run.tau[-1])
     # start times spread evenly on a log scale (the figure's s axis is logarithmic)
-    starts = torch.logspace(-1, math.log10(last - args.horizon), args.starts,
+    hi = last - args.horizon
+    starts = torch.logspace(math.log10(min(0.1, hi / 10)), math.log10(hi), args.starts,
                             dtype=torch.float64)
     res = sc.tracking_distance(run, sc.MeanField(problem, rule), horizon=args.horizon,
                                starts=starts)

@@ -19,7 +19,7 @@ import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..plane import Plane, _param_name
 from ..problem import Problem
@@ -121,6 +121,8 @@ def _zoom_inset(ax, path, win_xy, seg_xy, ks, cols, title) -> None:
     ins.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
     ins.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ins.tick_params(labelsize=6)
+    ins.xaxis.set_major_locator(MaxNLocator(3))     # long tick labels of a deep zoom
+    ins.yaxis.set_major_locator(MaxNLocator(4))
     factor = (np.diff(ax.get_xlim())[0] / np.diff(ins.get_xlim())[0])
     ins.set_title(f"{title} (×{factor:.0f})", fontsize="x-small", pad=2)
     ax.indicate_inset_zoom(ins, edgecolor="0.4")
