@@ -504,9 +504,9 @@ class Explorer:
         self.ax = self.fig.add_axes((0.065, 0.37, 0.42, 0.55))
         self.cax = self.fig.add_axes((0.50, 0.40, 0.012, 0.49))
         self.ax_dt = self.fig.add_axes((0.665, 0.655, 0.315, 0.265))
-        self.ax_legend = self.fig.add_axes((0.575, 0.37, 0.42, 0.19))
+        self.ax_legend = self.fig.add_axes((0.575, 0.465, 0.42, 0.125))
         self.ax_legend.set_axis_off()
-        self.note_text = self.fig.text(0.58, 0.355, "", ha="left", va="top", fontsize=8,
+        self.note_text = self.fig.text(0.58, 0.45, "", ha="left", va="top", fontsize=8,
                                        color="#8c2d04", wrap=True)
         self.status = self.fig.text(0.995, 0.005, "", ha="right", va="bottom", fontsize=8,
                                     color="0.35")
@@ -735,8 +735,7 @@ class Explorer:
         (self.heads,) = ax.plot(c[:, 0, 0], c[:, 0, 1], "o", color=SGD_COLOR, ms=4.5, mec="white",
                                 mew=0.5, zorder=4, label=f"SGD chains ({s.chains})")
         (self.ode_line,) = ax.plot(o[:1, 0], o[:1, 1], color=ODE_COLOR, lw=2.4, zorder=5,
-                                   label="ODE of −" + ("H_M" if self.batch_field else "H")
-                                   + " from the start")
+                                   label="ODE from the start")
         (self.ode_head,) = ax.plot(o[:1, 0], o[:1, 1], "o", color=ODE_COLOR, ms=8, mec="k",
                                    zorder=6)
         (star,) = ax.plot(o[0, 0], o[0, 1], "*", color="k", ms=13, mfc="yellow", zorder=7,
@@ -765,7 +764,7 @@ class Explorer:
         self.notes = [n for n in (self._fs.note if self._fs is not None else "",
                                   self._cs.note if self._cs is not None and
                                   getattr(self, "_chain_artists", None) else "") if n]
-        self.note_text.set_text("\n".join(textwrap.fill(n, 75) for n in self.notes))
+        self.note_text.set_text("\n".join(textwrap.fill(n, 70) for n in self.notes))
 
     def _draw_tracking(self) -> None:
         ax, r = self.ax_dt, self.tracking
