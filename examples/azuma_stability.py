@@ -81,7 +81,7 @@ def _main(args: argparse.Namespace):
     fig, (a1, a2) = subplots(2, (11, 4.3))
     plot_azuma(radii, freq, {"paper (15): 2exp(-2m²/γλ²)": bounds["paper"],
                              "standard: 2exp(-m²/2γλ²)": bounds["standard"]}, ax=a1,
-               chains=args.chains, title="Rademacher walk (lam = 1): exceedance at the last step")
+               chains=args.chains, title="Rademacher walk (λ = 1): exceedance at the last step")
     plot_blowup(args.lams, {"adaptive clipping (17)": ada.frequency,
                             "classic clipping (11)": nrm.frequency}, ax=a2,
                 chains=args.blowup_chains, title="blow-up frequency, linear1d, a = 0.5")

@@ -83,7 +83,7 @@ def _main(args: argparse.Namespace):
     fig, (ax,) = subplots(1, (7.0, 6.0))
     plot_phase_portrait(pf, ax=ax, equilibria=[e for e in shown if e is not None], density=1.0)
     plot_basins(ax_pts, ax_pts, labels.numpy(), ax=ax, equilibria=shown, names=plane.names,
-                title=f"tanh toy, lam = {args.lam:g}: equilibria and basins")
+                title=f"tanh toy, classic clipping, λ = {args.lam:g}: equilibria and basins")
     path = save_figure(fig, args.out, "equilibria_basins.png", dpi=args.dpi)
     print(f"wrote {path}")
     return {"equilibria": eqs, "labels": np.asarray(labels), "figure": path}

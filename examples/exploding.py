@@ -50,7 +50,7 @@ def _main(args: argparse.Namespace) -> dict[str, int]:
             run = sc.simulate_sgd(problem, rule, sc.Constant(args.a0), steps=args.steps,
                                   chains=args.chains, theta0=starts[:, None], seed=args.seed,
                                   blowup_radius=1e6)
-        plot_norms(run, ax, label=describe_rule(rule), color=color)
+        plot_norms(run, ax, label="SGD chains", color=color)
         ax.set_title(f"{describe_rule(rule)}:\n{int(run.blown_up.sum())} of {run.chains} chains "
                      "blew up", fontsize="medium")
         blowups[rule.name] = int(run.blown_up.sum())

@@ -75,7 +75,7 @@ def _main(args: argparse.Namespace):
 
     fig, (ax,) = subplots(1, (5.6, 5.2))
     plot_fluctuation_ellipses(z, sigma, emp, ax=ax, names=("w1", "w2"),
-                              title=f"CLT fluctuations, tanh toy, lam = {args.lam:g}, "
+                              title=f"CLT fluctuations, tanh toy, λ = {args.lam:g}, "
                                     f"n = {args.steps}")
     path = save_figure(fig, args.out, "fluctuations.png", dpi=args.dpi)
     print(f"wrote {path}")

@@ -60,7 +60,7 @@ def _main(args: argparse.Namespace):
               clip_per="batch", theta0=th0, seed=0, blowup_radius=1e8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # constant steps: not (A2), on purpose
-        runs[f"clipped GD, a = {args.step:g}, lam = {args.lam:g}"] = sc.simulate_sgd(
+        runs[f"clipped GD, a = {args.step:g}, λ = {args.lam:g}"] = sc.simulate_sgd(
             p, sc.NormClip(args.lam), sc.Constant(args.step), **kw)
         runs[f"GD, a = {args.step:g}"] = sc.simulate_sgd(p, sc.NoClip(), sc.Constant(args.step),
                                                           **kw)

@@ -159,8 +159,8 @@ def _param_name(problem: Problem, k: int) -> str:
                 idx.insert(0, rest % d)
                 rest //= d
             where = str(idx[0]) if len(idx) == 1 else f"({', '.join(map(str, idx))})"
-            if not module:
-                return f"{param} {where}"
+            if not module:                          # a bare tensor: w[0], w[1, 2]
+                return f"{param}[{where.strip('()')}]"
             owner = f"layer {module}" if module.isdigit() else module
             return f"{owner}, {param} {where}"
     return f"theta[{k}]"

@@ -92,7 +92,7 @@ def test_talk_style_puts_at_most_two_panels_across(small):
     x0 = {round(ax.get_position().x0, 3) for ax in fig.axes}
     assert len(fig.axes) == 3 and len(x0) == 2                  # 2 x 2, one cell empty
     assert tuple(fig.get_size_inches()) == pytest.approx(_style.TALK_SIZE)
-    assert fig.axes[0].xaxis.label.get_fontsize() == 15
+    assert fig.axes[0].xaxis.label.get_fontsize() == 14
     plt.close(fig)
     fig = viz.plot_shadowing(run, res, problem=p, style="talk", dpi=100)
     assert len(fig.axes) >= 3
@@ -160,6 +160,7 @@ def test_parameters_by_layer_and_index():
     assert _param_name(p, w2.start + 1 * 16 + 3) == "layer 2, weight (1, 3)"
     assert _param_name(p, b["0.bias"].start + 4) == "layer 0, bias 4"
     assert [_param_name(sc.problems.make_problem("tanh"), k) for k in (0, 1)] == ["w1", "w2"]
+    assert _param_name(sc.problems.logistic2d(n=5), 1) == "w[1]"
     # the brute-force inverse: the named entry is the flat index
     for k in (0, 5, 207, 230, 274):
         name = _param_name(p, k)

@@ -8,7 +8,7 @@ Every figure function of :mod:`sa_clip.viz` takes ``dpi`` and ``style`` (the
 * ``"paper"``: a journal column: 3.4 in wide for one panel, 7 in for several, 8 pt text, thin
   lines, TrueType fonts embedded in PDF/PS and text kept as text in SVG (save as ``.pdf`` or
   ``.svg`` for a vector figure);
-* ``"talk"``: a 4:3 projector slide: 15 pt text, thick lines, at most two panels across
+* ``"talk"``: a 4:3 projector slide: 14 pt text, thick lines, at most two panels across
   (three or four panels go 2 x 2).
 
 ``dpi`` sets the figure's resolution, which :func:`sa_clip.viz.save_figure` then writes
@@ -53,8 +53,8 @@ STYLES: dict[str, dict[str, Any]] = {
               "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.0,
               "lines.markersize": 4, "axes.linewidth": 0.6, "pdf.fonttype": 42,
               "ps.fonttype": 42, "svg.fonttype": "none"},
-    "talk": {"font.size": 15, "axes.titlesize": 16, "axes.labelsize": 15,
-             "legend.fontsize": 12, "xtick.labelsize": 13, "ytick.labelsize": 13,
+    "talk": {"font.size": 14, "axes.titlesize": 14, "axes.labelsize": 14,
+             "legend.fontsize": 11, "xtick.labelsize": 12, "ytick.labelsize": 12,
              "lines.linewidth": 2.2, "lines.markersize": 8, "axes.linewidth": 1.2},
 }
 #: widths in inches of a paper figure: one column, two columns (several panels)
@@ -173,7 +173,8 @@ def figure_function(fn: Callable) -> Callable:
             if fig is not None and style is not None and name != "default":
                 size = STYLES[name]["xtick.labelsize"]
                 for ax in fig.axes:               # ticks are made lazily, at draw time
-                    ax.tick_params(which="both", labelsize=size)
+                    if ax.get_axes_locator() is None:        # not an inset
+                        ax.tick_params(which="both", labelsize=size)
         if fig is not None and dpi is not None:
             fig.set_dpi(dpi)
         return out

@@ -13,6 +13,8 @@ gaps and kept flow segments; no further solve).
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from ._style import (
     figure_function,
     legend,
     nan_quantiles,
+    panel_grid,
     subplots,
     to_numpy,
 )
@@ -226,22 +229,29 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
         norm = Normalize(vmin=s.min(), vmax=s.max() if s.max() > s.min() else s.min() + 1)
     # without the palest end of the map, which vanishes on white
     colors = ListedColormap(plt.get_cmap(cmap)(np.linspace(0.0, 0.85, 256)))
-    fig, (ax_a, ax_b, ax_c) = subplots(3, figsize, width_ratios=(1.15, 1, 1))
+    # two panels across at most in the talk style: 2 x 2, the fourth cell holds (a)'s legend
+    two_rows = panel_grid(3)[0] > 1
+    fig, axes = subplots(4 if two_rows else 3, figsize, width_ratios=(1.15, 1, 1))
+    ax_a, ax_b, ax_c = axes[:3]
+    legend_ax = axes[3] if two_rows else None
 
     # the three panels share the start times s_k, the offsets h and one colour per s_k
     _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
-                zoom)
+                zoom, legend_ax)
     n_ok = _panel_gap(ax_b, trajectory, result, h, s, show, norm, colors)
     med = _panel_rate(ax_c, trajectory, result, s, show, norm, colors, band, n_ok)
     claim = f"the SGD path against the ODE restarted on it: {_trend(s, med)}"
-    fig.suptitle(title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}"),
-                 fontsize="large")
+    text = title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}")
+    if two_rows:
+        text = "\n".join(textwrap.fill(line, 70) for line in text.split("\n"))
+    fig.suptitle(text, fontsize="large")
     return fig
 
 
 def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
-                zoom) -> None:
-    """Panel (a): one chain's path with the flow restarted on it at the shown ``s_k``."""
+                zoom, legend_ax=None) -> None:
+    """Panel (a): one chain's path with the flow restarted on it at the shown ``s_k``; its
+    legend under it, or in ``legend_ax``."""
     n_s = len(s)
     # (a) the chain's interpolated path and the restarted flow segments
     path = to_numpy(plane.project(trajectory.theta[chain]))          # (R, 2)
@@ -272,7 +282,11 @@ def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, n
                       label=rf"ODE from $\bar\theta(s_k)$ for $h\leq T$ = {result.horizon:g}"),
                Line2D([], [], ls="none", marker="o", color=colors(0.55), mec="k",
                       label=r"restart point $\bar\theta(s_k)$")]
-    legend(ax_a, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    if legend_ax is not None:
+        legend_ax.set_axis_off()
+        legend(legend_ax, handles=handles, loc="center")
+    else:
+        legend(ax_a, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.colorbar(ScalarMappable(norm=norm, cmap=colors), ax=ax_a,
                  label=f"start time $s_k$ ({TAU_LABEL})", pad=0.01)
 
