@@ -133,6 +133,8 @@ def test_tracking_has_a_log_x_axis(small):
     ax = viz.plot_tracking(res0)
     assert ax.get_xscale() == "symlog"               # a start at 0: linear up to 0.5
     assert ax.xaxis.get_transform().linthresh == pytest.approx(0.5)
+    ticks = ax.get_xticks()                          # 0, then decades: no overlapping labels
+    assert ticks[0] == 0 and not ((ticks > 0) & (ticks < 0.5)).any()
     plt.close(ax.figure)
     ax = viz.plot_tracking(res0, logx=False)
     assert ax.get_xscale() == "linear"

@@ -271,8 +271,12 @@ def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] 
     if logx and len(pos):
         if pos.size == s.size:
             ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=float(pos.min()), linscale=0.5)
+        else:                   # linear on [0, first positive start], ticks 0 and decades
+            lt = float(pos.min())
+            ax.set_xscale("symlog", linthresh=lt, linscale=0.5)
+            ax.set_xticks([0.0, *10.0 ** np.arange(np.ceil(np.log10(lt)),
+                                                   np.floor(np.log10(pos.max())) + 1)])
+            ax.set_xlim(left=-0.1 * lt)
     ax.set_xlabel(f"start time s ({TAU_LABEL})")
     ax.set_ylabel(rf"$D_T(s)$, T = {result.horizon:g}")
     ax.set_title(r"tracking distance $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)"
