@@ -67,7 +67,9 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         ``(chains, steps, batch_size)``, optional
         Replays an exact sampling sequence (then ``seed`` and ``sampling`` are not used).
     record_every : int >= 1
-        Record every ``record_every``-th step; step 0 and the last step are always recorded.
+        Record every ``record_every``-th step; step 0 and the last step are always recorded,
+        and for ``record_every >= 5`` the log-spaced early steps 1, 2, 4, 5, 8, ... below it
+        (:func:`sa_clip.sgd.recorder.early_steps`), so curves start with the first steps.
     sampling : ``"iid"`` | ``"epoch"``
         Batches uniform with replacement (the paper's assumption), or epochs: each chain
         walks through its own random permutation, the last ``N mod batch_size`` samples of each
