@@ -243,6 +243,13 @@ def test_scale_options_are_refused_up_front(argv, words, monkeypatch):
         assert w in str(err.value)
 
 
+def test_size_and_dpi_give_the_picture_size():
+    assert explore.figure_size(_args()) == ((10.24, 7.68), 100)
+    figsize, dpi = explore.figure_size(_args("--size", "800x600", "--dpi", "150"))
+    assert figsize == pytest.approx((8.0, 6.0)) and dpi == 150     # 1200 x 900 pixels
+    assert explore.parse_size("640X480") == (640, 480)
+
+
 def test_data_sizes_match_the_problems():
     for name, n in explore.DATA_SIZE.items():
         assert sc.problems.make_problem(name).X.shape[0] == n
