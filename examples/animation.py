@@ -13,7 +13,7 @@ import torch
 
 import sa_clip as sc
 from sa_clip.plane import Plane, field_on_plane
-from sa_clip.viz import animate_chains, save_animation
+from sa_clip.viz import add_figure_options, animate_chains, describe_rule, save_animation, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,11 +29,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", default="gif", choices=["gif", "mp4"])
     ap.add_argument("--out", default="figures")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> str:
     problem = sc.problems.tanh_regression()
     rule = sc.NormClip(args.lam)
     field = sc.MeanField(problem, rule)
@@ -47,8 +53,8 @@ def main(argv: list[str] | None = None) -> str:
                           theta0=theta0, seed=args.seed)
     sol = sc.solve_ode(field, problem.theta0, run.tau)
     anim = animate_chains(pf, run, ode=sol, equilibria=eq, frames=args.frames,
-                          title=f"{problem.name}: {args.chains} chains, {rule}")
-    path = save_animation(anim, os.path.join(args.out, f"animation.{args.format}"))
+                          title=f"{problem.name}: {args.chains} chains, {describe_rule(rule)}")
+    path = save_animation(anim, os.path.join(args.out, f"animation.{args.format}"), dpi=args.dpi)
     print(f"wrote {path}")
     return str(path)
 

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled, subplots
 
 
 def parse(argv=None):
@@ -33,11 +33,17 @@ def parse(argv=None):
     ap.add_argument("--lams", type=float, nargs="+", default=[1, 4, 8, 16, 64])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures", help="folder for azuma_stability.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     p = sc.problems.location_problem([-3.0, 3.0])
     sched = sc.Harmonic(args.a0)
     run = sc.simulate_sgd(p, sc.NormClip(1.0), sched, steps=args.steps, chains=args.chains,
@@ -69,18 +75,17 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from sa_clip.viz.theory import plot_azuma, plot_blowup
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3), layout="constrained")
+    fig, (a1, a2) = subplots(2, (11, 4.3))
     plot_azuma(radii, freq, {"paper (15): 2exp(-2m²/γλ²)": bounds["paper"],
                              "standard: 2exp(-m²/2γλ²)": bounds["standard"]}, ax=a1,
-               chains=args.chains, title="Rademacher walk (lam = 1): exceedance at the last step")
+               chains=args.chains, title="Rademacher walk (λ = 1): exceedance at the last step")
     plot_blowup(args.lams, {"adaptive clipping (17)": ada.frequency,
                             "classic clipping (11)": nrm.frequency}, ax=a2,
                 chains=args.blowup_chains, title="blow-up frequency, linear1d, a = 0.5")
-    path = save_figure(fig, args.out, "azuma_stability.png", dpi=110)
+    path = save_figure(fig, args.out, "azuma_stability.png", dpi=args.dpi)
     print(f"wrote {path}")
     return {"radii": radii, "frequency": freq, "bounds": bounds, "adaptive": ada,
             "classic": nrm, "figure": path}

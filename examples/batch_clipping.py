@@ -16,7 +16,13 @@ import argparse
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import plot_batch_mean_field, save_figure
+from sa_clip.viz import (
+    add_figure_options,
+    describe_rule,
+    plot_batch_mean_field,
+    save_figure,
+    styled,
+)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,11 +33,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--samples", type=int, default=2000, help="Monte-Carlo batches per M")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> str:
     problem = sc.problems.logistic2d(n=args.n)
     rule = sc.NormClip(args.lam)
     theta = torch.tensor([float(v) for v in args.theta.split(",")], dtype=problem.dtype)
@@ -51,8 +63,9 @@ def main(argv: list[str] | None = None) -> str:
     ax.plot(1, float(h1[0]), "k*", ms=10, label="per-sample H (exact)")
     ax.plot(1, float(h1[1]), "k*", ms=10)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    ax.set_title(f"{problem.name}, {rule}, θ = ({args.theta})", fontsize=10)
-    path = save_figure(ax.figure, args.out, "batch_clipping.png")
+    ax.set_title(f"{problem.name}, {describe_rule(rule)}, θ = ({args.theta})",
+                 fontsize="medium")
+    path = save_figure(ax.figure, args.out, "batch_clipping.png", dpi=args.dpi)
     print(f"wrote {path}")
     return str(path)
 

@@ -17,7 +17,7 @@ import argparse
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled, subplots
 
 
 def parse(argv=None):
@@ -25,11 +25,17 @@ def parse(argv=None):
     ap.add_argument("--dataset", default="diabetes")
     ap.add_argument("--lams", type=float, nargs="+", default=[0.1, 0.3, 1, 3, 6])
     ap.add_argument("--out", default="figures", help="folder for clipping_bias.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     p = sc.problems.real_problem(args.dataset, hidden=())
     plain = sc.clipping_bias(sc.MeanField(p, sc.NoClip()), p.theta0)   # finds the minimiser
     theta_u = plain.theta_unclipped
@@ -64,9 +70,8 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    fig, (a1, a2) = subplots(2, (11, 4.2))
     rows_pos = [r for r in rows if r[4] > 0]          # log axes: drop exact zeros (no bias)
     lam = [r[0] for r in rows_pos]
     a1.loglog(lam, [r[2] for r in rows_pos], "o-", label=r"$\|\nabla L(\theta^*)\|$")
@@ -84,7 +89,7 @@ def main(argv=None):
     a2.set_ylabel(r"$\theta^*$")
     a2.set_title("Huber toy, data {-3, -3, 9}")
     a2.legend(fontsize=8)
-    path = save_figure(fig, args.out, "clipping_bias.png", dpi=110)
+    path = save_figure(fig, args.out, "clipping_bias.png", dpi=args.dpi)
     print(f"wrote {path}")
     return {"rows": rows, "huber": (huber_lams, huber), "figure": path}
 

@@ -18,7 +18,7 @@ import torch
 
 import sa_clip as sc
 from sa_clip.plane import Plane, field_on_plane
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled, subplots
 
 
 def parse(argv=None):
@@ -29,11 +29,17 @@ def parse(argv=None):
     ap.add_argument("--horizon", type=float, default=40.0, help="ODE time to integrate")
     ap.add_argument("--starts", type=int, default=24, help="root-finding starts")
     ap.add_argument("--out", default="figures", help="folder for equilibria_basins.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     p = sc.problems.tanh_regression()
     field = sc.MeanField(p, sc.NormClip(args.lam))
     eqs = sc.find_equilibria(field, n_starts=args.starts, scale=args.extent / 2, seed=0)
@@ -67,7 +73,6 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from sa_clip.viz import plot_phase_portrait
     from sa_clip.viz.theory import plot_basins
@@ -75,11 +80,11 @@ def main(argv=None):
     pf = field_on_plane(field, plane, (-args.extent, args.extent), (-args.extent, args.extent),
                         n=41)
     shown = [e if float(e.theta.abs().max()) <= args.extent else None for e in eqs]
-    fig, ax = plt.subplots(figsize=(7.0, 6.0), layout="constrained")
+    fig, (ax,) = subplots(1, (7.0, 6.0))
     plot_phase_portrait(pf, ax=ax, equilibria=[e for e in shown if e is not None], density=1.0)
     plot_basins(ax_pts, ax_pts, labels.numpy(), ax=ax, equilibria=shown, names=plane.names,
-                title=f"tanh toy, lam = {args.lam:g}: equilibria and basins")
-    path = save_figure(fig, args.out, "equilibria_basins.png", dpi=110)
+                title=f"tanh toy, classic clipping, λ = {args.lam:g}: equilibria and basins")
+    path = save_figure(fig, args.out, "equilibria_basins.png", dpi=args.dpi)
     print(f"wrote {path}")
     return {"equilibria": eqs, "labels": np.asarray(labels), "figure": path}
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import matplotlib.pyplot as plt
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import plot_norms, save_figure
+from sa_clip.viz import add_figure_options, describe_rule, plot_norms, save_figure, styled, subplots
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,14 +28,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chains", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> dict[str, int]:
     problem = sc.problems.quartic()
     starts = torch.linspace(-args.radius, args.radius, args.chains, dtype=problem.dtype)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", sharey=True)
+    fig, axes = subplots(2, (10, 3.8), sharey=True)
     blowups = {}
     for ax, rule, color in zip(axes, (sc.NoClip(), sc.NormClip(args.lam)),
                                ("#d6604d", "#2166ac")):
@@ -45,14 +50,14 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
             run = sc.simulate_sgd(problem, rule, sc.Constant(args.a0), steps=args.steps,
                                   chains=args.chains, theta0=starts[:, None], seed=args.seed,
                                   blowup_radius=1e6)
-        plot_norms(run, ax, label=str(rule), color=color)
-        ax.set_title(f"{rule}: {int(run.blown_up.sum())} of {run.chains} chains blew up",
-                     fontsize=10)
+        plot_norms(run, ax, label="SGD chains", color=color)
+        ax.set_title(f"{describe_rule(rule)}:\n{int(run.blown_up.sum())} of {run.chains} chains "
+                     "blew up", fontsize="medium")
         blowups[rule.name] = int(run.blown_up.sum())
         print(f"{rule}: {blowups[rule.name]} of {run.chains} chains blew up")
     fig.suptitle(f"quartic double well, constant step a = {args.a0:g}, starts in "
                  f"[-{args.radius:g}, {args.radius:g}]")
-    path = save_figure(fig, args.out, "exploding.png")
+    path = save_figure(fig, args.out, "exploding.png", dpi=args.dpi)
     print(f"wrote {path}")
     return blowups
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled, subplots
 
 
 def parse(argv=None):
@@ -46,6 +46,7 @@ def parse(argv=None):
                     help="also compare the approach to Sigma beside and away from switches")
     ap.add_argument("--switch-chains", type=int, default=2000)
     ap.add_argument("--switch-steps", type=int, default=5000)
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
@@ -100,6 +101,11 @@ def switch_check(chains: int, steps: int, seed: int = 0) -> dict:
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     p = sc.problems.tanh_regression()
     rule = sc.NormClip(args.lam)
     field = sc.MeanField(p, rule)
@@ -129,15 +135,14 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from sa_clip.viz.theory import plot_fluctuation_ellipses
 
-    fig, ax = plt.subplots(figsize=(5.6, 5.2), layout="constrained")
+    fig, (ax,) = subplots(1, (5.6, 5.2))
     plot_fluctuation_ellipses(z, sigma, emp, ax=ax, names=("w1", "w2"),
-                              title=f"CLT fluctuations, tanh toy, lam = {args.lam:g}, "
+                              title=f"CLT fluctuations, tanh toy, λ = {args.lam:g}, "
                                     f"n = {args.steps}")
-    path = save_figure(fig, args.out, "fluctuations.png", dpi=110)
+    path = save_figure(fig, args.out, "fluctuations.png", dpi=args.dpi)
     print(f"wrote {path}")
     result = {"predicted": sigma, "empirical": emp, "errors": z, "figure": path}
     if args.switches:

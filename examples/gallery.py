@@ -1,7 +1,9 @@
 """Make the committed gallery in figures/ with one command.
 
 Runs the picture examples at modest sizes and writes their PNGs (and one small GIF) into
-``--out`` (default ``figures/``), at a modest dpi so that the gallery stays small.
+``--out`` (default ``figures/``) at the examples' default of 150 dpi (sharp on a projector and
+in print; tests/test_viz.py checks that every PNG in figures/ has at least 120), plus the
+explorer's snapshot ``explore.png`` (1024 x 768).
 
     python examples/gallery.py                 # about 4 minutes CPU (the examples' sum)
 """
@@ -24,16 +26,31 @@ GALLERY = {
     "compare_rules": [],
     "batch_clipping": [],
     "exploding": [],
-    "animation": ["--frames", "24", "--grid", "21"],
+    "animation": ["--frames", "24", "--grid", "21", "--dpi", "80"],   # a small GIF
     "equilibria_basins": [],
     "clipping_bias": [],
     "fluctuations": [],
     "quartic_l0l1": [],
     "azuma_stability": [],
+    "explore": ["--dpi", "150"],            # sa-clip explore --snapshot, 1536 x 1152 px
 }
 
 
+def _explore_main(argv: list[str]) -> str:
+    """``sa-clip explore --snapshot OUT/explore.png`` (the explorer is not an example file)."""
+    from sa_clip.viz import explore
+
+    out = argv[argv.index("--out") + 1]
+    path = os.path.join(out, "explore.png")
+    rest = [a for i, a in enumerate(argv) if a != "--out" and (i == 0 or argv[i - 1] != "--out")]
+    ap = explore.add_arguments(argparse.ArgumentParser())
+    explore.main(ap.parse_args([*rest, "--snapshot", path]))
+    return path
+
+
 def load(name: str):
+    if name == "explore":
+        return argparse.Namespace(main=_explore_main)
     spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -64,6 +81,7 @@ TINY = {
     "quartic_l0l1": ["--starts", "1.5", "12", "--steps", "150"],
     "azuma_stability": ["--chains", "200", "--steps", "30", "--blowup-chains", "20",
                         "--blowup-steps", "20", "--lams", "1", "32"],
+    "explore": ["--quick", "--chains", "4", "--steps", "20", "--size", "640x480"],
 }
 
 
@@ -72,9 +90,6 @@ def main(argv: list[str] | None = None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams["savefig.dpi"] = 80
     written = []
     for name in args.only or GALLERY:
         t = time.perf_counter()

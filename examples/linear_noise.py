@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 import sa_clip as sc
+from sa_clip.viz import add_figure_options, styled
+from sa_clip.viz._style import figsize_for
 
 D = torch.float64
 Z90 = 1.2815515655446004          # the 90% quantile of N(0, 1)
@@ -46,6 +48,7 @@ def parse(argv=None):
                     help="steps of the location problem (a = 0.05)")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--out", default="figures", help="folder for linear_noise.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
@@ -103,6 +106,11 @@ def ellipse(ax, centre, cov, **kw):
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,7 +170,8 @@ def main(argv=None):
     print(f"location {{-1, 1}}, {rule2}, a = 0.05, tau = {float(run2.tau[-1]):.0f}: chains sd "
           f"{sd_chain:.3f}, first order {sd_first:.3f}, closure {sd_gauss:.3f}")
 
-    fig, axes = plt.subplots(2, 2, figsize=(12.5, 9.0), layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=figsize_for((12.5, 9.0), 2, 2),
+                             layout="constrained")
     ax = axes[0, 0]
     for k, (name, mk) in enumerate((("w[0]", "o"), ("w[1]", "s"))):
         ax.plot(tn[1:], th[:, 1:, k].std(0), mk, color=CHAINS, ms=4, mfc="none",
@@ -231,7 +240,7 @@ def main(argv=None):
             label="Gaussian closure")
     ax.set_xlabel(r"ODE time $\tau$")
     ax.set_ylabel(r"sd of $\theta$ across chains")
-    ax.set_title("(d) a flat interval of zeros: data {-1, +1}, lam = 0.5, a = 0.05", fontsize=10)
+    ax.set_title("(d) a flat interval of zeros: data {-1, +1}, λ = 0.5, a = 0.05", fontsize=10)
     ax.text(0.97, 0.05, "the chains diffuse into [-0.5, 0.5], where H = 0:\n"
             "first order sees one slope and stays flat;\nthe closure follows, but its Gaussian "
             "cannot be\none-sided and falls short late", transform=ax.transAxes, fontsize=8,
@@ -243,7 +252,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "linear_noise.png")
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=args.dpi)
     os.replace(tmp, path)
     plt.close(fig)
     print(f"wrote {path}")

@@ -18,7 +18,7 @@ import torch
 
 import sa_clip as sc
 from sa_clip.plane import Plane, field_on_plane
-from sa_clip.viz import plot_phase_portrait, save_figure
+from sa_clip.viz import add_figure_options, describe_rule, plot_phase_portrait, save_figure, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,11 +35,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="root-finding starts for the equilibria")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> str:
     problem = sc.problems.make_problem(args.problem)
     rule = sc.make_rule(args.rule, lam=None if args.rule == "none" else args.lam)
     field = sc.MeanField(problem, rule)
@@ -52,8 +58,8 @@ def main(argv: list[str] | None = None) -> str:
     starts = 0.9 * r * torch.stack([ang.cos(), ang.sin()], 1)
     sol = sc.solve_ode(field, starts, torch.linspace(0, 8.0, 200, dtype=torch.float64))
     ax = plot_phase_portrait(pf, equilibria=eq, ode_paths=sol.theta, chains=run.theta,
-                             title=f"{problem.name}: −H for {rule}")
-    path = save_figure(ax.figure, args.out, "phase_portrait.png")
+                             title=f"{problem.name}: −H for {describe_rule(rule)}")
+    path = save_figure(ax.figure, args.out, "phase_portrait.png", dpi=args.dpi)
     for e in eq:
         print(f"equilibrium {[round(v, 4) for v in e.theta.tolist()]}: {e.kind} {e.shape}")
     print(f"wrote {path}")

@@ -19,7 +19,7 @@ import warnings
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, save_figure, styled, subplots
 
 
 def parse(argv=None):
@@ -30,6 +30,7 @@ def parse(argv=None):
     ap.add_argument("--steps", type=int, default=700, help="iteration budget")
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--out", default="figures", help="folder for quartic_l0l1.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
@@ -45,6 +46,11 @@ def iterations_to_tol(run: sc.Trajectory, theta_star: float, tol: float) -> list
 
 def main(argv=None):
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace):
     p = sc.problems.quartic()
     theta_star = float(p.y.mean()) ** 0.5            # zero of theta (theta^2 - mean x)
     th0 = torch.tensor(args.starts, dtype=p.dtype)[:, None]
@@ -54,7 +60,7 @@ def main(argv=None):
               clip_per="batch", theta0=th0, seed=0, blowup_radius=1e8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # constant steps: not (A2), on purpose
-        runs[f"clipped GD, a = {args.step:g}, lam = {args.lam:g}"] = sc.simulate_sgd(
+        runs[f"clipped GD, a = {args.step:g}, λ = {args.lam:g}"] = sc.simulate_sgd(
             p, sc.NormClip(args.lam), sc.Constant(args.step), **kw)
         runs[f"GD, a = {args.step:g}"] = sc.simulate_sgd(p, sc.NoClip(), sc.Constant(args.step),
                                                           **kw)
@@ -74,10 +80,9 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    fig, (ax,) = subplots(1, (6.4, 4.4))
     top = args.steps * 1.6
     for n, mk in zip(names, "osD"):
         y = [top if (bool(runs[n].blown_up[j]) or it == float("inf")) else it
@@ -94,7 +99,7 @@ def main(argv=None):
     ax.set_ylabel(f"iterations to ||θ| − θ*| < {args.tol:g}")
     ax.set_title(r"$(L_0, L_1)$-smooth quartic: clipped vs fixed-step GD")
     ax.legend(fontsize=8)
-    path = save_figure(fig, args.out, "quartic_l0l1.png", dpi=110)
+    path = save_figure(fig, args.out, "quartic_l0l1.png", dpi=args.dpi)
     print(f"wrote {path}")
     return {"iterations": iters, "runs": runs, "figure": path}
 

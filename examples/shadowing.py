@@ -20,7 +20,7 @@ import matplotlib
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import plot_shadowing
+from sa_clip.viz import add_figure_options, plot_shadowing, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +36,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--chain", type=int, default=0, help="the chain drawn in panel (a)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
@@ -48,6 +49,11 @@ def describe(schedule) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> str:
     os.makedirs(args.out, exist_ok=True)
     name = "shadowing.png" if args.problem == "tanh" else f"shadowing_{args.problem}.png"
     path = os.path.join(args.out, name)
-    fig.savefig(path)
+    fig.savefig(path, dpi=args.dpi)
     plt.close(fig)
     med = res.median
     print(f"{problem!r}: D_T median {float(med[0]):.3g} at s = {float(res.start[0]):.3g} -> "

@@ -12,12 +12,13 @@ solve) and prints the median over chains of D_T(s) = sup_{h <= T} ||theta_bar(s+
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
 import sa_clip as sc
-from sa_clip.viz import save_figure
+from sa_clip.viz import add_figure_options, describe_rule, plot_tracking, save_figure, styled
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,11 +35,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--record-every", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures", help="folder for tracking.png")
+    add_figure_options(ap)
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> sc.TrackingResult:
     args = parse(argv)
+    with styled(args.style):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> sc.TrackingResult:
     problem = sc.problems.logistic_regression(args.dataset)
     rule = sc.NormClip(args.lam)
     schedule = sc.PowerLaw(args.a0, args.alpha)
@@ -48,7 +55,10 @@ def main(argv: list[str] | None = None) -> sc.TrackingResult:
                           record_every=args.record_every)
     t1 = time.perf_counter()
     last = float(run.tau[-1])
-    starts = torch.linspace(0.0, last - args.horizon, args.starts, dtype=torch.float64)
+    # start times spread evenly on a log scale (the figure's s axis is logarithmic)
+    hi = last - args.horizon
+    starts = torch.logspace(math.log10(min(0.1, hi / 10)), math.log10(hi), args.starts,
+                            dtype=torch.float64)
     res = sc.tracking_distance(run, sc.MeanField(problem, rule), horizon=args.horizon,
                                starts=starts)
     t2 = time.perf_counter()
@@ -62,16 +72,11 @@ def main(argv: list[str] | None = None) -> sc.TrackingResult:
         print(f"{s:10.3f} {m:14.5f} {q:13.5f}")
     ratio = float(res.median[0] / res.median[-1])
     print(f"median D_T falls {ratio:.1f}x from the first start to the last")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.semilogy(res.start, res.median, "o-", label="median over chains")
-    ax.semilogy(res.start, q90, "--", label="90% quantile")
-    ax.set_xlabel("start time s (ODE time)")
-    ax.set_ylabel(f"D_T(s), T = {args.horizon:g}")
-    ax.legend()
-    fig.tight_layout()
-    print(f"wrote {save_figure(fig, args.out, 'tracking.png', dpi=120)}")
+    ax = plot_tracking(res)
+    ax.set_title(f"{problem.name}, {describe_rule(rule)}",
+                 fontsize="medium")
+    fig = ax.figure
+    print(f"wrote {save_figure(fig, args.out, 'tracking.png', dpi=args.dpi)}")
     return res
 
 

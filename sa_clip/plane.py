@@ -147,9 +147,22 @@ class Plane:
 
 
 def _param_name(problem: Problem, k: int) -> str:
+    """Parameter ``k`` in words: ``"layer 2, weight (3, 1)"`` for entry ``(3, 1)`` of the
+    tensor ``2.weight``, ``"fc, bias 4"``, or the tensor's name for a scalar (``"w1"``)."""
     for b in problem.blocks:
         if b.start <= k < b.stop:
-            return b.name if b.numel == 1 else f"{b.name}[{k - b.start}]"
+            if b.numel == 1:
+                return b.name
+            module, _, param = b.name.rpartition(".")
+            idx, rest = [], k - b.start
+            for d in reversed(b.shape or (b.numel,)):
+                idx.insert(0, rest % d)
+                rest //= d
+            where = str(idx[0]) if len(idx) == 1 else f"({', '.join(map(str, idx))})"
+            if not module:                          # a bare tensor: w[0], w[1, 2]
+                return f"{param}[{where.strip('()')}]"
+            owner = f"layer {module}" if module.isdigit() else module
+            return f"{owner}, {param} {where}"
     return f"theta[{k}]"
 
 

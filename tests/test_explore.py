@@ -4,6 +4,7 @@ drawn, the equilibria drawn are find_equilibria's, snapshots are PNGs, bad optio
 from __future__ import annotations
 
 import argparse
+import threading
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -100,7 +101,9 @@ def test_schedule_sliders_rerun_chains_but_keep_field(ex):
     ex.sliders["a0"].set_val(1.6)
     assert ex._field_key == key                      # field not recomputed
     assert ex.run.tau[-1] > tau[-1]                  # larger steps: longer ODE time
-    torch.testing.assert_close(ex.ode.t, ex.run.tau)  # ODE on the chains' times
+    # the ODE on its own fine grid over the chains' time span, from their start
+    assert ex.ode.t.shape == (explore.ODE_POINTS,) and ex.ode.t[0] == 0
+    assert float(ex.ode.t[-1]) == pytest.approx(float(ex.run.tau[-1]))
     torch.testing.assert_close(ex.ode.theta[0], ex.run.theta[0, 0])
 
 
@@ -199,6 +202,221 @@ def test_bad_options_are_named(argv, words, capsys):
 def test_no_window_without_interactive_backend():
     with pytest.raises(ValueError, match="--snapshot"):
         explore.main(_args())
+
+
+def test_no_display_names_the_display_and_the_ways_out(monkeypatch):
+    """MPLBACKEND=TkAgg with no display: matplotlib falls back to Agg without a word; the
+    error names the missing display and the three ways out, not the fallback."""
+    monkeypatch.setenv("MPLBACKEND", "TkAgg")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(explore.sys, "platform", "linux")
+    with pytest.raises(ValueError) as err:
+        explore.main(_args())
+    msg = str(err.value)
+    for words in ("no display", "DISPLAY", "TkAgg", "--snapshot", "--gif", "ipympl",
+                  "ssh -X"):
+        assert words in msg
+    assert "'Agg'" not in msg and "'agg'" not in msg
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--dpi", "100000"), ("--dpi", "100000", "600")),
+    (("--dpi", "600", "--size", "8000x6000"), ("--dpi", "million pixels")),
+    (("--size", "10x10"), ("--size", "10x10")),
+    (("--size", "big"), ("--size", "big", "WIDTHxHEIGHT")),
+    (("--extent", "1e300"), ("--extent", "1e+300", "at most")),
+    (("--grid", "100000"), ("--grid", "100000", "at most 200")),
+    (("--batch-size", "100000", "--clip-per", "batch"), ("--batch-size", "100000", "64")),
+    (("--chains", "10000000"), ("--chains", "at most")),
+    (("--gif", "x.png"), ("--gif", "x.png", ".gif")),
+])
+def test_scale_options_are_refused_up_front(argv, words, monkeypatch):
+    """Huge values are refused before any compute (no MemoryError, IndexError or hang)."""
+    def boom(*_a, **_k):
+        raise AssertionError("computed before refusing")
+    monkeypatch.setattr(explore, "compute_field", boom)
+    with pytest.raises(ValueError) as err:
+        explore.main(_args(*argv, "--snapshot" if "--gif" not in argv else "--quick",
+                           *(("out.png",) if "--gif" not in argv else ())))
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_size_and_dpi_give_the_picture_size():
+    assert explore.figure_size(_args()) == ((10.24, 7.68), 100)
+    figsize, dpi = explore.figure_size(_args("--size", "800x600", "--dpi", "150"))
+    assert figsize == pytest.approx((8.0, 6.0)) and dpi == 150     # 1200 x 900 pixels
+    assert explore.parse_size("640X480") == (640, 480)
+
+
+def test_data_sizes_match_the_problems():
+    for name, n in explore.DATA_SIZE.items():
+        assert sc.problems.make_problem(name).X.shape[0] == n
+
+
+def test_debounced_slider_recomputes_at_most_twice(monkeypatch):
+    """Ten slider changes in quick succession (a drag): nothing is computed while they come,
+    "computing..." shows, and one recomputation follows when the debounce fires (flush: what
+    the timer calls; under Agg the timer has no event loop, so the test calls it)."""
+    ex = explore.Explorer(problem="tanh", animate=False, debounce_s=0.3, **SMALL)
+    calls = []
+    real = explore.compute_field
+    monkeypatch.setattr(explore, "compute_field", lambda *a: calls.append(1) or real(*a))
+    before = ex.recomputations
+    for k in range(10):
+        ex.sliders["lam"].set_val(0.3 + 0.2 * k)
+    assert ex.recomputations == before and ex.debouncer.pending and not calls
+    assert "computing" in ex.status.get_text()
+    ex.debouncer.flush()                    # the timer's callback
+    assert ex.recomputations - before <= 2 and len(calls) == 1
+    assert ex.settings.lam == pytest.approx(2.1)
+    assert ex.rule.lam == pytest.approx(2.1)          # the last value is what was computed
+    assert "updated" in ex.status.get_text()
+    ex.debouncer.flush()                    # nothing pending: nothing more
+    assert len(calls) == 1
+    plt.close(ex.fig)
+
+
+def test_background_worker_draws_field_then_chains_and_cancels(monkeypatch):
+    """In the worker thread: a newer request cancels an older one (its field is computed but
+    never drawn, its chains never computed); the newest result is drawn by poll()."""
+    ex = explore.Explorer(problem="tanh", animate=False, background=True, debounce_s=0,
+                          **SMALL)
+    release = threading.Event()
+    entered = threading.Event()
+    real_field, real_chains = explore.compute_field, explore.compute_chains
+    chain_lams = []
+
+    def slow_field(problem, s):
+        if s.lam == pytest.approx(0.4):
+            entered.set()
+            assert release.wait(600)
+        return real_field(problem, s)
+
+    def chains(problem, s, theta0, fs):
+        chain_lams.append(s.lam)
+        return real_chains(problem, s, theta0, fs)
+
+    monkeypatch.setattr(explore, "compute_field", slow_field)
+    monkeypatch.setattr(explore, "compute_chains", chains)
+    ex.sliders["lam"].set_val(0.4)
+    assert entered.wait(600)
+    first = ex._thread
+    ex.sliders["lam"].set_val(2.5)          # while the first is still computing
+    assert ex.wait(600)
+    release.set()
+    first.join(600)
+    assert not first.is_alive()
+    ex.poll()
+    assert chain_lams == [pytest.approx(2.5)]
+    assert ex.rule.lam == pytest.approx(2.5) and "λ = 2.5" in ex.ax.get_title()
+    assert "updated" in ex.status.get_text()
+    plt.close(ex.fig)
+
+
+def test_legend_off_the_plane_and_labels_follow_the_mode(ex):
+    assert ex.ax.get_legend() is None
+    texts = [t.get_text() for t in ex.ax_legend.get_legend().get_texts()]
+    assert any("streamlines of −H " in t for t in texts)
+    ex.fig.canvas.draw()
+    a, b = ex.ax.get_window_extent(), ex.ax_legend.get_legend().get_window_extent()
+    assert not a.overlaps(b)
+    ex.sliders["batch_size"].set_val(4)
+    ex.radios["clip_per"].set_active(1)
+    texts = [t.get_text() for t in ex.ax_legend.get_legend().get_texts()]
+    assert any("streamlines of −H_M" in t for t in texts)
+    assert not any("−H " in t for t in texts)
+    assert "H_M" in ex.cax.get_ylabel() and "H_M" in ex.ax.get_title()
+
+
+def test_coarse_grid_note(ex):
+    assert ex.settings.grid == 11
+    assert any("Equilibria may be missed" in n and "G = 11" in n for n in ex.notes)
+    assert "Equilibria may be missed" in ex.note_text.get_text()
+    assert explore.grid_note(25, 3.0, 3) == ""
+    assert "No equilibrium" in explore.grid_note(25, 3.0, 0)
+
+
+def test_tracking_note_says_why():
+    """D_T rising: the note names the reasons that hold (checked against the definitions)."""
+    from types import SimpleNamespace as NS
+    rising = NS(distance=torch.tensor([[0.1, 0.2, 0.4], [0.1, 0.3, 0.5]]))
+    falling = NS(distance=torch.tensor([[0.4, 0.2, 0.1], [0.5, 0.3, 0.1]]))
+    field = lambda th: th                                                  # noqa: E731
+    theta0 = torch.tensor([1.0, 0.0])
+    far = NS(t=torch.tensor([0.0, 2.0]), theta=torch.tensor([[1.0, 0.0], [0.5, 0.0]]))
+    near = NS(t=torch.tensor([0.0, 50.0]), theta=torch.tensor([[1.0, 0.0], [1e-3, 0.0]]))
+    assert explore.tracking_note(falling, far, field, theta0, "adaptive", 1.0) == ""
+    note = explore.tracking_note(rising, far, field, theta0, "adaptive", 1.0)
+    assert note.startswith("D_T(s) is not falling")
+    assert "far from equilibrium" in note and "50%" in note
+    assert "grows with ‖θ‖" in note and "horizon is short" in note
+    note = explore.tracking_note(rising, near, field, theta0, "norm", 1.0)
+    assert "far" not in note and "grows" not in note and "short" not in note
+    assert "not settled" in note
+
+
+def test_ode_drawn_on_its_fine_grid(ex):
+    ex.frame = ex.run.tau.shape[0] - 1
+    ex._show_frame()
+    x, _ = ex.ode_line.get_data()
+    assert len(x) == explore.ODE_POINTS > ex.run.tau.shape[0]
+
+
+def test_snapshot_fits_a_projector_at_defaults(tmp_path):
+    from PIL import Image
+    out = tmp_path / "f.png"
+    assert explore.main(_args("--chains", "4", "--steps", "40", "--grid", "11",
+                              "--snapshot", str(out))) == 0
+    with Image.open(out) as im:
+        assert im.size[0] <= 1024 and im.size[1] <= 768
+
+
+def test_snapshot_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    """A write that fails half way (ENOSPC) leaves the existing PNG whole and no temp file."""
+    import errno
+
+    from matplotlib.figure import Figure
+    out = tmp_path / "explore.png"
+    out.write_bytes(b"old complete file")
+
+    def full_disk(self, fname, **_kw):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        explore.main(_args("--chains", "4", "--steps", "40", "--grid", "11",
+                           "--snapshot", str(out)))
+    assert out.read_bytes() == b"old complete file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explore.png"]
+
+
+@pytest.mark.slow
+def test_gif_records_the_animation(tmp_path):
+    from PIL import Image
+    out = tmp_path / "explore.gif"
+    assert explore.main(_args("--chains", "4", "--steps", "20", "--grid", "11", "--size",
+                              "480x360", "--gif", str(out))) == 0
+    with Image.open(out) as im:
+        assert im.format == "GIF" and im.n_frames > 5 and im.size == (480, 360)
+
+
+def test_cli_keeps_the_backend_for_explore(tmp_path):
+    """`sa-clip explore` does not force Agg: the backend asked for by MPLBACKEND is the one
+    named when no window can open (here 'template', which draws nothing)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, MPLBACKEND="template", DISPLAY=":99")
+    env.pop("WAYLAND_DISPLAY", None)
+    r = subprocess.run([sys.executable, "-m", "sa_clip.cli", "explore"], env=env,
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       check=False)
+    assert r.returncode == 2
+    assert "'template'" in r.stderr and "'agg'" not in r.stderr.lower()
 
 
 def test_unknown_keyword():

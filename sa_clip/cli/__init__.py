@@ -29,6 +29,9 @@ from .interrupt import interruptible
 from .options import PROG, CliError, as_typed, resolve_options
 from .parser import COMMANDS, build_parser, command_module
 
+#: commands that open a window: they keep matplotlib's backend (MPLBACKEND or its default)
+WINDOWED = {"explore"}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sa-clip`` console script; returns the exit code.
@@ -57,7 +60,8 @@ def _run(args, command_parser) -> int:
         if hasattr(module, "DEFAULTS"):
             args = resolve_options(args, command_parser, module.DEFAULTS,
                                    getattr(module, "QUICK", {}))
-        _figures_to_files()
+        if args.command not in WINDOWED:
+            _figures_to_files()                    # files only: never a window
         from .. import distributed
 
         started = distributed.init_from_env()      # under torchrun: shard H over the ranks

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = dict(
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False, predict_spread=False, workers=None)
+    resume=False, predict_spread=False, workers=None, dpi=150, style=None)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -36,6 +36,10 @@ QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tra
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_options(p, DEFAULTS, QUICK)
     add_model_options(p)
+    p.add_argument("--dpi", type=int, help="resolution of the PNGs (default 150)")
+    p.add_argument("--style", choices=("paper", "talk"),
+                   help="figures for a paper (column width, small text) or a talk (large "
+                        "text, at most 2 panels across); default: the screen look")
     p.add_argument("--horizon", type=float, help="T of D_T(s), ODE time (default 1)")
     p.add_argument("--starts", type=int, help="number of start times s (default 12)")
     p.add_argument("--tracking-chains", type=int,
@@ -70,9 +74,11 @@ def main(args: argparse.Namespace) -> int:
     """ODE vs SGD chains for each rule, tracking distances, figures and summary.json."""
     from ..experiment import RulesFailed, run_experiment
     from ..schedules import make_schedule
+    from ..viz._style import check_dpi, styled
     from .builders import build_problem, build_rules, checkpoint_dir
 
     clock = StageClock()
+    check_dpi(args.dpi)                                     # before any compute
     problem = build_problem(args, min_params=2)
     rules = build_rules(args)
     args.workers = workers(args, problem, len(rules))      # the number used, in summary.json
@@ -99,14 +105,17 @@ def main(args: argparse.Namespace) -> int:
                 + f" (ODE {report.ode.nfev} evals, tracking {report.tracking.nfev})")
             first = report.name == first_rule
             t = time.perf_counter()
-            for name, fig in rule_figures(problem, schedule, report, args, first=first):
-                folder.save_figure(fig, name)
-                report.outputs.append(name)
+            with styled(args.style):
+                for name, fig in rule_figures(problem, schedule, report, args, first=first):
+                    folder.save_figure(fig, name, dpi=args.dpi)
+                    report.outputs.append(name)
             report.seconds["figures"] = time.perf_counter() - t
             if first and args.noise_chains > 0:
                 t = time.perf_counter()
                 name = f"noise_{report.name}.png"
-                folder.save_figure(noise_figure(report, noise_chains(report, args), args), name)
+                with styled(args.style):
+                    fig = noise_figure(report, noise_chains(report, args), args)
+                folder.save_figure(fig, name, dpi=args.dpi)
                 report.outputs.append(name)
                 report.seconds["noise"] = time.perf_counter() - t
 
@@ -130,8 +139,9 @@ def main(args: argparse.Namespace) -> int:
                 folder.add(name)
         clock.stage("rules")
         if len(exp):
-            for name, fig in comparison_figures(exp):
-                folder.save_figure(fig, name)
+            with styled(args.style):
+                for name, fig in comparison_figures(exp):
+                    folder.save_figure(fig, name, dpi=args.dpi)
         clock.stage("figures")
         folder.write_json("summary.json", summary(exp, args, folder, clock))
     print(table([[label(r["name"]), r["final_loss_ode"], r["final_loss_sgd_median"],
@@ -320,9 +330,10 @@ def comparison_figures(exp: Experiment) -> Iterator[tuple[str, Any]]:
     import matplotlib.pyplot as plt
 
     from ..viz import plot_clip_fraction, plot_ensemble, plot_tracking
+    from ..viz._style import figsize_for
 
     def axes():
-        return plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+        return plt.subplots(figsize=figsize_for((6.4, 4.2)), layout="constrained")
 
     fig, ax = axes()
     for k, r in enumerate(exp):

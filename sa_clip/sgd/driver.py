@@ -27,7 +27,7 @@ from ..problem import Problem
 from ..schedules import Schedule, make_schedule, warn_if_not_a2
 from ..trajectory import Trajectory
 from . import checkpoint as ckpt
-from .recorder import Recorder
+from .recorder import Recorder, record_count
 from .samplers import SAMPLING, Sampler, check_indices, make_generator, make_sampler
 from .state import ChainState, sgd_init, sgd_step
 
@@ -67,7 +67,9 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         ``(chains, steps, batch_size)``, optional
         Replays an exact sampling sequence (then ``seed`` and ``sampling`` are not used).
     record_every : int >= 1
-        Record every ``record_every``-th step; step 0 and the last step are always recorded.
+        Record every ``record_every``-th step; step 0 and the last step are always recorded,
+        and for ``record_every >= 5`` the log-spaced early steps 1, 2, 4, 5, 8, ... below it
+        (:func:`sa_clip.sgd.recorder.early_steps`), so curves start with the first steps.
     sampling : ``"iid"`` | ``"epoch"``
         Batches uniform with replacement (the paper's assumption), or epochs: each chain
         walks through its own random permutation, the last ``N mod batch_size`` samples of each
@@ -222,8 +224,7 @@ class _Run:
     def check_memory(self, record_noise: bool, record_indices: bool, drawn: bool) -> None:
         """Refuse sizes whose records and buffers cannot fit before allocating them."""
         p, k, b = self.problem, self.chains, self.batch_size
-        n_rec = len(range(0, self.steps + 1, self.record_every)) \
-            + (self.steps % self.record_every != 0)      # len(record_steps(...)), in O(1)
+        n_rec = record_count(self.steps, self.record_every)
         check_memory(f"`chains` = {k}, `batch_size` = {b}, `steps` = {self.steps} and "
                      f"`record_every` = {self.record_every} (P = {p.P})",
                      k * (n_rec * (p.P + 1) * (1 + 2 * record_noise) + b * (p.P + 1)

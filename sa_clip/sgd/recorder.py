@@ -1,6 +1,10 @@
 """The records of a run of :func:`sa_clip.simulate_sgd`, and the :class:`Trajectory` they make.
 
-Steps ``0, record_every, 2 record_every, ...`` and the last step are recorded. Record ``r``
+Steps ``0, record_every, 2 record_every, ...`` and the last step are recorded, and, when
+``record_every >= EARLY_FROM`` (5), before the first ``record_every`` the log-spaced steps
+``floor(2^(j/2)) = 1, 2, 4, 5, 8, 11, 16, ...``: the early steps move most, so a curve drawn
+through the records starts with the run's first steps, not with a straight segment from step
+0 to step ``record_every``. Record ``r``
 holds ``theta(steps[r])`` (NaN once the chain is dead), the clipping fraction of the step that
 leaves it, and, with noise, ``xi``, its quadratic variation and ``||M||`` of that step.
 
@@ -10,6 +14,8 @@ Example
 ...                device=torch.device("cpu"))
 >>> rec.steps, rec.slot(4), rec.slot(5)
 ([0, 4, 8, 10], 1, -1)
+>>> record_steps(40, 10)
+[0, 1, 2, 4, 5, 8, 10, 20, 30, 40]
 """
 
 from __future__ import annotations
@@ -24,9 +30,34 @@ _NAMES = {"theta": "theta_rec", "clip_fraction": "clip_rec", "indices": "idx_rec
           "xi": "xi_rec", "quadratic_variation": "qv_rec", "noise_norm": "nn_rec"}
 
 
+#: the smallest ``record_every`` that gets log-spaced early records
+EARLY_FROM = 5
+
+
+def early_steps(steps: int, record_every: int) -> list[int]:
+    """The log-spaced steps ``floor(2^(j/2))`` below ``record_every`` (and ``<= steps``);
+    none when ``record_every < EARLY_FROM`` (the first segment is short already)."""
+    out: set[int] = set()
+    if record_every < EARLY_FROM:
+        return []
+    j = 0
+    while (n := int(2 ** (j / 2))) < min(record_every, steps + 1):
+        out.add(n)
+        j += 1
+    return sorted(out)
+
+
 def record_steps(steps: int, record_every: int) -> list[int]:
-    """The recorded step numbers: every ``record_every``-th and the last."""
-    return sorted(set(range(0, steps + 1, record_every)) | {steps})
+    """The recorded step numbers: every ``record_every``-th, the last, and the log-spaced
+    early steps of :func:`early_steps`."""
+    return sorted(set(range(0, steps + 1, record_every)) | {steps}
+                  | set(early_steps(steps, record_every)))
+
+
+def record_count(steps: int, record_every: int) -> int:
+    """``len(record_steps(steps, record_every))`` in O(log record_every)."""
+    return (len(range(0, steps + 1, record_every)) + (steps % record_every != 0)
+            + len([n for n in early_steps(steps, record_every) if n != steps]))
 
 
 class Recorder:
@@ -106,4 +137,4 @@ class Recorder:
                           noise_norm=a.get("noise_norm"), meta=meta)
 
 
-__all__ = ["Recorder", "record_steps"]
+__all__ = ["Recorder", "record_steps", "record_count", "early_steps"]

@@ -78,8 +78,9 @@ def figure_of_animation(anim: Any):
 def save_figure(fig, out: str | os.PathLike, name: str, *, dpi: int | None = None) -> Path:
     """Save ``fig`` as ``out/name`` atomically (folders created), close it, return the path.
 
-    The format comes from the suffix of ``name``; ``dpi`` defaults to matplotlib's
-    ``savefig.dpi``. Under ``torchrun`` only rank 0 writes (the others only close the figure).
+    The format comes from the suffix of ``name``; ``dpi`` defaults to the figure's own (which
+    the ``dpi`` argument of every figure function sets). Under ``torchrun`` only rank 0 writes
+    (the others only close the figure).
 
     Example
     -------
@@ -96,7 +97,7 @@ def save_figure(fig, out: str | os.PathLike, name: str, *, dpi: int | None = Non
         if distributed.is_main_process():
             fmt = path.suffix[1:].lower() or None
             with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, **({} if dpi is None else {"dpi": dpi}))
+                fig.savefig(tmp, format=fmt, dpi=fig.get_dpi() if dpi is None else dpi)
     finally:
         plt.close(fig)
     return path

@@ -15,11 +15,12 @@ from matplotlib.animation import FuncAnimation
 from ..ode import OdeSolution
 from ..plane import PlaneField
 from ..trajectory import Trajectory
-from ._style import ODE_COLOR, SGD_COLOR, legend, to_numpy
+from ._style import ODE_COLOR, SGD_COLOR, figsize_for, figure_function, legend, to_numpy
 from .dynamics import TAU_LABEL
 from .phase import plot_phase_portrait
 
 
+@figure_function
 def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution | None = None,
                    equilibria: Sequence | None = None, frames: int = 60, interval: int = 80,
                    tail: int = 6, figsize: tuple[float, float] = (5.6, 5.6),
@@ -54,7 +55,7 @@ def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution |
                         f"{type(trajectory).__name__}.")
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise ValueError(f"`frames` must be an integer >= 1, got {frames!r}.")
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    fig, ax = plt.subplots(figsize=figsize_for(figsize), layout="constrained")
     # a lighter background than the still portrait (no loss contours): GIFs stay small
     plot_phase_portrait(pf, ax, equilibria=equilibria, colorbar=False, density=0.8,
                         loss_levels=None, title=title or "SGD chains flowing along −H",
@@ -73,7 +74,7 @@ def animate_chains(pf: PlaneField, trajectory: Trajectory, *, ode: OdeSolution |
     cloud, = ax.plot([], [], "o", color=SGD_COLOR, ms=4, mec="white", mew=0.4,
                      label=f"{trajectory.chains} SGD chains", zorder=6)
     ode_line, = ax.plot([], [], color=ODE_COLOR, lw=2.0, label="ODE solution", zorder=7)
-    stamp = ax.text(0.02, 0.97, "", transform=ax.transAxes, va="top", fontsize=10,
+    stamp = ax.text(0.02, 0.97, "", transform=ax.transAxes, va="top", fontsize="medium",
                     bbox=dict(boxstyle="round", fc="white", alpha=0.8))
     # the portrait's legend (streamlines, nullclines, equilibria) plus the moving parts
     old = ax.get_legend()

@@ -21,13 +21,23 @@ from ..plane import Plane, _param_name
 from ..problem import Problem
 from ..tracking import TrackingResult
 from ..trajectory import Trajectory
-from ._style import ODE_COLOR, SGD_COLOR, get_ax, legend, nan_quantiles, to_numpy
+from ._style import (
+    ODE_COLOR,
+    SGD_COLOR,
+    figure_function,
+    get_ax,
+    legend,
+    nan_quantiles,
+    subplots,
+    to_numpy,
+)
 
 TAU_LABEL = "ODE time τ"
 
 
 
 
+@figure_function
 def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
                   n_faint: int = 5, color: str = SGD_COLOR, label: str = "SGD chains",
                   logy: bool = False, show_band: bool = True):
@@ -117,6 +127,7 @@ def _ode_label(trajectory: Trajectory, ode_start: torch.Tensor) -> str:
     return "ODE from the chains' start θ0" if same else "ODE solution"
 
 
+@figure_function
 def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=None, *,
                     coord: int = 0, problem: Problem | None = None, plane: Plane | None = None,
                     band: tuple[float, float] = (0.1, 0.9), n_faint: int = 5,
@@ -128,7 +139,8 @@ def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=N
     faintly, at ``tau_n``. (Tracking in Benaim's sense restarts the ODE on each chain's path;
     :func:`sa_clip.viz.plot_shadowing` draws that.) With ``plane`` the coordinate is a plane
     coordinate (e.g. PC1 of :meth:`sa_clip.plane.Plane.pca`, labelled with its share of the
-    variance), else parameter ``coord``, named from ``problem.blocks`` (e.g. ``0.weight[3]``).
+    variance), else parameter ``coord``, named from ``problem.blocks`` (e.g.
+    ``layer 0, weight (0, 3)``).
 
     With ``predicted`` (any object with ``.tau (T,)``, ``.mean (T, P)``, ``.cov (T, P, P)``,
     e.g. :func:`sa_clip.linear_noise`), the predicted band is drawn beside the empirical one:
@@ -175,17 +187,19 @@ def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=N
     ax.set_xlabel(TAU_LABEL)
     ax.set_ylabel(name)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize="medium")
     legend(ax)
     return ax
 
 
+@figure_function
 def ode_vs_sgd_figure(trajectory: Trajectory, ode: OdeSolution | None = None, *,
                       coords: Sequence[int] = (0, 1), problem: Problem | None = None,
                       plane: Plane | None = None, title: str | None = None, predicted=None,
-                      **kwargs):
-    """Several panels of :func:`plot_ode_vs_sgd` side by side (one per coordinate), one
-    legend, and a footnote that says what is compared.
+                      caption: str | None = None, **kwargs):
+    """Several panels of :func:`plot_ode_vs_sgd` side by side (one per coordinate; two
+    across at most in the talk style), one legend, and an optional ``caption`` under them
+    (e.g. :data:`ODE_VS_SGD_CAPTION`, which says what is compared).
 
     ``predicted`` (``.tau``, ``.mean``, ``.cov``): the linear-noise band in every panel.
 
@@ -203,26 +217,33 @@ def ode_vs_sgd_figure(trajectory: Trajectory, ode: OdeSolution | None = None, *,
     coords = list(coords)
     if not coords:
         raise ValueError("`coords` must name at least one coordinate.")
-    fig, axes = plt.subplots(1, len(coords), figsize=(4.6 * len(coords), 4.0),
-                             layout="constrained", squeeze=False)
-    for ax, c in zip(axes[0], coords):
+    fig, axes = subplots(len(coords), (4.6 * len(coords), 4.0))
+    for ax, c in zip(axes, coords):
         plot_ode_vs_sgd(trajectory, ode, ax, coord=c, problem=problem, plane=plane,
                         predicted=predicted, **kwargs)
-        if ax is not axes[0, 0]:
+        if ax is not axes[0]:
             ax.get_legend().remove()
     if title:
-        fig.suptitle(title, fontsize=11)
-    if ode is not None:
-        fig.supxlabel(f"One ODE solution against the ensemble of {trajectory.chains} chains. "
-                      "Tracking (Benaïm) restarts the ODE on each chain's path: see the "
-                      "shadowing figure.", fontsize=8, color="0.3")
+        fig.suptitle(title, fontsize="medium")
+    if caption:
+        fig.supxlabel(caption.format(chains=trajectory.chains), fontsize="small", color="0.3")
     return fig
 
 
+#: a caption for :func:`ode_vs_sgd_figure` (``{chains}`` is filled in)
+ODE_VS_SGD_CAPTION = ("One ODE solution against the ensemble of {chains} chains. Tracking "
+                      "(Benaïm) restarts the ODE on each chain's path: see the shadowing "
+                      "figure.")
+
+
+@figure_function
 def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
-                  label: str | None = None, color: str = SGD_COLOR):
-    r"""Tracking distance ``D_T(s)`` against the start time ``s`` on a log axis: the median
+                  label: str | None = None, color: str = SGD_COLOR, logx: bool = True):
+    r"""Tracking distance ``D_T(s)`` against the start time ``s`` on log axes: the median
     over chains and a quantile band. Theory: ``D_T(s) -> 0`` as ``s`` grows under (A2).
+
+    ``logx``: a logarithmic ``s`` axis (the starts of a long run crowd the left of a linear
+    one); where a start is 0 the axis is linear up to the first positive start (symlog).
 
     Call it several times on one ``ax`` (with ``label`` and ``color``) to compare runs.
 
@@ -246,10 +267,20 @@ def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] 
     ax.plot(s, med, "o-", color=color, ms=4, lw=1.6, gid="median",
             label=f"{name} of {d.shape[0]} chains, {band[0]:.0%}–{band[1]:.0%} band")
     ax.set_yscale("log")
+    pos = s[s > 0]
+    if logx and len(pos):
+        if pos.size == s.size:
+            ax.set_xscale("log")
+        else:                   # linear on [0, first positive start], ticks 0 and decades
+            lt = float(pos.min())
+            ax.set_xscale("symlog", linthresh=lt, linscale=0.5)
+            ax.set_xticks([0.0, *10.0 ** np.arange(np.ceil(np.log10(lt)),
+                                                   np.floor(np.log10(pos.max())) + 1)])
+            ax.set_xlim(left=-0.1 * lt)
     ax.set_xlabel(f"start time s ({TAU_LABEL})")
     ax.set_ylabel(rf"$D_T(s)$, T = {result.horizon:g}")
     ax.set_title(r"tracking distance $D_T(s)=\sup_{h\leq T}\|\bar\theta(s+h)"
-                 r"-\Phi_h(\bar\theta(s))\|$", fontsize=10)
+                 r"-\Phi_h(\bar\theta(s))\|$", fontsize="medium")
     legend(ax)
     ax.grid(True, which="both", alpha=0.25)
     return ax
@@ -271,6 +302,7 @@ def _smooth(x: np.ndarray, window: int) -> np.ndarray:
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
 
 
+@figure_function
 def plot_clip_fraction(trajectory: Trajectory, ax=None, *, window: int | None = None,
                        label: str | None = None, color: str = SGD_COLOR):
     """Fraction of samples clipped by each step, the mean over chains, against ``tau``:
@@ -312,6 +344,7 @@ def plot_clip_fraction(trajectory: Trajectory, ax=None, *, window: int | None = 
     return ax
 
 
+@figure_function
 def noise_figure(trajectory: Trajectory, axes=None, *, band: tuple[float, float] = (0.1, 0.9),
                  n_faint: int = 5):
     r"""The martingale noise of the chains: ``||xi(n)||`` with
@@ -336,7 +369,7 @@ def noise_figure(trajectory: Trajectory, axes=None, *, band: tuple[float, float]
         raise ValueError("`trajectory` has no noise records: run simulate_sgd(..., "
                          "record_noise=True).")
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        fig, axes = subplots(2, (10, 3.8))
     else:
         fig = axes[0].figure
     plot_ensemble(trajectory.tau, trajectory.xi.norm(dim=-1), axes[0], band=band,
@@ -348,12 +381,13 @@ def noise_figure(trajectory: Trajectory, axes=None, *, band: tuple[float, float]
     for ax in axes:
         ax.set_xlabel(TAU_LABEL)
         legend(ax)
-    axes[0].set_title(r"martingale noise $\xi(n)=\sum_{k<n} a(k)\,M(k+1)$", fontsize=10)
+    axes[0].set_title(r"martingale noise $\xi(n)=\sum_{k<n} a(k)\,M(k+1)$", fontsize="medium")
     axes[1].set_title(r"quadratic variation $\sum_{k<n} a(k)^2\|M(k+1)\|^2$ "
-                      "(converges under (A2))", fontsize=10)
+                      "(converges under (A2))", fontsize="medium")
     return fig
 
 
+@figure_function
 def plot_norms(trajectory: Trajectory, ax=None, *, label: str = "SGD chains",
                color: str = SGD_COLOR, n_faint: int = 64):
     r"""``||theta_k(n)||`` of every chain against ``tau`` on a log axis, with each blow-up
@@ -390,6 +424,7 @@ def plot_norms(trajectory: Trajectory, ax=None, *, label: str = "SGD chains",
     return ax
 
 
+@figure_function
 def plot_batch_mean_field(batch_sizes: Sequence[int], means, stderr, ax=None, *,
                           coords: Sequence[int] = (0,), problem: Problem | None = None,
                           reference=None, reference_label: str = "full-batch clipped gradient"):
@@ -429,6 +464,7 @@ def plot_batch_mean_field(batch_sizes: Sequence[int], means, stderr, ax=None, *,
     return ax
 
 
-__all__ = ["plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sgd_figure", "plot_tracking",
+__all__ = ["plot_ensemble", "plot_ode_vs_sgd", "ode_vs_sgd_figure", "ODE_VS_SGD_CAPTION",
+           "plot_tracking",
            "plot_clip_fraction", "noise_figure", "plot_norms", "plot_batch_mean_field",
            "TAU_LABEL"]

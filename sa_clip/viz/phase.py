@@ -10,7 +10,7 @@ import torch
 from matplotlib.lines import Line2D
 
 from ..plane import PlaneField
-from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, get_ax, legend, to_numpy
+from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, figure_function, get_ax, legend, to_numpy
 
 #: the colour of ODE curves from starts other than the chains' own
 OTHER_ODE_COLOR = "#8c510a"
@@ -30,6 +30,7 @@ def _limits(pts: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[tuple[float,
     return ((max(lo[0], a[0]), min(hi[0], a[-1])), (max(lo[1], b[0]), min(hi[1], b[-1])))
 
 
+@figure_function
 def plot_phase_portrait(pf: PlaneField, ax=None, *, equilibria: Sequence | None = None,
                         ode_paths: torch.Tensor | None = None, chains: torch.Tensor | None = None,
                         loss_levels: int | None = 14, nullclines: bool = True,
@@ -102,11 +103,11 @@ def plot_phase_portrait(pf: PlaneField, ax=None, *, equilibria: Sequence | None 
     ax.set_ylim(y0, y1)
     ax.set_xlabel(plane.label(0))
     ax.set_ylabel(plane.label(1))
-    ax.set_title(title or r"phase portrait of $d\theta/d\tau = -H(\theta)$", fontsize=10)
+    ax.set_title(title or r"phase portrait of $d\theta/d\tau = -H(\theta)$", fontsize="medium")
     resid = to_numpy(pf.residual)
     if np.nanmax(resid) > 1e-9 * max(float(np.nanmax(speed)), 1e-300):
         ax.text(0.01, 0.01, textwrap.fill(SECTION_NOTE, 60), transform=ax.transAxes,
-                fontsize=7, va="bottom", zorder=6, gid="section-note",
+                fontsize="x-small", va="bottom", zorder=6, gid="section-note",
                 bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     legend(ax, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     return ax

@@ -13,19 +13,30 @@ gaps and kept flow segments; no further solve).
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..plane import Plane, _param_name
 from ..problem import Problem
 from ..tracking import TrackingResult
 from ..trajectory import Trajectory
-from ._style import ODE_COLOR, SGD_COLOR, legend, nan_quantiles, to_numpy
+from ._style import (
+    ODE_COLOR,
+    SGD_COLOR,
+    figure_function,
+    legend,
+    nan_quantiles,
+    panel_grid,
+    subplots,
+    to_numpy,
+)
 from .dynamics import TAU_LABEL
 
 
@@ -126,11 +137,14 @@ def _zoom_inset(ax, path, win_xy, seg_xy, ks, cols, title) -> None:
     ins.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
     ins.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
     ins.tick_params(labelsize=6)
+    ins.xaxis.set_major_locator(MaxNLocator(3))     # long tick labels of a deep zoom
+    ins.yaxis.set_major_locator(MaxNLocator(4))
     factor = (np.diff(ax.get_xlim())[0] / np.diff(ins.get_xlim())[0])
-    ins.set_title(f"{title} (×{factor:.0f})", fontsize=7, pad=2)
+    ins.set_title(f"{title} (×{factor:.0f})", fontsize="x-small", pad=2)
     ax.indicate_inset_zoom(ins, edgecolor="0.4")
 
 
+@figure_function
 def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int = 0,
                    plane: Plane | None = None, problem: Problem | None = None,
                    n_show: int = 6, band: tuple[float, float] = (0.1, 0.9),
@@ -228,23 +242,29 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
         norm = Normalize(vmin=s.min(), vmax=s.max() if s.max() > s.min() else s.min() + 1)
     # without the palest end of the map, which vanishes on white
     colors = ListedColormap(plt.get_cmap(cmap)(np.linspace(0.0, 0.85, 256)))
-    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=figsize, layout="constrained",
-                                           width_ratios=(1.15, 1, 1))
+    # two panels across at most in the talk style: 2 x 2, the fourth cell holds (a)'s legend
+    two_rows = panel_grid(3)[0] > 1
+    fig, axes = subplots(4 if two_rows else 3, figsize, width_ratios=(1.15, 1, 1))
+    ax_a, ax_b, ax_c = axes[:3]
+    legend_ax = axes[3] if two_rows else None
 
     # the three panels share the start times s_k, the offsets h and one colour per s_k
     _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
-                zoom)
+                zoom, legend_ax)
     n_ok = _panel_gap(ax_b, trajectory, result, h, s, show, norm, colors)
     med = _panel_rate(ax_c, trajectory, result, s, show, norm, colors, band, n_ok)
     claim = f"the SGD path against the ODE restarted on it: {_trend(s, med)}"
-    fig.suptitle(title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}"),
-                 fontsize=12)
+    text = title or (f"{context}\n{claim}" if context else f"Shadowing: {claim}")
+    if two_rows:
+        text = "\n".join(textwrap.fill(line, 70) for line in text.split("\n"))
+    fig.suptitle(text, fontsize="large")
     return fig
 
 
 def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
-                zoom) -> None:
-    """Panel (a): one chain's path with the flow restarted on it at the shown ``s_k``."""
+                zoom, legend_ax=None) -> None:
+    """Panel (a): one chain's path with the flow restarted on it at the shown ``s_k``; its
+    legend under it, or in ``legend_ax``."""
     n_s = len(s)
     # (a) the chain's interpolated path and the restarted flow segments
     path = to_numpy(plane.project(trajectory.theta[chain]))          # (R, 2)
@@ -267,7 +287,7 @@ def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, n
                     f"zoom: the last restart, s = {s[show[-1]]:.3g}")
     ax_a.set_xlabel(plane.label(0))
     ax_a.set_ylabel(plane.label(1))
-    ax_a.set_title(f"(a) chain {chain}: SGD path and the ODE restarted on it", fontsize=10)
+    ax_a.set_title(f"(a) chain {chain}: SGD path and the ODE restarted on it", fontsize="medium")
     handles = [Line2D([], [], color="0.6", lw=0.8, label=r"SGD path $\bar\theta(t)$"),
                Line2D([], [], color=colors(0.55), lw=0.9,
                       label=r"the same path on $[s_k, s_k+T]$"),
@@ -275,7 +295,11 @@ def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, n
                       label=rf"ODE from $\bar\theta(s_k)$ for $h\leq T$ = {result.horizon:g}"),
                Line2D([], [], ls="none", marker="o", color=colors(0.55), mec="k",
                       label=r"restart point $\bar\theta(s_k)$")]
-    legend(ax_a, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    if legend_ax is not None:
+        legend_ax.set_axis_off()
+        legend(legend_ax, handles=handles, loc="center")
+    else:
+        legend(ax_a, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.colorbar(ScalarMappable(norm=norm, cmap=colors), ax=ax_a,
                  label=f"start time $s_k$ ({TAU_LABEL})", pad=0.01)
 
@@ -297,7 +321,7 @@ def _panel_gap(ax_b, trajectory, result, h, s, show, norm, colors) -> int:
     ax_b.set_yscale("log")
     ax_b.set_xlabel(r"time since the restart $h$")
     ax_b.set_ylabel(r"gap $\|\bar\theta(s_k+h)-\Phi_h(\bar\theta(s_k))\|$")
-    ax_b.set_title(f"(b) gap, median over {trajectory.chains} chains", fontsize=10)
+    ax_b.set_title(f"(b) gap, median over {trajectory.chains} chains", fontsize="medium")
     legend(ax_b, handles=[Line2D([], [], color="0.4", lw=1.8,
                                  label="one curve per start time $s_k$ (colour)"),
                           Line2D([], [], ls="none", marker="o", color="0.4", mec="k",
@@ -330,7 +354,7 @@ def _panel_rate(ax_c, trajectory, result, s, show, norm, colors, band, n_ok):
         ref = _fit_line(np.log(s[ok]), np.log(root_a))
         text = (f"fitted log-log slope of the median: {slope:.2f}\n"
                 rf"slope of $\sqrt{{a(n(s))}}$: {ref:.2f}")
-    ax_c.text(0.03, 0.04, text, transform=ax_c.transAxes, fontsize=9, va="bottom",
+    ax_c.text(0.03, 0.04, text, transform=ax_c.transAxes, fontsize="small", va="bottom",
               bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     ax_c.set_xscale("log")
     ax_c.set_yscale("log")
@@ -341,7 +365,7 @@ def _panel_rate(ax_c, trajectory, result, s, show, norm, colors, band, n_ok):
     ax_c.set_xlabel(f"start time s ({TAU_LABEL}, log)")
     ax_c.set_ylabel(r"$D_T(s)=\sup_{h\leq T}$ gap")
     ax_c.set_title(f"(c) tracking distance, {n_ok} chains without blow-up",
-                   fontsize=10)
+                   fontsize="medium")
     legend(ax_c, loc="upper right")
     ax_c.grid(True, which="both", alpha=0.25)
     return med

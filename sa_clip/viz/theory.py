@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.patches import Ellipse
 from scipy.stats import chi2
 
-from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, get_ax, legend, to_numpy
+from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR, figure_function, get_ax, legend, to_numpy
 
 
 def _ellipse(cov: np.ndarray, center: np.ndarray, level: float, **kw) -> Ellipse:
@@ -27,6 +27,7 @@ def _ellipse(cov: np.ndarray, center: np.ndarray, level: float, **kw) -> Ellipse
                    fill=False, **kw)
 
 
+@figure_function
 def plot_fluctuation_ellipses(errors, predicted, empirical=None, ax=None, *,
                               level: float = 0.95, max_points: int = 4000,
                               names: Sequence[str] = ("coordinate 1", "coordinate 2"),
@@ -66,7 +67,7 @@ def plot_fluctuation_ellipses(errors, predicted, empirical=None, ax=None, *,
                               lw=1.5, ls="--", label=f"empirical, {level:.0%}"))
         inside = np.einsum("ki,ij,kj->k", z, np.linalg.pinv(pred), z) <= chi2.ppf(level, 2)
         ax.text(0.02, 0.02, f"inside predicted: {inside.mean():.1%} (expected {level:.0%})",
-                transform=ax.transAxes, fontsize=8)
+                transform=ax.transAxes, fontsize="small")
     ax.plot(0, 0, "+", color=ODE_COLOR, ms=10, mew=2, label=r"$\theta^*$")
     r = np.sqrt(chi2.ppf(max(level, 0.999), 2) * np.linalg.eigvalsh(pred).max())
     lim = max(r, np.abs(np.quantile(z, [0.001, 0.999], axis=0)).max()) if len(z) else r
@@ -76,10 +77,11 @@ def plot_fluctuation_ellipses(errors, predicted, empirical=None, ax=None, *,
     ax.set_xlabel(rf"$(\theta_1 - \theta_1^*)/\sqrt{{a(n)}}$  [{names[0]}]")
     ax.set_ylabel(rf"$(\theta_2 - \theta_2^*)/\sqrt{{a(n)}}$  [{names[1]}]")
     ax.set_title(title or "fluctuations around a stable equilibrium")
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.85)
+    ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
     return ax
 
 
+@figure_function
 def plot_azuma(radii, frequency, log_bounds: Mapping[str, object], ax=None, *,
                chains: int | None = None, title: str | None = None):
     r"""Empirical exceedance frequency ``P(||theta(s) - theta(0)|| > m)`` against the
@@ -119,10 +121,11 @@ def plot_azuma(radii, frequency, log_bounds: Mapping[str, object], ax=None, *,
     ax.set_xlabel(r"radius $m$")
     ax.set_ylabel(r"$P(\|\theta(s) - \theta(0)\| > m)$")
     ax.set_title(title or "Hoeffding-Azuma bounds vs empirical exceedance")
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.85)
+    ax.legend(loc="lower left", fontsize="small", framealpha=0.85)
     return ax
 
 
+@figure_function
 def plot_blowup(lams, frequencies: Mapping[str, object], ax=None, *, chains: int | None = None,
                 title: str | None = None):
     """Blow-up frequency against the clipping parameter ``lam``, one curve per rule.
@@ -144,10 +147,11 @@ def plot_blowup(lams, frequencies: Mapping[str, object], ax=None, *, chains: int
     ax.set_xlabel(r"clipping parameter $\lambda$")
     ax.set_ylabel("fraction of chains that blew up")
     ax.set_title(title or "blow-up frequency")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize="small")
     return ax
 
 
+@figure_function
 def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
                 names: Sequence[str] = ("a", "b"), alpha: float = 0.35,
                 title: str | None = None):
@@ -190,7 +194,7 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
         style = dict(KIND_STYLE.get(e.kind, KIND_STYLE["degenerate"]))
         style.pop("label")
         ax.plot(xy[0], xy[1], linestyle="none", ms=10, mec="k", zorder=6, **style)
-        ax.annotate(str(k), xy[:2], xytext=(6, 6), textcoords="offset points", fontsize=9,
+        ax.annotate(str(k), xy[:2], xytext=(6, 6), textcoords="offset points", fontsize="small",
                     weight="bold", zorder=7)
     ax.set_xlim(A[0], A[-1])
     ax.set_ylim(Bv[0], Bv[-1])
@@ -201,7 +205,7 @@ def plot_basins(a, b, labels, ax=None, *, equilibria: Sequence | None = None,
     old = ax.get_legend()
     old_h = list(old.legend_handles) if old is not None else ax.get_legend_handles_labels()[0]
     legend(ax, handles=handles + old_h, loc="upper center", bbox_to_anchor=(0.5, -0.1),
-           ncol=2, fontsize=7)
+           ncol=2, fontsize="x-small")
     return ax
 
 
