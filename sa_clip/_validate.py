@@ -6,9 +6,11 @@ Errors name the argument in backticks, show the value and say what is accepted.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -198,3 +200,24 @@ def check_indices(name: str, value: Any, size: int, *, distinct: bool = True) ->
     if distinct and len(set(out)) != len(out):
         raise ValueError(f"`{name}` must hold distinct indices, got {out}.")
     return out
+
+
+def file_stem(name: Any, what: str = "rule name") -> str:
+    """A safe file-name stem for a user-given ``name`` (e.g. a rule name in ``rules={...}``).
+
+    Letters, digits, ``_``, ``-`` and inner dots are kept; anything else (path separators,
+    ``..``, a leading ``/`` or ``~``, spaces) becomes ``_``, and a name that had to change gets
+    6 hex digits of its hash, so two different names never share a file. The result never
+    leaves the folder it is joined to.
+
+    >>> file_stem("norm"), file_stem("../escape")
+    ('norm', 'escape-1ba734')
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a {what} must be a string, got {name!r} of type "
+                        f"{type(name).__name__}.")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")
+    stem = re.sub(r"\.{2,}", ".", stem)[:80]
+    if stem != name:
+        stem = f"{stem or 'rule'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return stem

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._validate import check_choice
@@ -101,8 +102,9 @@ class Layout:
         """The name of coordinate ``k`` of ``theta``: ``"w"`` for a one-number tensor ``w``,
         ``"w[j]"`` for entry ``j`` of a flattened tensor ``w``; ``"theta[k]"`` outside the
         blocks (``k`` must be an integer in ``[0, P)`` otherwise)."""
-        if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"`k` must be an integer coordinate index, got {k!r}.")
+        k = int(k)
         for b in self.blocks:
             if b.start <= k < b.stop:
                 return b.name if b.numel == 1 else f"{b.name}[{k - b.start}]"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validate import check_nonneg_int, check_positive
+from ._validate import check_index, check_nonneg_int, check_positive
 from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField
 from .ode import check_times, solve_ode
@@ -85,6 +85,7 @@ class TrackingResult:
 
     def path(self, chain: int) -> torch.Tensor:
         """The flow segments ``Phi_h(theta_bar(s_k))`` of ``chain``, shape ``(S, G, P)``."""
+        chain = check_index("chain", chain, self.distance.shape[0])
         kept = [] if self.path_chains is None else self.path_chains.tolist()
         if chain not in kept:
             raise ValueError(f"`chain` = {chain} has no flow segments in this result (kept: "

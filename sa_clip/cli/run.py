@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = dict(
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False, predict_spread=False, workers=None)
+    resume=False, force_resume=False, predict_spread=False, workers=None)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the runs from their checkpoints (default folder "
                         "OUT/checkpoints); the result equals an uninterrupted run")
+    p.add_argument("--force-resume", action="store_true", default=None,
+                   help="with --resume: continue even from a checkpoint of another sa_clip "
+                        "version or whose loss/model fingerprint differs (a warning says so)")
     p.add_argument("--predict-spread", action="store_true", default=None,
                    help="draw the linear-noise prediction of the chains' 10-90%% band in "
                         "ode_vs_sgd_<rule>.png (sa_clip.linear_noise: one DH and one noise "
@@ -112,7 +115,8 @@ def main(args: argparse.Namespace) -> int:
             record_every=args.record_every, horizon=args.horizon, starts=args.starts,
             tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
             checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            progress=args.progress, shard=_sharded(), start_spacing="log",
+            force_resume=bool(args.force_resume), progress=args.progress, shard=_sharded(),
+            start_spacing="log",
             tracking_options={"keep_paths": [0]},
             on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
             on_report=draw, workers=args.workers)

@@ -40,7 +40,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                  record_indices: bool = False, record_noise: bool = False,
                  field: MeanField | None = None, progress: bool = False,
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1000,
-                 resume: bool = False) -> Trajectory:
+                 resume: bool = False, force_resume: bool = False) -> Trajectory:
     r"""Run ``chains`` independent clipped-SGD chains for ``steps`` steps, all at once.
 
     Main arguments
@@ -109,7 +109,15 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         and ``y``, the loss, the model's architecture, parameter layout and buffers, dtype and
         device type). The file's content digest and the invariants of a run are checked too
         (see :mod:`sa_clip.sgd.checkpoint` and ``docs/reliability.md``). With ``seed=None`` the
-        checkpoint's seed is used.
+        checkpoint's seed is used. The loss and the model are compared by content (code,
+        closure cells, ``functools.partial`` arguments, attributes, parameters, buffers), and
+        the checkpoint must come from this sa_clip version. A checkpoint path that is not a
+        regular file (a FIFO) is refused.
+    force_resume : bool
+        Resume even when the loss or model changed, cannot be fingerprinted (it holds an
+        object that cannot be hashed by content), or the checkpoint comes from another sa_clip
+        version: each becomes a ``UserWarning`` naming it. The configuration, data and layout
+        must still match.
 
     Returns
     -------
@@ -146,7 +154,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                      batch_size=batch_size, clip_per=clip_per, record_every=record_every,
                      sampling=sampling, project_radius=project_radius,
                      blowup_radius=blowup_radius, field=field)
-    cp = _Checkpointing.build(checkpoint, checkpoint_every, resume)
+    cp = _Checkpointing.build(checkpoint, checkpoint_every, resume, force_resume)
     saved = cp.load()
     if seed is None and saved is not None:   # the run being resumed drew a fresh seed: keep it
         seed = saved.meta["config"]["seed"]
@@ -284,10 +292,12 @@ class _Checkpointing:
     resume: bool
     config: dict[str, Any] | None = None
     seed: int | None = None
+    force: bool = False
     _fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, checkpoint: Any, every: Any, resume: Any) -> _Checkpointing:
+    def build(cls, checkpoint: Any, every: Any, resume: Any, force: Any = False
+              ) -> _Checkpointing:
         if checkpoint is None:
             if resume:
                 raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
@@ -296,7 +306,11 @@ class _Checkpointing:
             every = check_nonneg_int("checkpoint_every", every, minimum=1)
         if not isinstance(resume, bool):
             raise TypeError(f"`resume` must be a bool, got {resume!r}.")
-        return cls(checkpoint, every, resume)
+        if not isinstance(force, bool):
+            raise TypeError(f"`force_resume` must be a bool, got {force!r}.")
+        if resume and checkpoint is not None:
+            ckpt.check_resume_file(checkpoint)
+        return cls(checkpoint, every, resume, force=force)
 
     def load(self) -> ckpt.Saved | None:
         """The checkpoint to resume from, if resuming and it exists."""
@@ -316,7 +330,8 @@ class _Checkpointing:
                 recorder: Recorder) -> tuple[ChainState, int]:
         assert self.config is not None
         return ckpt.restore(saved, config=self.config, fingerprint=self.fingerprint(problem),
-                            state=state, sampler=sampler, recorder=recorder)
+                            state=state, sampler=sampler, recorder=recorder,
+                            force=self.force)
 
     def save(self, step: int, state: ChainState, sampler: Sampler, recorder: Recorder,
              problem: Problem) -> None:

@@ -21,6 +21,7 @@ from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from .._validate import check_index
 from ..plane import Plane, _param_name
 from ..problem import Problem
 from ..tracking import TrackingResult
@@ -196,10 +197,7 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     if result.distance.shape[0] != trajectory.chains:
         raise ValueError(f"`result` is for {result.distance.shape[0]} chains, `trajectory` has "
                          f"{trajectory.chains}: pass the run the result was computed from.")
-    if isinstance(chain, bool) or not isinstance(chain, int) or not (
-            0 <= chain < trajectory.chains):
-        raise ValueError(f"`chain` must be a chain index in [0, {trajectory.chains - 1}], got "
-                         f"{chain!r}.")
+    chain = check_index("chain", chain, trajectory.chains)
     if isinstance(n_show, bool) or not isinstance(n_show, int) or n_show < 1:
         raise ValueError(f"`n_show` must be an integer >= 1, got {n_show!r}.")
     segs = result.path(chain)                                        # (S, G, P), may raise
