@@ -226,3 +226,72 @@ def test_rule_names_cannot_escape_checkpoint_dir(tmp_path):
 def test_rule_names_must_be_strings():
     with pytest.raises(TypeError, match="rule name must be a string"):
         sc.run_experiment(_reg_problem("mse"), {1: sc.NoClip()}, "harmonic:0.1", steps=2)
+
+
+# ------------------------------------------------------------------ overflow-free norms
+def _huge_target_problem(dtype=torch.float64, scale=1e200):
+    torch.manual_seed(0)
+    X = torch.randn(20, 3, dtype=dtype)
+    y = scale * torch.randn(20, 1, dtype=dtype)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    return sc.Problem(net, X, y, loss="mse", dtype=dtype)
+
+
+def _reference_field(p, rule, theta):
+    """Plain loop over samples, group norms computed scaled by hand (float64)."""
+    g = torch.stack([p.per_sample_grads(theta, p.X[i:i + 1], p.y[i:i + 1])[0]
+                     for i in range(p.N)]).double()
+    layer = rule.granularity == "layer"
+    tn = torch.stack([theta[b.start:b.stop].norm() for b in p.blocks]) if layer else None
+    out = []
+    for gi in g:
+        parts = [gi[b.start:b.stop] for b in p.blocks] if layer else [gi]
+        norms = torch.stack([q.abs().max() * ((q / q.abs().max()) ** 2).sum().sqrt()
+                             for q in parts])
+        c = rule.factors(norms, tn)
+        out.append(torch.cat([q / ck for q, ck in zip(parts, c)]))
+    return torch.stack(out).mean(0)
+
+
+@pytest.mark.parametrize("method", ["vmap", "fast"])
+@pytest.mark.parametrize("rule", [sc.NormClip(1.0), sc.make_rule("layerwise", lam=1.0)],
+                         ids=["global", "layer"])
+def test_huge_targets_give_the_clipped_field_not_zero(method, rule):
+    p = _huge_target_problem()
+    H = sc.MeanField(p, rule, method=method)(p.theta0[None])[0]
+    ref = _reference_field(p, rule, p.theta0)
+    assert H.norm() > 0.1
+    torch.testing.assert_close(H, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("clip_per", ["sample", "batch"])
+def test_huge_targets_sgd_moves(clip_per):
+    p = _huge_target_problem()
+    run = sc.simulate_sgd(p, sc.NormClip(1.0), "harmonic:0.1", steps=10, chains=2, seed=0,
+                          batch_size=3, clip_per=clip_per)
+    assert bool((run.blowup_step == -1).all())
+    moved = (run.theta[:, -1] - run.theta[:, 0]).norm(dim=-1)
+    assert bool((moved > 1e-3).all()) and bool(torch.isfinite(moved).all())
+    # every clipped step has length <= a(n) * lam: the update is bounded, not inf or 0
+    steps = (run.theta[:, 1:] - run.theta[:, :-1]).norm(dim=-1)
+    assert float(steps.max()) <= 0.1 + 1e-9
+
+
+def test_huge_targets_float32():
+    p = _huge_target_problem(torch.float32, scale=1e25)
+    H = sc.MeanField(p, sc.NormClip(1.0), method="vmap")(p.theta0[None])[0]
+    assert float(H.norm()) > 0.1 and bool(torch.isfinite(H).all())
+
+
+def test_stable_norm_matches_plain_norm_and_differentiates():
+    from torch.func import jacfwd, vmap
+
+    from sa_clip.layout import stable_norm
+    x = torch.randn(5, 7, dtype=torch.float64)
+    assert torch.equal(stable_norm([x]), torch.linalg.vector_norm(x, dim=-1))
+    big = torch.cat([x[:1] * 1e200, x[1:]])
+    want = torch.linalg.vector_norm(big / 1e200, dim=-1) * 1e200
+    torch.testing.assert_close(stable_norm([big])[:1], want[:1], rtol=1e-14, atol=0)
+    torch.testing.assert_close(stable_norm([big], safe=True), stable_norm([big]))
+    jac = vmap(jacfwd(lambda v: stable_norm([v], safe=True)))(big)
+    torch.testing.assert_close(jac, big / stable_norm([big])[:, None])
