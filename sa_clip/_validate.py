@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -119,11 +118,14 @@ def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def device_memory(device: Any) -> int | None:
-    """Bytes of memory of ``device`` (physical RAM for the CPU), or None when unknown."""
+    """Bytes of memory of ``device`` (for the CPU: what this process may still allocate, the
+    least of physical RAM, the room under ``RLIMIT_AS`` and under the cgroup's
+    ``memory.max``), or None when unknown."""
     dev = torch.device(device if device is not None else "cpu")
     try:
         if dev.type == "cpu":
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            from ._memory import memory_room
+            return memory_room()[0]
         if dev.type == "cuda":
             return int(torch.cuda.get_device_properties(dev).total_memory)
     except (ValueError, OSError, RuntimeError, AttributeError):
@@ -137,9 +139,12 @@ def check_memory(what: str, elements: int, itemsize: int, device: Any) -> None:
     total = device_memory(device)
     need = int(elements) * int(itemsize)
     if total is not None and need > total:
+        where = torch.device(device or "cpu")
+        if where.type == "cpu":
+            from ._memory import memory_room
+            where = memory_room()[1]
         raise ValueError(f"{what} need about {need / 2 ** 30:.4g} GiB, more than the "
-                         f"{total / 2 ** 30:.4g} GiB of memory of {torch.device(device or 'cpu')}"
-                         "; reduce them.")
+                         f"{total / 2 ** 30:.4g} GiB of memory of {where}; reduce them.")
 
 
 def _is_integer(value: Any) -> bool:
@@ -221,3 +226,22 @@ def file_stem(name: Any, what: str = "rule name") -> str:
     if stem != name:
         stem = f"{stem or 'rule'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
     return stem
+
+
+def check_band(band: Any, name: str = "band") -> tuple[float, float]:
+    """Return ``(lo, hi)`` if ``band`` is a pair of quantiles with ``0 <= lo < hi <= 1``.
+
+    >>> check_band((0.1, 0.9))
+    (0.1, 0.9)
+    """
+    try:
+        lo, hi = band
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a pair of quantiles (lo, hi), got "
+                        f"{_short(band)}.") from None
+    lo, hi = check_real(f"{name}[0]", lo), check_real(f"{name}[1]", hi)
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"`{name}` must be quantiles (lo, hi) with 0 <= lo < hi <= 1, got "
+                         f"{_short(band)}" + (" (reversed: write (hi, lo) as (lo, hi))"
+                                              if 0 <= hi < lo <= 1 else "") + ".")
+    return lo, hi

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from . import distributed as _dist
-from ._memory import finite_rows, peak_rss_mb, release_memory
+from ._memory import check_run_memory, finite_rows, peak_rss_mb, release_memory, run_memory
 from ._validate import file_stem
 from ._workers import check_workers, fork_available, run_jobs
 from .clipping import ClipRule, make_rule
@@ -260,7 +260,8 @@ def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: tor
         release_memory()                 # the next group reuses these pages, not new ones
     if len(parts) == 1:
         return parts[0]
-    merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts)}
+    merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts),
+                              "run_id": _chains(run, 0, total).run_key()}
     for name in PER_CHAIN_FIELDS:
         if getattr(parts[0], name, None) is not None:
             merged[name] = torch.cat([getattr(p, name) for p in parts])
@@ -428,6 +429,7 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                     tracking_options=tracking_options, start_spacing=start_spacing,
                     on_stage=on_stage)
     workers = _check_workers(workers, len(named), shard)
+    _check_memory_up_front(problem, named, steps, chains, record_every, workers)
     if workers > 1:
         reports = _rules_in_workers(problem, named, sched, settings, workers, on_report)
     else:
@@ -443,6 +445,23 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
               "record_every": record_every, "horizon": horizon, "starts": starts,
               "tracking_chains": tracking_chains, "max_nfev": max_nfev, "workers": workers}
     return Experiment(problem, sched, reports, config)
+
+
+def _check_memory_up_front(problem: Problem, named: dict[str, ClipRule], steps: Any,
+                           chains: Any, record_every: Any, workers: int) -> None:
+    """Refuse, before any compute, runs whose records cannot fit in what this process may
+    allocate (physical memory, RLIMIT_AS, cgroup), with the numbers."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+               for v in (steps, chains, record_every)):
+        return                          # simulate_sgd names the bad argument
+    if problem.device.type != "cpu":
+        return                          # simulate_sgd checks the device's memory
+    parts = run_memory(P=problem.P, chains=chains, steps=steps, record_every=record_every,
+                       itemsize=torch.empty((), dtype=problem.dtype).element_size(),
+                       rules=len(named), workers=workers)
+    check_run_memory(parts, f"run_experiment with P = {problem.P}, chains = {chains}, "
+                            f"steps = {steps}, record_every = {record_every} and {workers} "
+                            f"rule(s) at once")
 
 
 def _check_workers(workers: Any, n_rules: int, shard: bool) -> int:

@@ -6,6 +6,8 @@ points ``(tau_n, theta(n))`` (docs/theory.md#ode-time).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +77,21 @@ class Trajectory:
     @property
     def chains(self) -> int:
         return self.theta.shape[0]
+
+    def run_key(self) -> str:
+        """A digest (32 hex digits) of what identifies this run: its shape, ``meta``, record
+        times and steps, blow-up steps and the first and last records of every chain (not
+        all of ``theta``: cheap for a large run). Results computed from the run
+        (:attr:`sa_clip.TrackingResult.run_id`) carry it, so a figure can refuse a result of
+        another run."""
+        h = hashlib.sha256(repr(tuple(self.theta.shape)).encode())
+        h.update(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        for t in (self.tau, self.steps, self.blowup_step, self.theta[:, 0],
+                  self.theta[:, -1]):
+            a = t.detach().cpu().contiguous()
+            h.update(str(a.dtype).encode())
+            h.update(a.numpy().tobytes())
+        return h.hexdigest()[:32]
 
     @property
     def records(self) -> int:

@@ -295,3 +295,121 @@ def test_stable_norm_matches_plain_norm_and_differentiates():
     torch.testing.assert_close(stable_norm([big], safe=True), stable_norm([big]))
     jac = vmap(jacfwd(lambda v: stable_norm([v], safe=True)))(big)
     torch.testing.assert_close(jac, big / stable_norm([big])[:, None])
+
+
+# ------------------------------------------------------------------ scale checks up front
+def test_pca_plane_thin_route_equals_svd_and_never_forms_p_by_p(monkeypatch):
+    from sa_clip.plane import Plane, pca_plane
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.randn(30, 500, generator=gen, dtype=torch.float64) * torch.linspace(
+        3, 0.1, 500, dtype=torch.float64)
+    pts[4] = float("nan")
+    shapes = []
+    real_eigh = torch.linalg.eigh
+
+    def spy(a):
+        shapes.append(tuple(a.shape))
+        return real_eigh(a)
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    thin = pca_plane(pts[:10], pts[10:], chunk=4)
+    assert shapes == [(29, 29)]                       # n x n, not 500 x 500
+    ref = Plane.pca(pts)
+    assert abs(float(thin.d1 @ ref.d1)) == pytest.approx(1.0, abs=1e-10)
+    assert abs(float(thin.d2 @ ref.d2)) == pytest.approx(1.0, abs=1e-10)
+    assert thin.explained == pytest.approx(ref.explained, rel=1e-10)
+    torch.testing.assert_close(thin.center, ref.center)
+
+
+def test_memory_room_sees_rlimit_as():
+    resource = pytest.importorskip("resource")
+    from sa_clip._memory import memory_room
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = used + 2 ** 30
+    if hard != resource.RLIM_INFINITY and limit > hard:
+        pytest.skip("hard RLIMIT_AS too low")
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        room, why = memory_room()
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert "RLIMIT_AS" in why and room <= 2 ** 30
+
+
+def test_run_experiment_refuses_too_large_records_up_front(monkeypatch):
+    import sa_clip._memory as mem
+    monkeypatch.setattr(mem, "memory_room", lambda: (2 ** 20, "room under the process "
+                                                     "limit RLIMIT_AS (ulimit -v)"))
+    called = []
+    monkeypatch.setattr(sc.experiment, "run_rule", lambda *a, **k: called.append(1))
+    with pytest.raises(ValueError, match=r"needs about .* GiB \(recorder .*RLIMIT_AS"):
+        sc.run_experiment(_reg_problem("mse"), sc.NoClip(), "harmonic:0.1", steps=5000,
+                          chains=64, record_every=1)
+    assert not called
+
+
+def test_cli_refuses_a_million_parameters_before_compute(tmp_path, capsys, monkeypatch):
+    import sa_clip._memory as mem
+    from sa_clip.cli import main
+    monkeypatch.setattr(mem, "memory_room", lambda: (4 * 2 ** 30, "physical memory"))
+    rc = main(["run", "--quick", "--hidden", "1000,1000", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "P = 1018003" in err and "PCA plane" in err and "recorder" in err
+    assert not (tmp_path / "o" / "summary.json").exists()
+
+
+# ------------------------------------------------------------------ results carry their run
+def _shadow_pair():
+    p = sc.problems.logistic2d()
+    r = sc.NormClip(1.0)
+    a = sc.simulate_sgd(p, r, "power:1.0,0.6", steps=200, chains=3, seed=0)
+    b = sc.simulate_sgd(p, r, "power:1.0,0.6", steps=5, chains=3, seed=1)
+    res = sc.tracking_distance(a, sc.MeanField(p, r), horizon=1.0, keep_paths=[0],
+                               starts=[0.5, 4.0], keep_gap=True)
+    return p, a, b, res
+
+
+def test_tracking_result_carries_its_run(tmp_path):
+    p, a, b, res = _shadow_pair()
+    assert res.run_id == a.run_key() != b.run_key()
+    res.save(tmp_path / "t.npz")
+    assert sc.TrackingResult.load(tmp_path / "t.npz").run_id == res.run_id
+
+
+def test_plot_shadowing_refuses_result_of_another_run():
+    from sa_clip.viz import plot_shadowing
+    p, a, b, res = _shadow_pair()
+    with pytest.raises(ValueError, match="computed from another run"):
+        plot_shadowing(b, res, problem=p)
+    old = dataclasses_replace(res, run_id=None)          # a result of an older version
+    with pytest.raises(ValueError, match="past the end of `trajectory`"):
+        plot_shadowing(b, old, problem=p)
+
+
+def test_plot_shadowing_all_chains_blown_up_says_so():
+    from sa_clip.viz import plot_shadowing
+    p = sc.problems.logistic2d()
+    run = sc.simulate_sgd(p, sc.NoClip(), "constant:50", steps=60, chains=2, seed=0,
+                          blowup_radius=1.0)
+    assert bool((run.blowup_step > 0).all())
+    res = sc.tracking_distance(run, sc.MeanField(p, sc.NoClip()), horizon=1.0,
+                               starts=[0.5], keep_paths=[0], keep_gap=True)
+    with pytest.raises(ValueError, match="no finite tracking distance.*2 of 2 chains blew up"):
+        plot_shadowing(run, res, problem=p)
+
+
+@pytest.mark.parametrize("band, err", [((0.9, 0.1), "reversed"), ((0.1, 1.5), "0 <= lo < hi"),
+                                       ("ab", "finite real"), (0.5, "pair")])
+def test_band_is_checked(band, err):
+    import matplotlib
+    matplotlib.use("Agg")
+    from sa_clip.viz import plot_ensemble
+    with pytest.raises((ValueError, TypeError), match=err):
+        plot_ensemble(torch.arange(3.0), torch.ones(2, 3), band=band)
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+    return dataclasses.replace(obj, **kw)

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .._memory import finite_rows
 from ..experiment import Experiment, RuleReport, run_experiment
 from ..schedules import make_schedule
 from .builders import build_problem, build_rules, checkpoint_dir, run_chains
@@ -75,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
     problem = build_problem(args, min_params=2)
     rules = build_rules(args)
     args.workers = workers(args, problem, len(rules))      # the number used, in summary.json
+    _check_memory(args, problem, len(rules))                # before any compute
     ckpt = checkpoint_dir(args)
     if ckpt is not None:                                    # checked before any compute
         check_folder(ckpt, "--checkpoint")
@@ -207,41 +207,29 @@ def _threshold(rule: Any) -> str:
     return f"λ = {lam:g}" + (f", ε = {eps:g}" if eps is not None and rule.relative else "")
 
 
-def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
-    """The plane of the two principal directions of all finite points of ``paths`` (each
-    ``(..., P)``) through their mean, like :meth:`sa_clip.plane.Plane.pca`, from the ``P x P``
-    covariance accumulated in chunks (float64) instead of an SVD of all points: the same
-    directions (up to sign) without the SVD's ``points x P`` work arrays (~0.2 GB for the
-    default run)."""
+def _check_memory(args: argparse.Namespace, problem: Any, n_rules: int) -> None:
+    """Records, ODE paths, PCA plane and figures against the memory this process may use."""
     import torch
 
-    from ..plane import Plane
+    from .._memory import check_run_memory, run_memory
 
-    def chunks():                                  # finite rows, ``chunk`` rows at a time
-        for p in paths:
-            rows = p.reshape(-1, p.shape[-1])
-            for i in range(0, len(rows), chunk):
-                x = rows[i:i + chunk]
-                yield x[finite_rows(x)].to(torch.float64)
+    parts = run_memory(P=problem.P, chains=args.chains, steps=args.steps,
+                       record_every=args.record_every, rules=n_rules, workers=args.workers,
+                       itemsize=torch.empty((), dtype=problem.dtype).element_size(),
+                       plane=True)
+    check_run_memory(parts, f"`sa-clip run` with P = {problem.P} parameters, --chains "
+                            f"{args.chains}, --steps {args.steps}, --record-every "
+                            f"{args.record_every}")
 
-    p = paths[0].shape[-1]
-    n, sums = 0, torch.zeros(p, dtype=torch.float64, device=paths[0].device)
-    for x in chunks():
-        n += len(x)
-        sums += x.sum(0)
-    if n < 3:
-        raise ValueError("the PCA plane needs at least 3 finite points.")
-    mean = sums / n
-    cov = torch.zeros(p, p, dtype=torch.float64, device=mean.device)
-    for x in chunks():
-        xc = x - mean
-        cov.addmm_(xc.T, xc)
-    vals, vecs = torch.linalg.eigh(cov)                  # ascending eigenvalues
-    dtype = paths[0].dtype
-    total = float(vals.clamp(min=0).sum())
-    explained = ((float(vals[-1]) / total, float(vals[-2]) / total) if total > 0 else None)
-    return Plane(mean.to(dtype), vecs[:, -1].to(dtype), vecs[:, -2].to(dtype), ("PC1", "PC2"),
-                 explained=explained)
+
+def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
+    """The plane of the two principal directions of all finite points of ``paths`` (each
+    ``(..., P)``) through their mean: :func:`sa_clip.plane.pca_plane` (a thin SVD of the
+    centred points through the smaller Gram matrix, never ``P x P`` when ``P`` exceeds the
+    number of points)."""
+    from ..plane import pca_plane as _pca_plane
+
+    return _pca_plane(*paths, chunk=chunk)
 
 
 def portrait_figure(report: RuleReport, plane: Any, grid: int) -> Any:
