@@ -40,14 +40,19 @@ def check_real(name: str, value: Any) -> float:
     return v
 
 
-def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    """Return ``int(value)`` if it is an integer >= ``minimum``, else raise."""
+def check_nonneg_int(name: str, value: Any, *, minimum: int = 0,
+                     maximum: int | None = None) -> int:
+    """Return ``int(value)`` if it is an integer >= ``minimum`` (and <= ``maximum``), else
+    raise (a huge integer gets this ``ValueError``, not an ``OverflowError`` later)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r} "
                         f"of type {type(value).__name__}.")
     v = int(value)
     if v < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {v}.")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"`{name}` must be an integer from {minimum} to {maximum} "
+                         f"(about {maximum:.3g}), got {v} (about {v:.3g}).")
     return v
 
 

@@ -4,6 +4,7 @@ against many SGD chains, tracking distances; figures, summary.json and a table."
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -98,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
             first = report.name == first_rule
             t = time.perf_counter()
             for name, fig in rule_figures(problem, schedule, report, args, first=first):
-                folder.save_figure(fig, name)
+                save_or_note(folder, fig, name, args)
                 report.outputs.append(name)
             report.seconds["figures"] = time.perf_counter() - t
             if first and args.noise_chains > 0:
@@ -120,12 +121,13 @@ def main(args: argparse.Namespace) -> int:
             tracking_options={"keep_paths": [0]},
             on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
             on_report=draw, workers=args.workers)
+        args.workers = exp.config.get("workers", args.workers)   # what ran (fork may be off)
         for report in exp:
             for name in report.outputs:            # written by a worker process
                 folder.add(name)
         clock.stage("rules")
         for name, fig in comparison_figures(exp):
-            folder.save_figure(fig, name)
+            save_or_note(folder, fig, name, args)
         clock.stage("figures")
         folder.write_json("summary.json", summary(exp, args, folder, clock))
     print(table([[label(r["name"]), r["final_loss_ode"], r["final_loss_sgd_median"],
@@ -145,8 +147,8 @@ def workers(args: argparse.Namespace, problem: Any, n_rules: int) -> int:
     ``torchrun``, and where fork is unsafe, as on macOS)."""
     from .._workers import fork_available
 
-    if args.workers is not None:
-        return args.workers
+    if args.workers is not None:                  # at most one process per rule ran
+        return min(args.workers, n_rules)
     if problem.device.type != "cpu" or _sharded() or not fork_available()[0]:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -185,9 +187,15 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
     run, sol, name = report.trajectory, report.ode, report.name
     plane = pca_plane(run.theta, sol.theta)
     context = f"{problem.name}, {label(name)} clipping, {_threshold(report.rule)}"
-    yield f"shadowing_{name}.png", plot_shadowing(
-        report.tracked_trajectory(), report.tracking, chain=0,
-        plane=plane if problem.P > 2 else None, problem=problem, context=context)
+    try:
+        shadow = plot_shadowing(report.tracked_trajectory(), report.tracking, chain=0,
+                                plane=plane if problem.P > 2 else None, problem=problem,
+                                context=context)
+    except ValueError as exc:        # e.g. every chain blew up: the other figures still come
+        log(args, f"  shadowing_{name}.png not drawn: {exc}")
+        shadow = None
+    if shadow is not None:
+        yield f"shadowing_{name}.png", shadow
     predicted = None
     if args.predict_spread:
         predicted = linear_noise(report.field, schedule, problem.theta0, run.tau,
@@ -196,6 +204,31 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
         run, sol, coords=(0, 1), plane=plane, predicted=predicted, title=context)
     if first and args.portrait_grid > 1:
         yield f"portrait_{name}.png", portrait_figure(report, plane, args.portrait_grid)
+
+
+def save_or_note(folder: OutputFolder, fig: Any, name: str, args: argparse.Namespace) -> None:
+    """Save ``fig``; a log axis with no positive value to show (``--starts 1`` puts the only
+    start at ``s = 0``; every chain blew up) is drawn linear with a note on the figure and on
+    stderr, instead of matplotlib's "Data cannot be log-scaled" after all the compute."""
+    notes = []
+    for ax in fig.axes:
+        if getattr(ax, "_colorbar", None) is not None:     # a colorbar scales itself
+            continue
+        lim, fixed = ax.dataLim, []
+        for axis, hi in (("x", lim.x1), ("y", lim.y1)):
+            if getattr(ax, f"get_{axis}scale")() == "log" and not (
+                    math.isfinite(hi) and hi > 0):
+                getattr(ax, f"set_{axis}scale")("linear")
+                fixed.append(axis)
+        if fixed:
+            notes.append(f"{'/'.join(fixed)} of '{ax.get_title() or ax.get_xlabel()}'")
+            ax.text(0.5, 0.5, "nothing positive to show on a log axis\n(one start time "
+                    "s = 0, or every chain blew up)", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="0.35")
+    if notes:
+        log(args, f"  {name}: log axes with nothing positive to show drawn linear (one start "
+                  "time s = 0, or every chain blew up): " + ", ".join(notes))
+    folder.save_figure(fig, name)
 
 
 def _threshold(rule: Any) -> str:

@@ -31,6 +31,9 @@ from .recorder import Recorder
 from .samplers import SAMPLING, Sampler, check_indices, make_generator, make_sampler
 from .state import ChainState, sgd_init, sgd_step
 
+#: largest ``steps`` (and chains, batch size, record_every) accepted: int64 step numbers
+MAX_STEPS = 2 ** 62
+
 
 def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | str | Callable,
                  *, steps: int, chains: int = 1, batch_size: int = 1, clip_per: str = "sample",
@@ -215,12 +218,14 @@ class _Run:
         if not isinstance(rule, ClipRule):
             raise TypeError(f"`rule` must be a ClipRule or a rule name, got {rule!r}.")
         schedule = make_schedule(schedule)
-        steps = check_nonneg_int("steps", steps, minimum=1)
-        chains = check_nonneg_int("chains", chains, minimum=1)
-        batch_size = check_nonneg_int("batch_size", batch_size, minimum=1)
+        # step numbers are int64 and the ODE times of all steps are formed: below 2^62
+        steps = check_nonneg_int("steps", steps, minimum=1, maximum=MAX_STEPS)
+        chains = check_nonneg_int("chains", chains, minimum=1, maximum=MAX_STEPS)
+        batch_size = check_nonneg_int("batch_size", batch_size, minimum=1, maximum=MAX_STEPS)
         check_choice("clip_per", clip_per, CLIP_PER)
         check_choice("sampling", sampling, SAMPLING)
-        record_every = check_nonneg_int("record_every", record_every, minimum=1)
+        record_every = check_nonneg_int("record_every", record_every, minimum=1,
+                                        maximum=MAX_STEPS)
         if project_radius is not None:
             project_radius = check_positive("project_radius", project_radius)
         blowup_radius = check_positive("blowup_radius", blowup_radius, allow_inf=True)
@@ -230,14 +235,16 @@ class _Run:
     def check_memory(self, record_noise: bool, record_indices: bool, drawn: bool) -> None:
         """Refuse sizes whose records and buffers cannot fit before allocating them."""
         p, k, b = self.problem, self.chains, self.batch_size
+        item = torch.empty((), dtype=p.dtype).element_size()
         n_rec = len(range(0, self.steps + 1, self.record_every)) \
             + (self.steps % self.record_every != 0)      # len(record_steps(...)), in O(1)
         check_memory(f"`chains` = {k}, `batch_size` = {b}, `steps` = {self.steps} and "
                      f"`record_every` = {self.record_every} (P = {p.P})",
                      k * (n_rec * (p.P + 1) * (1 + 2 * record_noise) + b * (p.P + 1)
                           + (2 * p.N if self.sampling == "epoch" and drawn else 0)
-                          + (self.steps * b if record_indices else 0)),
-                     torch.empty((), dtype=p.dtype).element_size(), p.device)
+                          + (self.steps * b if record_indices else 0))
+                     # the step sizes and ODE times of every step (float64)
+                     + 2 * (self.steps + 1) * 8 // item, item, p.device)
 
     def meta(self, seed: int | None, replay: bool) -> dict[str, Any]:
         """``Trajectory.meta``: the run's configuration."""
