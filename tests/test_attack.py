@@ -413,3 +413,127 @@ def test_band_is_checked(band, err):
 def dataclasses_replace(obj, **kw):
     import dataclasses
     return dataclasses.replace(obj, **kw)
+
+
+# ------------------------------------------------------------------ steps overflow
+def test_simulate_sgd_huge_steps_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"`steps` must be an integer from 1 to"):
+        sc.simulate_sgd(sc.problems.logistic2d(), sc.NoClip(), "harmonic:1", steps=2 ** 64)
+    with pytest.raises(ValueError, match=r"need about .* GiB"):
+        sc.simulate_sgd(sc.problems.logistic2d(), sc.NoClip(), "harmonic:1", steps=2 ** 62,
+                        record_every=2 ** 61)
+
+
+# ------------------------------------------------------------------ float32 = float64 network
+def test_float32_network_is_the_float64_network_rounded():
+    a = sc.problems.real_problem("iris", hidden=(8,), dtype=torch.float64)
+    b = sc.problems.real_problem("iris", hidden=(8,), dtype=torch.float32)
+    torch.testing.assert_close(b.theta0, a.theta0.float(), rtol=0, atol=0)
+    c = sc.problems.logistic2d(dtype=torch.float32)
+    torch.testing.assert_close(c.X, sc.problems.logistic2d().X.float(), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ worker exceptions
+def _raise_local():
+    class Local(Exception):
+        pass
+    raise Local("the secret message")
+
+
+class _TwoArgs(Exception):
+    def __init__(self, a, b):
+        super().__init__(f"bad {a} and {b}")
+
+
+def _raise_two_args():
+    raise _TwoArgs(1, 2)
+
+
+@pytest.mark.parametrize("job, text", [(_raise_local, "Local: the secret message"),
+                                       (_raise_two_args, "_TwoArgs: bad 1 and 2")])
+def test_unpicklable_worker_exception_keeps_its_message(job, text):
+    from sa_clip._workers import WorkerError, fork_available, run_jobs
+    if not fork_available()[0]:
+        pytest.skip("no fork here")
+    with pytest.raises(WorkerError, match=text) as info:
+        list(run_jobs([("a", job), ("b", lambda: 1)], workers=2))
+    assert any(text.split(":")[1].strip() in n for n in info.value.__notes__)
+
+
+# ------------------------------------------------------------------ index arguments in use
+def test_numpy_chain_index_accepted_by_plot_shadowing_and_path():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sa_clip.viz import plot_shadowing
+    p, a, _, res = _shadow_pair()
+    assert res.path(np.int64(0)).shape[0] == 2
+    plt.close(plot_shadowing(a, res, chain=np.int64(0), problem=p))
+    with pytest.raises(TypeError, match="`chain` must be an integer index"):
+        plot_shadowing(a, res, chain="0", problem=p)
+    with pytest.raises(TypeError, match="`chain` must be an integer index"):
+        res.path(0.0)
+
+
+# ------------------------------------------------------------------ sa-clip run
+_FAST = ["--quick", "--samples", "40", "--steps", "40", "--record-every", "4",
+         "--noise-chains", "0", "--portrait-grid", "0", "--workers", "1"]
+
+
+def _cli(args, capsys):
+    from sa_clip.cli import main
+    rc = main(["run", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_config_with_two_spellings_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("batch-size = 2\nbatch_size = 3\n")
+    rc, _, err = _cli([*_FAST, "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "'batch-size' and 'batch_size' both set `--batch-size`" in err
+
+
+def test_cli_toml_huge_steps_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("steps = 100000000000000000000000000000\n")
+    rc, _, err = _cli(["--quick", "--config", str(cfg), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "`--steps` must be an integer from 1 to 2**63-1" in err
+
+
+def test_cli_quick_with_fewer_chains_needs_no_tracking_chains(tmp_path, capsys):
+    import json
+    rc, _, err = _cli([*_FAST, "--chains", "2", "--rule", "norm", "--out",
+                       str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert "tracking-chains" not in err
+    cfg = json.loads((tmp_path / "o" / "summary.json").read_text())["config"]
+    assert cfg["tracking_chains"] == 2
+
+
+def test_cli_workers_recorded_as_run(tmp_path, capsys):
+    import json
+    rc, _, err = _cli([*_FAST[:-2], "--workers", "999", "--rule", "norm,adaptive", "--out",
+                       str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "o" / "summary.json").read_text())["config"]
+    assert cfg["workers"] <= 2
+
+
+def test_cli_starts_1_keeps_every_figure(tmp_path, capsys):
+    rc, out, err = _cli([*_FAST, "--starts", "1", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert "log-scaled" not in err + out
+    names = sorted(p.name for p in (tmp_path / "o").glob("*.png"))
+    assert {"shadowing_norm.png", "shadowing_adaptive.png", "tracking.png"} <= set(names)
+
+
+def test_cli_all_chains_blown_up_keeps_the_other_figures(tmp_path, capsys):
+    rc, out, err = _cli([*_FAST, "--rule", "none", "--schedule", "constant:1e8", "--out",
+                         str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert "log-scaled" not in err + out
+    assert "shadowing_none.png not drawn" in out + err and "blew up" in out + err
+    names = {p.name for p in (tmp_path / "o").glob("*.png")}
+    assert {"ode_vs_sgd_none.png", "tracking.png", "loss.png"} <= names

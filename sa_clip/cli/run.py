@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -192,7 +193,7 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
                                 plane=plane if problem.P > 2 else None, problem=problem,
                                 context=context)
     except ValueError as exc:        # e.g. every chain blew up: the other figures still come
-        log(args, f"  shadowing_{name}.png not drawn: {exc}")
+        print(f"sa-clip: note: shadowing_{name}.png not drawn: {exc}", file=sys.stderr)
         shadow = None
     if shadow is not None:
         yield f"shadowing_{name}.png", shadow
@@ -226,8 +227,9 @@ def save_or_note(folder: OutputFolder, fig: Any, name: str, args: argparse.Names
                     "s = 0, or every chain blew up)", transform=ax.transAxes, ha="center",
                     va="center", fontsize=8, color="0.35")
     if notes:
-        log(args, f"  {name}: log axes with nothing positive to show drawn linear (one start "
-                  "time s = 0, or every chain blew up): " + ", ".join(notes))
+        print(f"sa-clip: note: {name}: log axes with nothing positive to show drawn linear "
+              "(one start time s = 0, or every chain blew up): " + ", ".join(notes),
+              file=sys.stderr)
     folder.save_figure(fig, name)
 
 
