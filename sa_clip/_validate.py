@@ -163,7 +163,8 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral)
 
 
-def check_index(name: str, value: Any, size: int, *, negative: bool = False) -> int:
+def check_index(name: str, value: Any, size: int, *, negative: bool = False,
+                what: str = "an index") -> int:
     """Return ``int(value)`` if it is an integer index into ``size`` items, else raise.
 
     Python and numpy integers (and integer 0-d arrays/tensors) are accepted; bools, strings
@@ -180,7 +181,7 @@ def check_index(name: str, value: Any, size: int, *, negative: bool = False) -> 
     low = -size if negative else 0
     if not low <= v < size:
         span = f"[{low}, {size - 1}]" if size > 0 else "(none: there are 0 items)"
-        raise ValueError(f"`{name}` must be an index in {span}, got {v}.")
+        raise ValueError(f"`{name}` must be {what} in {span}, got {v}.")
     return v + size if v < 0 else v
 
 

@@ -89,7 +89,7 @@ class TrackingResult:
 
     def path(self, chain: int) -> torch.Tensor:
         """The flow segments ``Phi_h(theta_bar(s_k))`` of ``chain``, shape ``(S, G, P)``."""
-        chain = check_index("chain", chain, self.distance.shape[0])
+        chain = check_index("chain", chain, self.distance.shape[0], what="a chain index")
         kept = [] if self.path_chains is None else self.path_chains.tolist()
         if chain not in kept:
             raise ValueError(f"`chain` = {chain} has no flow segments in this result (kept: "

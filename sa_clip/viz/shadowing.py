@@ -199,7 +199,7 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
                          f"{trajectory.chains}: pass the run the result was computed from.")
     _check_same_run(trajectory, result)
     band = check_band(band)
-    chain = check_index("chain", chain, trajectory.chains)
+    chain = check_index("chain", chain, trajectory.chains, what="a chain index")
     if isinstance(n_show, bool) or not isinstance(n_show, int) or n_show < 1:
         raise ValueError(f"`n_show` must be an integer >= 1, got {n_show!r}.")
     segs = result.path(chain)                                        # (S, G, P), may raise
