@@ -181,7 +181,8 @@ sc.simulate_sgd(sc.problems.logistic2d(), sc.NoClip(), "harmonic:1", steps=2 ** 
                                   r"`steps`"),
     "TOML steps = 1e29 (integer)": ("""
 c = os.path.join(D, "c.toml"); open(c, "w").write("steps = " + "1" + "0" * 29 + "\\n")
-rc = cli("--config", c, "--out", os.path.join(D, "o"))""", r"--steps"),
+from sa_clip.cli import main
+rc = main(["run", "--quick", "--config", c, "--out", os.path.join(D, "o")])""", r"--steps"),
     "sa-clip run --hidden 1000,1000 (up front)": ("""
 import time, sa_clip._memory as m
 t = time.time()

@@ -148,8 +148,8 @@ def workers(args: argparse.Namespace, problem: Any, n_rules: int) -> int:
     ``torchrun``, and where fork is unsafe, as on macOS)."""
     from .._workers import fork_available
 
-    if args.workers is not None:                  # at most one process per rule ran
-        return min(args.workers, n_rules)
+    if args.workers is not None:
+        return args.workers
     if problem.device.type != "cpu" or _sharded() or not fork_available()[0]:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
