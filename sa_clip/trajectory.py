@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validate import _is_integer, check_index, check_indices
 from .io import check_array, check_blowups, check_increasing, load_npz, save_npz
 
 _OPTIONAL = ("indices", "xi", "quadratic_variation", "noise_norm")
@@ -124,6 +125,10 @@ class Trajectory:
         if t.numel() and (float(t.min()) < lo or float(t.max()) > hi):
             raise ValueError(f"`tau` must lie within the recorded ODE times [{lo}, {hi}], got "
                              f"values in [{float(t.min())}, {float(t.max())}].")
+        if chains is not None and not isinstance(chains, slice):   # ints, numpy ints only
+            chains = (check_index("chains", chains, self.chains, negative=True)
+                      if _is_integer(chains)
+                      else check_indices("chains", chains, self.chains, distinct=False))
         theta = self.theta if chains is None else self.theta[chains]
         if theta.dim() == 2:                              # one chain given as an int
             theta = theta.unsqueeze(0)

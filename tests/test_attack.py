@@ -537,3 +537,14 @@ def test_cli_all_chains_blown_up_keeps_the_other_figures(tmp_path, capsys):
     assert "shadowing_none.png not drawn" in out + err and "blew up" in out + err
     names = {p.name for p in (tmp_path / "o").glob("*.png")}
     assert {"ode_vs_sgd_none.png", "tracking.png", "loss.png"} <= names
+
+
+def test_interpolate_chain_indices_accept_numpy_and_refuse_strings():
+    run = sc.simulate_sgd(sc.problems.logistic2d(), sc.NoClip(), "harmonic:1", steps=5,
+                          chains=3, seed=0)
+    t = torch.tensor([0.5])
+    torch.testing.assert_close(run.interpolate(t, np.int64(1)), run.interpolate(t, 1))
+    torch.testing.assert_close(run.interpolate(t, [0, np.int64(2)]), run.interpolate(t)[[0, 2]])
+    for bad in ("1", 1.0, [0.5]):
+        with pytest.raises(TypeError, match="`chains"):
+            run.interpolate(t, bad)
