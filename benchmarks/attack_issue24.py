@@ -184,10 +184,15 @@ c = os.path.join(D, "c.toml"); open(c, "w").write("steps = " + "1" + "0" * 29 + 
 from sa_clip.cli import main
 rc = main(["run", "--quick", "--config", c, "--out", os.path.join(D, "o")])""", r"--steps"),
     "sa-clip run --hidden 1000,1000 (up front)": ("""
-import time, sa_clip._memory as m
-t = time.time()
-rc = cli("--hidden", "1000,1000", "--out", os.path.join(D, "o"))
+from sa_clip.cli import main
+rc = main(["run", "--hidden", "1000,1000", "--out", os.path.join(D, "o")])
 print("" if rc else "LOST: ran")""", r"GiB"),
+    "--hidden 1000,1000 --quick under ulimit -v (up front)": ("""
+import resource
+used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (used + 2 ** 31, resource.RLIM_INFINITY))
+rc = cli("--hidden", "1000,1000", "--out", os.path.join(D, "o"))
+print("" if rc else "LOST: ran")""", r"RLIMIT_AS"),
 }
 
 
