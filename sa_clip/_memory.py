@@ -173,7 +173,7 @@ def run_memory(*, P: int, chains: int, steps: int, record_every: int, itemsize: 
     ``sa-clip run``'s PCA plane and figures) need, by part, for ``rules`` rules of which
     ``workers`` run at once: the recorder ``chains x records x (P + 1)`` of each running
     rule, the ODE path ``records x P``, the PCA plane
-    (:func:`sa_clip.plane.pca_memory`, over the chains and the ODE path) and the figures'
+    (:func:`pca_memory`, over the chains and the ODE path) and the figures'
     projected points (two float64 coordinates per point, plus 200 MB for the canvases).
 
     Example
@@ -188,12 +188,29 @@ def run_memory(*, P: int, chains: int, steps: int, record_every: int, itemsize: 
     parts = {"recorder": running * chains * records * (P + 1) * itemsize,
              "ODE path": running * records * P * itemsize}
     if plane:
-        from .plane import pca_memory
-
         n = (chains + 1) * records
         parts["PCA plane"] = pca_memory(n, P)
         parts["figures"] = 16 * n + 200 * 2 ** 20
     return parts
+
+
+def pca_rows(chunk: int, P: int) -> int:
+    """Rows per chunk of :func:`sa_clip.plane.pca_plane`: ``chunk``, fewer for wide points
+    (at most 2^24 numbers, 128 MB in float64, per centred chunk)."""
+    return max(1, min(int(chunk), 2 ** 24 // max(int(P), 1)))
+
+
+def pca_memory(n_points: int, P: int, chunk: int = 1024) -> int:
+    """Bytes :func:`sa_clip.plane.pca_plane` needs for ``n_points`` points of ``P`` numbers:
+    the float64 Gram matrix of side ``min(n, P)``, two centred chunks, the mean and the
+    directions.
+
+    >>> round(pca_memory(1037, 10 ** 6) / 2 ** 20)
+    283
+    """
+    side = min(int(n_points), int(P))
+    return 8 * (side * side + 2 * min(pca_rows(chunk, P), int(n_points)) * int(P)
+                + 4 * int(P))
 
 
 def check_run_memory(parts: dict[str, int], what: str) -> None:
@@ -211,4 +228,4 @@ def check_run_memory(parts: dict[str, int], what: str) -> None:
 
 
 __all__ = ["release_memory", "peak_rss_mb", "finite_rows", "memory_room", "run_memory",
-           "check_run_memory"]
+           "check_run_memory", "pca_memory"]

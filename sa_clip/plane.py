@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._memory import pca_rows
 from ._validate import check_nonneg_int
 from .meanfield import MeanField
 from .problem import Problem
@@ -155,7 +156,7 @@ def pca_plane(*paths: torch.Tensor, chunk: int = 1024) -> Plane:
     ``X_c^T X_c = V S^2 V^T`` (``P x P``) when ``P <= n``, else ``X_c X_c^T = U S^2 U^T``
     (``n x n``, then ``v_k = X_c^T u_k / s_k``). So a network of a million parameters with a
     few thousand recorded points needs an ``n x n`` matrix, never ``P x P``
-    (:func:`pca_memory` gives the bytes). ``explained``: ``s_k^2 / trace``.
+    (:func:`sa_clip._memory.pca_memory` gives the bytes). ``explained``: ``s_k^2 / trace``.
 
     >>> gen = torch.Generator().manual_seed(0)
     >>> pts = torch.randn(200, 3, generator=gen, dtype=torch.float64) * torch.tensor(
@@ -167,7 +168,7 @@ def pca_plane(*paths: torch.Tensor, chunk: int = 1024) -> Plane:
     if not paths:
         raise ValueError("`pca_plane` needs at least one array of points.")
     p_dim, dev, dtype = paths[0].shape[-1], paths[0].device, paths[0].dtype
-    chunk = _pca_rows(chunk, p_dim)
+    chunk = pca_rows(chunk, p_dim)
     blocks = []                                   # (rows view, finite mask) per chunk
     for pt in paths:
         if pt.shape[-1] != p_dim:
@@ -218,24 +219,6 @@ def pca_plane(*paths: torch.Tensor, chunk: int = 1024) -> Plane:
     explained = (float(vals[-1]) / total, float(vals[-2]) / total) if total > 0 else None
     return Plane(mean.to(dtype), d1.to(dtype), d2.to(dtype), ("PC1", "PC2"),
                  explained=explained)
-
-
-def pca_memory(n_points: int, P: int, chunk: int = 1024) -> int:
-    """Bytes :func:`pca_plane` needs for ``n_points`` points of ``P`` numbers: the float64
-    Gram matrix of side ``min(n, P)``, two centred chunks and the mean and directions.
-
-    >>> round(pca_memory(1037, 10 ** 6) / 2 ** 20)
-    283
-    """
-    side = min(int(n_points), int(P))
-    return 8 * (side * side + 2 * min(_pca_rows(chunk, P), int(n_points)) * int(P)
-                + 4 * int(P))
-
-
-def _pca_rows(chunk: int, P: int) -> int:
-    """Rows per chunk of :func:`pca_plane`: ``chunk``, fewer for wide points (at most
-    2^24 numbers, 128 MB in float64, per centred chunk)."""
-    return max(1, min(int(chunk), 2 ** 24 // max(int(P), 1)))
 
 
 def _param_name(problem: Problem, k: int) -> str:
