@@ -6,9 +6,10 @@ Errors name the argument in backticks, show the value and say what is accepted.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
-import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,14 +40,19 @@ def check_real(name: str, value: Any) -> float:
     return v
 
 
-def check_nonneg_int(name: str, value: Any, *, minimum: int = 0) -> int:
-    """Return ``int(value)`` if it is an integer >= ``minimum``, else raise."""
+def check_nonneg_int(name: str, value: Any, *, minimum: int = 0,
+                     maximum: int | None = None) -> int:
+    """Return ``int(value)`` if it is an integer >= ``minimum`` (and <= ``maximum``), else
+    raise (a huge integer gets this ``ValueError``, not an ``OverflowError`` later)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be an integer >= {minimum}, got {value!r} "
                         f"of type {type(value).__name__}.")
     v = int(value)
     if v < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {v}.")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"`{name}` must be an integer from {minimum} to {maximum} "
+                         f"(about {maximum:.3g}), got {v} (about {v:.3g}).")
     return v
 
 
@@ -117,11 +123,14 @@ def check_finite(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def device_memory(device: Any) -> int | None:
-    """Bytes of memory of ``device`` (physical RAM for the CPU), or None when unknown."""
+    """Bytes of memory of ``device`` (for the CPU: what this process may still allocate, the
+    least of physical RAM, the room under ``RLIMIT_AS`` and under the cgroup's
+    ``memory.max``), or None when unknown."""
     dev = torch.device(device if device is not None else "cpu")
     try:
         if dev.type == "cpu":
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            from ._memory import memory_room
+            return memory_room()[0]
         if dev.type == "cuda":
             return int(torch.cuda.get_device_properties(dev).total_memory)
     except (ValueError, OSError, RuntimeError, AttributeError):
@@ -135,6 +144,110 @@ def check_memory(what: str, elements: int, itemsize: int, device: Any) -> None:
     total = device_memory(device)
     need = int(elements) * int(itemsize)
     if total is not None and need > total:
+        where = torch.device(device or "cpu")
+        if where.type == "cpu":
+            from ._memory import memory_room
+            where = memory_room()[1]
         raise ValueError(f"{what} need about {need / 2 ** 30:.4g} GiB, more than the "
-                         f"{total / 2 ** 30:.4g} GiB of memory of {torch.device(device or 'cpu')}"
-                         "; reduce them.")
+                         f"{total / 2 ** 30:.4g} GiB of memory of {where}; reduce them.")
+
+
+def _is_integer(value: Any) -> bool:
+    """True for Python and numpy integers and integer 0-d tensors/arrays; False for bools."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.ndim == 0 and (value.dtype in (torch.int8, torch.int16, torch.int32,
+                                                    torch.int64, torch.uint8)
+                                    or getattr(value.dtype, "kind", "") in "iu")
+    return isinstance(value, numbers.Integral)
+
+
+def check_index(name: str, value: Any, size: int, *, negative: bool = False,
+                what: str = "an index") -> int:
+    """Return ``int(value)`` if it is an integer index into ``size`` items, else raise.
+
+    Python and numpy integers (and integer 0-d arrays/tensors) are accepted; bools, strings
+    and floats (even ``2.0``) are refused with a ``TypeError``. ``negative=True`` also accepts
+    ``-size .. -1`` (counted from the end) and returns the non-negative index.
+
+    >>> check_index("chain", np.int64(2), 4)
+    2
+    """
+    if not _is_integer(value):
+        raise TypeError(f"`{name}` must be an integer index (int or numpy integer), got "
+                        f"{_short(value)} of type {type(value).__name__}.")
+    v = int(value)
+    low = -size if negative else 0
+    if not low <= v < size:
+        span = f"[{low}, {size - 1}]" if size > 0 else "(none: there are 0 items)"
+        raise ValueError(f"`{name}` must be {what} in {span}, got {v}.")
+    return v + size if v < 0 else v
+
+
+def check_indices(name: str, value: Any, size: int, *, distinct: bool = True) -> list[int]:
+    """Return a list of ints from a sequence of integer indices into ``size`` items.
+
+    Accepts lists, tuples, ranges, integer numpy arrays and tensors (numpy integers inside
+    are fine); refuses strings (``'12'`` is not ``[1, 2]``), floats, bools and, with
+    ``distinct``, repeated indices.
+
+    >>> check_indices("keep_paths", np.array([0, 2]), 3)
+    [0, 2]
+    """
+    if isinstance(value, (str, bytes)) or _is_integer(value) or not isinstance(
+            value, (list, tuple, range, np.ndarray, torch.Tensor)):
+        raise TypeError(f"`{name}` must be a sequence of integer indices (list, tuple, range "
+                        f"or integer array), got {_short(value)} of type "
+                        f"{type(value).__name__}.")
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        if value.ndim != 1:
+            raise ValueError(f"`{name}` must be one-dimensional, got shape "
+                             f"{tuple(value.shape)}.")
+        items = list(value)
+    else:
+        items = list(value)
+    out = [check_index(f"{name}[{i}]", v, size) for i, v in enumerate(items)]
+    if distinct and len(set(out)) != len(out):
+        raise ValueError(f"`{name}` must hold distinct indices, got {out}.")
+    return out
+
+
+def file_stem(name: Any, what: str = "rule name") -> str:
+    """A safe file-name stem for a user-given ``name`` (e.g. a rule name in ``rules={...}``).
+
+    Letters, digits, ``_``, ``-`` and inner dots are kept; anything else (path separators,
+    ``..``, a leading ``/`` or ``~``, spaces) becomes ``_``, and a name that had to change gets
+    6 hex digits of its hash, so two different names never share a file. The result never
+    leaves the folder it is joined to.
+
+    >>> file_stem("norm"), file_stem("../escape")
+    ('norm', 'escape-1ba734')
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a {what} must be a string, got {name!r} of type "
+                        f"{type(name).__name__}.")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")
+    stem = re.sub(r"\.{2,}", ".", stem)[:80]
+    if stem != name:
+        stem = f"{stem or 'rule'}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+    return stem
+
+
+def check_band(band: Any, name: str = "band") -> tuple[float, float]:
+    """Return ``(lo, hi)`` if ``band`` is a pair of quantiles with ``0 <= lo < hi <= 1``.
+
+    >>> check_band((0.1, 0.9))
+    (0.1, 0.9)
+    """
+    try:
+        lo, hi = band
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a pair of quantiles (lo, hi), got "
+                        f"{_short(band)}.") from None
+    lo, hi = check_real(f"{name}[0]", lo), check_real(f"{name}[1]", hi)
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"`{name}` must be quantiles (lo, hi) with 0 <= lo < hi <= 1, got "
+                         f"{_short(band)}" + (" (reversed: write (hi, lo) as (lo, hi))"
+                                              if 0 <= hi < lo <= 1 else "") + ".")
+    return lo, hi

@@ -159,6 +159,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(JOB_FAILED)
 
 
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a :class:`WorkerError` carrying its
+    class name and message (a class defined in a function, or one whose ``__init__`` takes
+    other arguments than its ``args``, cannot be rebuilt in the parent: its message would be
+    lost)."""
+    try:
+        pickle.loads(pickle.dumps(exc, protocol=5))
+        return exc
+    except Exception:
+        cls = type(exc)
+        return WorkerError(f"{cls.__module__}.{cls.__qualname__}: {exc}")
+
+
 def _child(job: Callable[[], Any], write_fd: int, parent: int) -> None:
     """Body of a forked worker: run ``job`` and send ``(ok, payload)``; never returns."""
     code = 0
@@ -175,7 +188,7 @@ def _child(job: Callable[[], Any], write_fd: int, parent: int) -> None:
         try:
             payload = (True, job())
         except BaseException as exc:                    # sent to the parent, re-raised there
-            payload = (False, (exc, traceback.format_exc()))
+            payload = (False, (_portable(exc), traceback.format_exc()))
             code = JOB_FAILED
         try:
             parts = _dumps(payload)

@@ -45,7 +45,7 @@ import torch
 from torch.func import grad, vmap
 
 from .clipping import ClipRule, NoClip, ValueClip
-from .layout import safe_sqrt
+from .layout import stable_norm
 from .problem import Problem, group_norms
 
 
@@ -204,16 +204,12 @@ class VmapEngine(Engine):
         differentiable at a zero group (derivative 0), else one reduction per block with no
         temporary of the gradients' size."""
         gran = self.rule.granularity
-        if gran in ("global", "none"):
-            if safe:
-                return safe_sqrt(sum(torch.linalg.vecdot(g, g) for g in gs)).unsqueeze(-1)
-            sq = sum(torch.linalg.vector_norm(g, dim=-1).square() for g in gs)
-            return sq.sqrt().unsqueeze(-1)           # type: ignore[union-attr]
+        if gran in ("global", "none"):        # without overflow of the squares (scaled)
+            return stable_norm(gs, safe).unsqueeze(-1)
         parts = []
         for g, u in zip(gs, self._units):
             gu = g.reshape(*g.shape[:2], u, g.shape[-1] // u)
-            parts.append(safe_sqrt(torch.linalg.vecdot(gu, gu)) if safe
-                         else torch.linalg.vector_norm(gu, dim=-1))
+            parts.append(stable_norm([gu], safe))
         return torch.cat(parts, -1)
 
     def _factors(self, theta: torch.Tensor, gs: list[torch.Tensor], safe: bool

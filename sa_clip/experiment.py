@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from . import distributed as _dist
-from ._memory import finite_rows, peak_rss_mb, release_memory
+from ._memory import check_run_memory, finite_rows, peak_rss_mb, release_memory, run_memory
+from ._validate import file_stem
 from ._workers import WorkerDied, check_workers, fork_available, run_jobs
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
@@ -184,10 +185,16 @@ def _rules(rules: Any) -> dict[str, ClipRule]:
     else:
         items = [(getattr(r, "name", r), r) for r in rules]
     out: dict[str, ClipRule] = {}
+    stems: dict[str, str] = {}
     for name, r in items:
         if not isinstance(r, (str, ClipRule)):
             raise TypeError(f"`rules` must hold ClipRule objects or rule names, got "
                             f"{type(r).__name__}.")
+        stem = file_stem(name)                 # names are file names: refuse non-strings
+        if stem in stems and stems[stem] != name:
+            raise ValueError(f"`rules` names {stems[stem]!r} and {name!r} map to the same "
+                             f"file name {stem!r}; rename one.")
+        stems[stem] = name
         rule = make_rule(r) if isinstance(r, str) else r
         if name in out:
             raise ValueError(f"`rules` names {name!r} twice; pass a dict to name them apart.")
@@ -253,7 +260,8 @@ def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: tor
         release_memory()                 # the next group reuses these pages, not new ones
     if len(parts) == 1:
         return parts[0]
-    merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts)}
+    merged: dict[str, Any] = {"nfev": sum(p.nfev for p in parts),
+                              "run_id": _chains(run, 0, total).run_key()}
     for name in PER_CHAIN_FIELDS:
         if getattr(parts[0], name, None) is not None:
             merged[name] = torch.cat([getattr(p, name) for p in parts])
@@ -280,7 +288,8 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
              checkpoint_dir: str | os.PathLike | None, checkpoint_every: int, resume: bool,
              progress: bool, shard: bool, tracking_options: dict[str, Any] | None,
              start_spacing: str,
-             on_stage: Callable[[str, str, float], None] | None) -> RuleReport:
+             on_stage: Callable[[str, str, float], None] | None,
+             force_resume: bool = False) -> RuleReport:
     """One rule of :func:`run_experiment` (same arguments): chains, ODE, tracking, losses."""
     seconds: dict[str, float] = {}
 
@@ -296,12 +305,12 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
     fld = MeanField(problem, rule, distributed=shard)
     ckpt = None
     if checkpoint_dir is not None and _dist.is_main_process():
-        ckpt = Path(checkpoint_dir) / f"{name}.ckpt.npz"
+        ckpt = Path(checkpoint_dir) / f"{file_stem(name)}.ckpt.npz"
     run = simulate_sgd(problem, rule, sched, steps=steps, chains=chains,
                        batch_size=batch_size, clip_per=clip_per, seed=seed,
                        record_every=record_every, field=fld, progress=progress,
                        checkpoint=ckpt, checkpoint_every=checkpoint_every,
-                       resume=resume and ckpt is not None)
+                       resume=resume and ckpt is not None, force_resume=force_resume)
     t = stage("sgd", t)
     ode_kw = {} if max_nfev is None else {"max_nfev": max_nfev}
     sol = solve_ode(fld, problem.theta0, run.tau, progress=progress, **ode_kw)
@@ -323,7 +332,8 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                    seed: int = 0, record_every: int = 10, horizon: float = 1.0,
                    starts: int = 12, tracking_chains: int | None = None,
                    max_nfev: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                   checkpoint_every: int = 500, resume: bool = False, progress: bool = False,
+                   checkpoint_every: int = 500, resume: bool = False,
+                   force_resume: bool = False, progress: bool = False,
                    shard: bool = False, tracking_options: dict[str, Any] | None = None,
                    start_spacing: str = "linear",
                    on_stage: Callable[[str, str, float], None] | None = None,
@@ -358,9 +368,12 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     max_nfev : int, optional
         Budget of right-hand-side evaluations of each ODE solve (``solve_ode``'s default if
         None).
-    checkpoint_dir, checkpoint_every, resume
+    checkpoint_dir, checkpoint_every, resume, force_resume
         Checkpoint each rule's chains to ``checkpoint_dir/<name>.ckpt.npz``; ``resume``
-        continues from there bit for bit.
+        continues from there bit for bit (``force_resume``: see
+        :func:`~sa_clip.simulate_sgd`). A name that is not a plain file name (``"../x"``,
+        ``"/abs"``, spaces) is made one (:func:`sa_clip._validate.file_stem`: ``"x-1a2b3c"``),
+        so nothing is written outside ``checkpoint_dir``.
     progress : bool
         tqdm bars.
     shard : bool
@@ -414,10 +427,11 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
                     seed=seed, record_every=record_every, horizon=horizon, starts=starts,
                     tracking_chains=tracking_chains, max_nfev=max_nfev,
                     checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                    resume=resume, progress=progress, shard=shard,
+                    resume=resume, force_resume=force_resume, progress=progress, shard=shard,
                     tracking_options=tracking_options, start_spacing=start_spacing,
                     on_stage=on_stage)
     workers = _check_workers(workers, len(named), shard)
+    _check_memory_up_front(problem, named, steps, chains, record_every, workers)
     dead: dict[str, WorkerDied] = {}
     if workers > 1:
         reports, dead = _rules_in_workers(problem, named, sched, settings, workers, on_report)
@@ -450,6 +464,23 @@ class RulesFailed(WorkerDied):
         kept = ", ".join(repr(n) for n in experiment.reports) or "none"
         super().__init__(f"{len(self.failed)} rule(s) lost: {lost} The other rules finished "
                          f"(`.experiment` holds them): {kept}.")
+
+
+def _check_memory_up_front(problem: Problem, named: dict[str, ClipRule], steps: Any,
+                           chains: Any, record_every: Any, workers: int) -> None:
+    """Refuse, before any compute, runs whose records cannot fit in what this process may
+    allocate (physical memory, RLIMIT_AS, cgroup), with the numbers."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+               for v in (steps, chains, record_every)):
+        return                          # simulate_sgd names the bad argument
+    if problem.device.type != "cpu":
+        return                          # simulate_sgd checks the device's memory
+    parts = run_memory(P=problem.P, chains=chains, steps=steps, record_every=record_every,
+                       itemsize=torch.empty((), dtype=problem.dtype).element_size(),
+                       rules=len(named), workers=workers)
+    check_run_memory(parts, f"run_experiment with P = {problem.P}, chains = {chains}, "
+                            f"steps = {steps}, record_every = {record_every} and {workers} "
+                            f"rule(s) at once")
 
 
 def _check_workers(workers: Any, n_rules: int, shard: bool) -> int:

@@ -45,8 +45,7 @@ from torch.func import grad, jvp, vmap
 
 from .clipping import ClipRule, ValueClip
 from .engine import Engine
-from .layout import Block, group_norms
-from .layout import safe_sqrt as _safe_sqrt
+from .layout import Block, group_norms, stable_norm
 from .problem import Problem
 
 Act = Callable[[torch.Tensor], torch.Tensor]
@@ -393,9 +392,7 @@ class LinearStackEngine(Engine):
     @staticmethod
     def _norm(x: torch.Tensor, safe: bool) -> torch.Tensor:
         """Euclidean norm over the last axis; ``safe``: differentiable at 0 (derivative 0)."""
-        if not safe:
-            return torch.linalg.vector_norm(x, dim=-1)
-        return _safe_sqrt((x * x).sum(-1))
+        return stable_norm([x], safe)        # scaled where the squares would overflow
 
     def _block_norms(self, theta: torch.Tensor, inputs: list[torch.Tensor],
                      deltas: list[torch.Tensor], safe: bool) -> list[torch.Tensor]:
@@ -408,10 +405,10 @@ class LinearStackEngine(Engine):
         for i in {i for _, i, _ in self._order}:
             anorm[i] = self._norm(inputs[i], safe).expand(k, bsz)
             dnorm[i] = self._norm(deltas[i], safe)
-        if gran in ("global", "none"):
-            sq = sum((anorm[i] * dnorm[i]) ** 2 if kind == "w" else dnorm[i] ** 2
-                     for _, i, kind in self._order)
-            return [_safe_sqrt(sq).unsqueeze(-1)]  # type: ignore[arg-type]
+        if gran in ("global", "none"):      # the norm of the blocks' norms, overflow-free
+            terms = torch.stack([anorm[i] * dnorm[i] if kind == "w" else dnorm[i]
+                                 for _, i, kind in self._order], -1)
+            return [stable_norm([terms], safe).unsqueeze(-1)]
         if gran == "layer":
             return [(anorm[i] * dnorm[i] if kind == "w" else dnorm[i]).unsqueeze(-1)
                     for _, i, kind in self._order]

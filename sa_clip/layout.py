@@ -19,8 +19,11 @@ tensor([2.4495, 1.4142])
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._validate import check_choice
@@ -101,8 +104,9 @@ class Layout:
         """The name of coordinate ``k`` of ``theta``: ``"w"`` for a one-number tensor ``w``,
         ``"w[j]"`` for entry ``j`` of a flattened tensor ``w``; ``"theta[k]"`` outside the
         blocks (``k`` must be an integer in ``[0, P)`` otherwise)."""
-        if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"`k` must be an integer coordinate index, got {k!r}.")
+        k = int(k)
         for b in self.blocks:
             if b.start <= k < b.stop:
                 return b.name if b.numel == 1 else f"{b.name}[{k - b.start}]"
@@ -118,23 +122,21 @@ def group_norms(x: torch.Tensor, layout: Layout, granularity: str) -> torch.Tens
     """Euclidean norms of ``x`` (shape ``(..., P)``) over the groups of ``granularity``.
 
     Returns shape ``(..., G)``. Differentiable everywhere, a zero norm included (its
-    derivative is taken as 0 instead of sqrt's infinite slope).
+    derivative is taken as 0 instead of sqrt's infinite slope). Entries whose squares would
+    overflow (``|x| ~ 1e200`` in float64) are scaled first (:func:`stable_norm`).
     """
     check_choice("granularity", granularity, GRANULARITIES)
     if granularity == "global":
-        sq = torch.linalg.vecdot(x, x).unsqueeze(-1)      # no (..., P) temporary
-    else:
-        # groups are contiguous: per-block sums over reshaped views (a loop over parameter
-        # tensors, not samples) are several times faster than a scatter-add over P
-        lead = x.shape[:-1]
-        parts = []
-        for b in layout.blocks:
-            blk = x[..., b.start:b.stop]
-            k = b.units if granularity == "unit" else 1
-            blk = blk.reshape(*lead, k, b.numel // k)
-            parts.append(torch.linalg.vecdot(blk, blk))
-        sq = torch.cat(parts, -1)
-    return safe_sqrt(sq)
+        return stable_norm([x], safe=True).unsqueeze(-1)  # no (..., P) temporary
+    # groups are contiguous: per-block sums over reshaped views (a loop over parameter
+    # tensors, not samples) are several times faster than a scatter-add over P
+    lead = x.shape[:-1]
+    parts = []
+    for b in layout.blocks:
+        blk = x[..., b.start:b.stop]
+        k = b.units if granularity == "unit" else 1
+        parts.append(stable_norm([blk.reshape(*lead, k, b.numel // k)], safe=True))
+    return torch.cat(parts, -1)
 
 
 def safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
@@ -145,4 +147,65 @@ def safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
                        torch.zeros_like(sq))
 
 
-__all__ = ["Block", "Layout", "group_norms", "safe_sqrt", "GRANULARITIES"]
+def norm_scale(m: torch.Tensor) -> torch.Tensor:
+    """A power of two ``s`` per entry of ``m`` (the largest ``|x|`` of a vector) such that the
+    squares of ``x / s`` cannot overflow (nor underflow to 0), and ``s = 1`` wherever the
+    plain squares are safe (``m`` in ``[2^(-1022/2 + 24), 2^(1023/2 - 24)]``: about
+    ``[2e-147, 1e147]`` in float64, ``[2e-12, 1e12]`` in float32), or ``m`` is 0 or not
+    finite. Dividing by a power of two is exact, so ``s * ||x / s|| = ||x||`` to the last bit
+    where nothing overflows. Detached: ``||x||`` does not depend on ``s``."""
+    m = m.detach()
+    fi = torch.finfo(m.dtype)
+    top, bottom = math.floor(math.log2(fi.max)), math.ceil(math.log2(fi.tiny))
+    hi, lo = 2.0 ** (top // 2 - 24), 2.0 ** (bottom // 2 + 24)
+    need = torch.isfinite(m) & ((m > hi) | ((m < lo) & (m > 0)))
+    one = torch.ones_like(m)
+    e = torch.ceil(torch.log2(torch.where(need, m, one)))
+    return torch.where(need, torch.exp2(e), one)
+
+
+def stable_norm(parts: Sequence[torch.Tensor], safe: bool = False) -> torch.Tensor:
+    """Euclidean norm over the last axis of the concatenation of ``parts`` (tensors of one
+    leading shape ``(...,)``): ``sqrt(sum_j ||p_j||^2)``, shape ``(...,)``, without overflow.
+
+    A gradient of entries ``1e200`` has a finite norm ``~1e200 sqrt(n)``, but its squares are
+    ``inf``: plain ``sqrt(sum g^2)`` would make every clipping factor infinite and the clipped
+    field 0. Each vector is divided by the power of two :func:`norm_scale` of its largest
+    entry first. ``safe=False`` (no autograd): the plain norms, recomputed scaled only when
+    one is not finite (one reduction of the result more). ``safe=True``: differentiable,
+    derivative 0 at a zero vector, no data-dependent branch (``torch.func.jacfwd`` and
+    ``vmap`` go through); costs one more pass over ``parts``. Used by :func:`group_norms`,
+    the engines' per-sample norms and the fused SGD step.
+
+    >>> x = torch.tensor([[3e200, 4e200], [3.0, 4.0]], dtype=torch.float64)
+    >>> [f"{v:.6g}" for v in stable_norm([x]).tolist()]
+    ['5e+200', '5']
+    """
+    parts = list(parts)
+    if not safe:
+        if len(parts) == 1:
+            out = torch.linalg.vector_norm(parts[0], dim=-1)
+        else:
+            out = sum(torch.linalg.vector_norm(p, dim=-1).square() for p in parts).sqrt()
+        if bool(torch.isfinite(out).all()) or not _finite_somewhere(parts, out):
+            return out
+    m = None
+    for p in parts:
+        a = (torch.linalg.vector_norm(p.detach(), ord=float("inf"), dim=-1) if p.shape[-1]
+             else torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device))
+        m = a if m is None else torch.maximum(m, a)
+    s = norm_scale(m)
+    sq = sum(torch.linalg.vecdot(q, q) for q in (p / s.unsqueeze(-1) for p in parts))
+    return s * (safe_sqrt(sq) if safe else sq.sqrt())
+
+
+def _finite_somewhere(parts: list[torch.Tensor], out: torch.Tensor) -> bool:
+    """Whether some non-finite norm in ``out`` comes from finite entries (an overflow)."""
+    bad = ~torch.isfinite(out)
+    for p in parts:
+        bad = bad & torch.isfinite(p).all(-1)
+    return bool(bad.any())
+
+
+__all__ = ["Block", "Layout", "group_norms", "safe_sqrt", "stable_norm", "norm_scale",
+           "GRANULARITIES"]

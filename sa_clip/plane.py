@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._memory import pca_rows
 from ._validate import check_nonneg_int
 from .meanfield import MeanField
 from .problem import Problem
@@ -144,6 +145,80 @@ class Plane:
                 d = d * (cn / torch.where(dn > 0, dn, torch.ones_like(dn)))[index]
             ds.append(d)
         return cls(c, ds[0], ds[1], ("direction 1", "direction 2"))
+
+
+def pca_plane(*paths: torch.Tensor, chunk: int = 1024) -> Plane:
+    """The PCA plane of all finite points of ``paths`` (each ``(..., P)``, e.g. the chains and
+    the ODE path) through their mean: :meth:`Plane.pca` without a copy of the points.
+
+    The thin SVD ``X_c = U S V^T`` of the ``n x P`` centred points gives the directions; it is
+    read off the smaller of the two Gram matrices, formed ``chunk`` rows at a time in float64:
+    ``X_c^T X_c = V S^2 V^T`` (``P x P``) when ``P <= n``, else ``X_c X_c^T = U S^2 U^T``
+    (``n x n``, then ``v_k = X_c^T u_k / s_k``). So a network of a million parameters with a
+    few thousand recorded points needs an ``n x n`` matrix, never ``P x P``
+    (:func:`sa_clip._memory.pca_memory` gives the bytes). ``explained``: ``s_k^2 / trace``.
+
+    >>> gen = torch.Generator().manual_seed(0)
+    >>> pts = torch.randn(200, 3, generator=gen, dtype=torch.float64) * torch.tensor(
+    ...     [5.0, 1.0, 0.1], dtype=torch.float64)
+    >>> pl = pca_plane(pts)
+    >>> [round(abs(float(v)), 1) for v in pl.d1]
+    [1.0, 0.0, 0.0]
+    """
+    if not paths:
+        raise ValueError("`pca_plane` needs at least one array of points.")
+    p_dim, dev, dtype = paths[0].shape[-1], paths[0].device, paths[0].dtype
+    chunk = pca_rows(chunk, p_dim)
+    blocks = []                                   # (rows view, finite mask) per chunk
+    for pt in paths:
+        if pt.shape[-1] != p_dim:
+            raise ValueError(f"all `paths` must have the same last axis P = {p_dim}, got "
+                             f"{tuple(pt.shape)}.")
+        rows = pt.reshape(-1, p_dim)
+        for i in range(0, len(rows), chunk):
+            x = rows[i:i + chunk]
+            ok = torch.isfinite(x).all(1)
+            if bool(ok.any()):
+                blocks.append((x, ok))
+    n = sum(int(ok.sum()) for _, ok in blocks)
+    if n < 3:
+        raise ValueError(f"the PCA plane needs at least 3 finite points, got {n}.")
+    mean = sum(x[ok].to(torch.float64).sum(0) for x, ok in blocks) / n
+
+    def centred(k: int) -> torch.Tensor:
+        x, ok = blocks[k]
+        return x[ok].to(torch.float64) - mean
+
+    if p_dim <= n:                                # P x P: the right singular vectors
+        gram = torch.zeros(p_dim, p_dim, dtype=torch.float64, device=dev)
+        for k in range(len(blocks)):
+            xc = centred(k)
+            gram.addmm_(xc.T, xc)
+        vals, vecs = torch.linalg.eigh(gram)      # ascending
+        d1, d2 = vecs[:, -1], vecs[:, -2]
+    else:                                         # n x n: left singular vectors, then V
+        sizes = [int(ok.sum()) for _, ok in blocks]
+        offs = [0]
+        for m in sizes:
+            offs.append(offs[-1] + m)
+        gram = torch.empty(n, n, dtype=torch.float64, device=dev)
+        for i in range(len(blocks)):
+            xi = centred(i)
+            for j in range(i + 1):
+                xj = xi if j == i else centred(j)
+                g = xi @ xj.T
+                gram[offs[i]:offs[i + 1], offs[j]:offs[j + 1]] = g
+                gram[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = g.T
+        vals, u = torch.linalg.eigh(gram)
+        ds = []
+        for col in (-1, -2):
+            d = sum(centred(k).T @ u[offs[k]:offs[k + 1], col] for k in range(len(blocks)))
+            ds.append(d / torch.linalg.vector_norm(d).clamp_min(1e-300))
+        d1, d2 = ds
+    total = float(vals.clamp(min=0).sum())
+    explained = (float(vals[-1]) / total, float(vals[-2]) / total) if total > 0 else None
+    return Plane(mean.to(dtype), d1.to(dtype), d2.to(dtype), ("PC1", "PC2"),
+                 explained=explained)
 
 
 def _param_name(problem: Problem, k: int) -> str:

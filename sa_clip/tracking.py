@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validate import check_nonneg_int, check_positive
+from ._validate import check_index, check_nonneg_int, check_positive
 from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField
 from .ode import check_times, solve_ode
@@ -52,6 +52,9 @@ class TrackingResult:
         of :func:`tracking_distance`).
     path_chains : int64 tensor ``(K,)`` or None
         Which chains ``paths`` belongs to.
+    run_id : str or None
+        :meth:`sa_clip.Trajectory.run_key` of the run it was computed from (None for results
+        of older versions): :func:`sa_clip.viz.plot_shadowing` refuses another run.
     """
 
     start: torch.Tensor
@@ -64,6 +67,7 @@ class TrackingResult:
     gap: torch.Tensor | None = None
     paths: torch.Tensor | None = None
     path_chains: torch.Tensor | None = None
+    run_id: str | None = None
 
     @property
     def offsets(self) -> torch.Tensor:
@@ -85,6 +89,7 @@ class TrackingResult:
 
     def path(self, chain: int) -> torch.Tensor:
         """The flow segments ``Phi_h(theta_bar(s_k))`` of ``chain``, shape ``(S, G, P)``."""
+        chain = check_index("chain", chain, self.distance.shape[0], what="a chain index")
         kept = [] if self.path_chains is None else self.path_chains.tolist()
         if chain not in kept:
             raise ValueError(f"`chain` = {chain} has no flow segments in this result (kept: "
@@ -99,7 +104,8 @@ class TrackingResult:
                 arrays[name] = getattr(self, name)
         save_npz(path, arrays,
                  {"kind": "TrackingResult", "horizon": self.horizon, "nfev": self.nfev,
-                  "status": self.status, "message": self.message, "config": config or {}})
+                  "status": self.status, "message": self.message, "config": config or {},
+                  "run_id": self.run_id})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrackingResult:
@@ -133,7 +139,8 @@ class TrackingResult:
 
         return cls(start=t(start), distance=t(dist), horizon=float(meta["horizon"]), h=t(h),
                    nfev=meta["nfev"], status=meta["status"], message=meta["message"],
-                   gap=t(gap), paths=t(paths), path_chains=t(chains))
+                   gap=t(gap), paths=t(paths), path_chains=t(chains),
+                   run_id=meta.get("run_id") if isinstance(meta.get("run_id"), str) else None)
 
     def quantile(self, q: float) -> torch.Tensor:
         """``q``-quantile over chains (NaN ignored), shape ``(S,)``."""
@@ -370,7 +377,8 @@ def tracking_distance(trajectory: Trajectory,
     gap = None if gap is None else gap.reshape(chains, n_s, len(h))
     return TrackingResult(start=s, distance=dist, horizon=horizon, h=h, nfev=nfev,
                           status=status, message=message, gap=gap, paths=paths,
-                          path_chains=torch.tensor(kept, dtype=torch.long) if kept else None)
+                          path_chains=torch.tensor(kept, dtype=torch.long) if kept else None,
+                          run_id=trajectory.run_key())
 
 
 __all__ = ["tracking_distance", "TrackingResult"]

@@ -6,6 +6,8 @@ points ``(tau_n, theta(n))`` (docs/theory.md#ode-time).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validate import _is_integer, check_index, check_indices
 from .io import check_array, check_blowups, check_increasing, load_npz, save_npz
 
 _OPTIONAL = ("indices", "xi", "quadratic_variation", "noise_norm")
@@ -76,6 +79,21 @@ class Trajectory:
     def chains(self) -> int:
         return self.theta.shape[0]
 
+    def run_key(self) -> str:
+        """A digest (32 hex digits) of what identifies this run: its shape, ``meta``, record
+        times and steps, blow-up steps and the first and last records of every chain (not
+        all of ``theta``: cheap for a large run). Results computed from the run
+        (:attr:`sa_clip.TrackingResult.run_id`) carry it, so a figure can refuse a result of
+        another run."""
+        h = hashlib.sha256(repr(tuple(self.theta.shape)).encode())
+        h.update(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        for t in (self.tau, self.steps, self.blowup_step, self.theta[:, 0],
+                  self.theta[:, -1]):
+            a = t.detach().cpu().contiguous()
+            h.update(str(a.dtype).encode())
+            h.update(a.numpy().tobytes())
+        return h.hexdigest()[:32]
+
     @property
     def records(self) -> int:
         return self.theta.shape[1]
@@ -107,6 +125,10 @@ class Trajectory:
         if t.numel() and (float(t.min()) < lo or float(t.max()) > hi):
             raise ValueError(f"`tau` must lie within the recorded ODE times [{lo}, {hi}], got "
                              f"values in [{float(t.min())}, {float(t.max())}].")
+        if chains is not None and not isinstance(chains, slice):   # ints, numpy ints only
+            chains = (check_index("chains", chains, self.chains, negative=True)
+                      if _is_integer(chains)
+                      else check_indices("chains", chains, self.chains, distinct=False))
         theta = self.theta if chains is None else self.theta[chains]
         if theta.dim() == 2:                              # one chain given as an int
             theta = theta.unsqueeze(0)

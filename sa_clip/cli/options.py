@@ -131,6 +131,10 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         if dest not in actions or dest == "config":
             raise CliError(f"`--config` {path!r}: unknown key {key!r}; accepted keys are "
                            f"{accepted}.")
+        if dest in out:                      # batch-size and batch_size: one option
+            first = next(k for k in data if k.replace("-", "_") == dest)
+            raise CliError(f"`--config` {path!r}: keys {first!r} and {key!r} both set "
+                           f"`{option_name(actions[dest])}`; keep one.")
         out[dest] = _config_value(path, key, value, actions[dest])
     return out
 
@@ -164,15 +168,22 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
     merged = {**BASE_DEFAULTS, **defaults}
     is_quick = args.quick if getattr(args, "quick", None) is not None else cfg.get("quick",
                                                                                    False)
+    from_quick = set()
     for key, value in vars(args).items():
         if value is None:
             if key in cfg:
                 value = cfg[key]
             elif is_quick and key in quick:
                 value = quick[key]
+                from_quick.add(key)
             else:
                 value = merged.get(key)
             setattr(args, key, value)
+    # --quick's own --tracking-chains follows a smaller --chains the user typed (the user
+    # never typed --tracking-chains: no error about it)
+    if "tracking_chains" in from_quick and isinstance(getattr(args, "chains", None), int) \
+            and args.tracking_chains is not None and args.chains < args.tracking_chains:
+        args.tracking_chains = args.chains
     check_options(args, parser)
     args.progress = not args.quiet and sys.stderr.isatty()
     return args
@@ -191,6 +202,9 @@ def check_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         low = 1 if dest in AT_LEAST_ONE else 0
         if v is not None and v < low:
             raise CliError(f"`{name(dest)}` must be an integer >= {low}, got {v}.")
+        if v is not None and v > SEED_MAX:
+            raise CliError(f"`{name(dest)}` must be an integer from {low} to 2**63-1, got "
+                           f"{v} (about {v:.3g}).")
     for dest in POSITIVE:
         v = getattr(args, dest, None)
         if v is not None and not (math.isfinite(v) and v > 0):

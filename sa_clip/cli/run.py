@@ -4,6 +4,7 @@ against many SGD chains, tracking distances; figures, summary.json and a table."
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ DEFAULTS: dict[str, Any] = dict(
     schedule="power:1.0,0.6", steps=3000, chains=64, batch_size=1, clip_per="sample", seed=0,
     record_every=10, out="figures/run", horizon=1.0, starts=12, tracking_chains=None,
     noise_chains=8, noise_steps=1000, portrait_grid=21, checkpoint=None, checkpoint_every=500,
-    resume=False, predict_spread=False, workers=None, dpi=150, style=None)
+    resume=False, force_resume=False, predict_spread=False, workers=None, dpi=150, style=None)
 QUICK: dict[str, Any] = dict(steps=300, chains=16, record_every=5, starts=4, tracking_chains=6,
                              noise_chains=3, noise_steps=100, portrait_grid=11, samples=60)
 
@@ -58,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the runs from their checkpoints (default folder "
                         "OUT/checkpoints); the result equals an uninterrupted run")
+    p.add_argument("--force-resume", action="store_true", default=None,
+                   help="with --resume: continue even from a checkpoint of another sa_clip "
+                        "version or whose loss/model fingerprint differs (a warning says so)")
     p.add_argument("--predict-spread", action="store_true", default=None,
                    help="draw the linear-noise prediction of the chains' 10-90%% band in "
                         "ode_vs_sgd_<rule>.png (sa_clip.linear_noise: one DH and one noise "
@@ -82,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
     problem = build_problem(args, min_params=2)
     rules = build_rules(args)
     args.workers = workers(args, problem, len(rules))      # the number used, in summary.json
+    _check_memory(args, problem, len(rules))                # before any compute
     ckpt = checkpoint_dir(args)
     if ckpt is not None:                                    # checked before any compute
         check_folder(ckpt, "--checkpoint")
@@ -107,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
             t = time.perf_counter()
             with styled(args.style):
                 for name, fig in rule_figures(problem, schedule, report, args, first=first):
-                    folder.save_figure(fig, name, dpi=args.dpi)
+                    save_or_note(folder, fig, name, args)
                     report.outputs.append(name)
             report.seconds["figures"] = time.perf_counter() - t
             if first and args.noise_chains > 0:
@@ -127,13 +132,15 @@ def main(args: argparse.Namespace) -> int:
                 record_every=args.record_every, horizon=args.horizon, starts=args.starts,
                 tracking_chains=args.tracking_chains, max_nfev=args.max_nfev,
                 checkpoint_dir=ckpt, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, progress=args.progress, shard=_sharded(),
+                resume=args.resume, force_resume=bool(args.force_resume),
+                progress=args.progress, shard=_sharded(),
                 start_spacing="log", tracking_options={"keep_paths": [0]},
                 on_stage=lambda rule, stage, s: clock.record(f"{rule}.{stage}", s),
                 on_report=draw, workers=args.workers)
         except RulesFailed as err:             # a worker died: the other rules are kept
             exp = err.experiment
             folder.failed.update({name: str(e) for name, e in err.failed.items()})
+        args.workers = exp.config.get("workers", args.workers)   # what ran (fork may be off)
         for report in exp:
             for name in report.outputs:            # written by a worker process
                 folder.add(name)
@@ -141,7 +148,7 @@ def main(args: argparse.Namespace) -> int:
         if len(exp):
             with styled(args.style):
                 for name, fig in comparison_figures(exp):
-                    folder.save_figure(fig, name, dpi=args.dpi)
+                    save_or_note(folder, fig, name, args)
         clock.stage("figures")
         folder.write_json("summary.json", summary(exp, args, folder, clock))
     print(table([[label(r["name"]), r["final_loss_ode"], r["final_loss_sgd_median"],
@@ -219,9 +226,15 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
     run, sol, name = report.trajectory, report.ode, report.name
     plane = pca_plane(run.theta, sol.theta)
     context = f"{problem.name}, {label(name)} clipping, {_threshold(report.rule)}"
-    yield f"shadowing_{name}.png", plot_shadowing(
-        report.tracked_trajectory(), report.tracking, chain=0,
-        plane=plane if problem.P > 2 else None, problem=problem, context=context)
+    try:
+        shadow = plot_shadowing(report.tracked_trajectory(), report.tracking, chain=0,
+                                plane=plane if problem.P > 2 else None, problem=problem,
+                                context=context)
+    except ValueError as exc:        # e.g. every chain blew up: the other figures still come
+        print(f"sa-clip: note: shadowing_{name}.png not drawn: {exc}", file=sys.stderr)
+        shadow = None
+    if shadow is not None:
+        yield f"shadowing_{name}.png", shadow
     predicted = None
     if args.predict_spread:
         try:
@@ -236,6 +249,32 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
         yield f"portrait_{name}.png", portrait_figure(report, plane, args.portrait_grid)
 
 
+def save_or_note(folder: OutputFolder, fig: Any, name: str, args: argparse.Namespace) -> None:
+    """Save ``fig``; a log axis with no positive value to show (``--starts 1`` puts the only
+    start at ``s = 0``; every chain blew up) is drawn linear with a note on the figure and on
+    stderr, instead of matplotlib's "Data cannot be log-scaled" after all the compute."""
+    notes = []
+    for ax in fig.axes:
+        if getattr(ax, "_colorbar", None) is not None:     # a colorbar scales itself
+            continue
+        lim, fixed = ax.dataLim, []
+        for axis, hi in (("x", lim.x1), ("y", lim.y1)):
+            if getattr(ax, f"get_{axis}scale")() == "log" and not (
+                    math.isfinite(hi) and hi > 0):
+                getattr(ax, f"set_{axis}scale")("linear")
+                fixed.append(axis)
+        if fixed:
+            notes.append(f"{'/'.join(fixed)} of '{ax.get_title() or ax.get_xlabel()}'")
+            ax.text(0.5, 0.5, "nothing positive to show on a log axis\n(one start time "
+                    "s = 0, or every chain blew up)", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="0.35")
+    if notes:
+        print(f"sa-clip: note: {name}: log axes with nothing positive to show drawn linear "
+              "(one start time s = 0, or every chain blew up): " + ", ".join(notes),
+              file=sys.stderr)
+    folder.save_figure(fig, name, dpi=args.dpi)
+
+
 def _threshold(rule: Any) -> str:
     """``λ = 1`` (and ``ε`` for the relative rules) for a figure title."""
     lam = getattr(rule, "lam", None)
@@ -245,42 +284,29 @@ def _threshold(rule: Any) -> str:
     return f"λ = {lam:g}" + (f", ε = {eps:g}" if eps is not None and rule.relative else "")
 
 
-def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
-    """The plane of the two principal directions of all finite points of ``paths`` (each
-    ``(..., P)``) through their mean, like :meth:`sa_clip.plane.Plane.pca`, from the ``P x P``
-    covariance accumulated in chunks (float64) instead of an SVD of all points: the same
-    directions (up to sign) without the SVD's ``points x P`` work arrays (~0.2 GB for the
-    default run)."""
+def _check_memory(args: argparse.Namespace, problem: Any, n_rules: int) -> None:
+    """Records, ODE paths, PCA plane and figures against the memory this process may use."""
     import torch
 
-    from .._memory import finite_rows
-    from ..plane import Plane
+    from .._memory import check_run_memory, run_memory
 
-    def chunks():                                  # finite rows, ``chunk`` rows at a time
-        for p in paths:
-            rows = p.reshape(-1, p.shape[-1])
-            for i in range(0, len(rows), chunk):
-                x = rows[i:i + chunk]
-                yield x[finite_rows(x)].to(torch.float64)
+    parts = run_memory(P=problem.P, chains=args.chains, steps=args.steps,
+                       record_every=args.record_every, rules=n_rules, workers=args.workers,
+                       itemsize=torch.empty((), dtype=problem.dtype).element_size(),
+                       plane=True)
+    check_run_memory(parts, f"`sa-clip run` with P = {problem.P} parameters, --chains "
+                            f"{args.chains}, --steps {args.steps}, --record-every "
+                            f"{args.record_every}")
 
-    p = paths[0].shape[-1]
-    n, sums = 0, torch.zeros(p, dtype=torch.float64, device=paths[0].device)
-    for x in chunks():
-        n += len(x)
-        sums += x.sum(0)
-    if n < 3:
-        raise ValueError("the PCA plane needs at least 3 finite points.")
-    mean = sums / n
-    cov = torch.zeros(p, p, dtype=torch.float64, device=mean.device)
-    for x in chunks():
-        xc = x - mean
-        cov.addmm_(xc.T, xc)
-    vals, vecs = torch.linalg.eigh(cov)                  # ascending eigenvalues
-    dtype = paths[0].dtype
-    total = float(vals.clamp(min=0).sum())
-    explained = ((float(vals[-1]) / total, float(vals[-2]) / total) if total > 0 else None)
-    return Plane(mean.to(dtype), vecs[:, -1].to(dtype), vecs[:, -2].to(dtype), ("PC1", "PC2"),
-                 explained=explained)
+
+def pca_plane(*paths: Any, chunk: int = 1024) -> Any:
+    """The plane of the two principal directions of all finite points of ``paths`` (each
+    ``(..., P)``) through their mean: :func:`sa_clip.plane.pca_plane` (a thin SVD of the
+    centred points through the smaller Gram matrix, never ``P x P`` when ``P`` exceeds the
+    number of points)."""
+    from ..plane import pca_plane as _pca_plane
+
+    return _pca_plane(*paths, chunk=chunk)
 
 
 def portrait_figure(report: RuleReport, plane: Any, grid: int) -> Any:

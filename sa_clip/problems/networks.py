@@ -31,7 +31,8 @@ def paper_network(n_in: int, n_out: int, hidden: Sequence[int] = (16,), *,
     """``Linear -> sigmoid -> ... -> Linear``: the network of the paper's section 2.
 
     Weights are initialised by PyTorch's default rule from a private generator seeded by
-    ``seed`` (the global RNG is not touched).
+    ``seed`` (the global RNG is not touched), drawn in float64 and rounded to ``dtype``: one
+    seed, one network, whatever the precision.
     """
     dtype = check_float_dtype("dtype", dtype)
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or any(
@@ -45,8 +46,11 @@ def paper_network(n_in: int, n_out: int, hidden: Sequence[int] = (16,), *,
         lin = nn.Linear(a, b, dtype=dtype)
         bound = 1.0 / a ** 0.5
         with torch.no_grad():
-            lin.weight.copy_(torch.rand(b, a, generator=gen, dtype=dtype) * 2 * bound - bound)
-            lin.bias.copy_(torch.rand(b, generator=gen, dtype=dtype) * 2 * bound - bound)
+            # drawn in float64 whatever ``dtype`` (then rounded): the same seed gives the
+            # same network in float32 and float64, so the two are one experiment
+            f64 = torch.float64
+            lin.weight.copy_(torch.rand(b, a, generator=gen, dtype=f64) * 2 * bound - bound)
+            lin.bias.copy_(torch.rand(b, generator=gen, dtype=f64) * 2 * bound - bound)
         layers.append(lin)
         if i < len(sizes) - 2:
             layers.append(activation())

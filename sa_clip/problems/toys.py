@@ -51,6 +51,12 @@ class Scalar(nn.Module):
         return self.theta.expand(x.shape[0])
 
 
+def _randn(gen: torch.Generator, dtype: torch.dtype, *shape: int) -> torch.Tensor:
+    """Standard normals drawn in float64 and rounded to ``dtype``: one seed gives the same
+    data in float32 and float64."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
 def tanh_regression(n: int = 64, *, w_true: tuple[float, float] = (1.5, 2.0), noise: float = 0.3,
                     seed: int = 0, dtype: torch.dtype = torch.float64) -> Problem:
     """Regression ``y = w2 tanh(w1 x) + noise`` fitted by ``w2 * tanh(w1 * x)``, squared loss.
@@ -67,8 +73,8 @@ def tanh_regression(n: int = 64, *, w_true: tuple[float, float] = (1.5, 2.0), no
     w_true = (check_real("w_true[0]", w_true[0]), check_real("w_true[1]", w_true[1]))
     noise = check_real("noise", noise)
     gen = seeded_generator(seed)
-    x = torch.randn(n, generator=gen, dtype=dtype) * 1.5
-    y = w_true[1] * torch.tanh(w_true[0] * x) + noise * torch.randn(n, generator=gen, dtype=dtype)
+    x = _randn(gen, dtype, n) * 1.5
+    y = w_true[1] * torch.tanh(w_true[0] * x) + noise * _randn(gen, dtype, n)
     return Problem(TanhToy(dtype=dtype), x[:, None], y, "mse", name="tanh")
 
 
@@ -86,7 +92,7 @@ def logistic2d(n: int = 100, *, seed: int = 0, separation: float = 1.0,
     gen = seeded_generator(seed)
     labels = torch.arange(n) % 2
     centre = torch.tensor([1.0, 0.5], dtype=dtype) * separation
-    x = torch.randn(n, 2, generator=gen, dtype=dtype) + (2 * labels[:, None] - 1) * centre
+    x = _randn(gen, dtype, n, 2) + (2 * labels[:, None] - 1) * centre
     return Problem(Logistic2D(dtype=dtype), x, labels, "cross_entropy", name="logistic2d")
 
 
@@ -134,7 +140,7 @@ def quartic(n: int = 16, *, theta0: float = 0.5, seed: int = 0,
     n = check_nonneg_int("n", n, minimum=1)
     dtype = check_float_dtype("dtype", dtype)
     gen = seeded_generator(seed)
-    x = 1.0 + 0.1 * torch.randn(n, generator=gen, dtype=dtype)
+    x = 1.0 + 0.1 * _randn(gen, dtype, n)
     return Problem(Scalar(theta0, dtype=dtype), x[:, None], x, quartic_loss, name="quartic")
 
 
@@ -156,8 +162,8 @@ def linear1d(n: int = 64, *, spread: float = 1.3, theta0: float = 2.0, noise: fl
     spread, noise = check_real("spread", spread), check_real("noise", noise)
     theta0 = check_real("theta0", theta0)
     gen = seeded_generator(seed)
-    x = torch.exp(spread * torch.randn(n, generator=gen, dtype=dtype))
-    y = x + noise * torch.randn(n, generator=gen, dtype=dtype)
+    x = torch.exp(spread * _randn(gen, dtype, n))
+    y = x + noise * _randn(gen, dtype, n)
     model = nn.Linear(1, 1, bias=False, dtype=dtype)
     with torch.no_grad():
         model.weight.fill_(theta0)

@@ -40,6 +40,7 @@ import torch
 
 from ..clipping import ClipRule
 from ..fastpath import LinearStackEngine
+from ..layout import norm_scale, stable_norm
 from ..meanfield import MeanField
 from ._blowup import bad_rows
 
@@ -106,13 +107,47 @@ def _coefficients(rule: ClipRule, ins, deltas, bs, clip_per: str, a: float
     if clip_per == "sample":
         sq = sum((x * x).sum(-1) * (d * d).sum(-1) + ((d * d).sum(-1) if b is not None else 0)
                  for x, d, b in zip(ins, deltas, bs))
-        c = rule.factors(torch.sqrt(sq).unsqueeze(-1))[..., 0]          # (K, B)
+        norm = torch.sqrt(sq)
+        if not bool(torch.isfinite(norm).all()):     # squares overflowed: scale (exact)
+            norm = _sample_norms_scaled(ins, deltas, bs)
+        c = rule.factors(norm.unsqueeze(-1))[..., 0]          # (K, B)
         return (-a / bsz) / c, c > 1
     sq = sum((_gram(x) * _gram(d)).sum((1, 2))
              + ((d.sum(1) ** 2).sum(-1) if b is not None else 0)
              for x, d, b in zip(ins, deltas, bs))
-    c = rule.factors((torch.sqrt(sq) / bsz).unsqueeze(-1))[:, 0]        # (K,)
+    norm = torch.sqrt(sq)
+    if not bool(torch.isfinite(norm).all()):
+        norm = _batch_norms_scaled(ins, deltas, bs)
+    c = rule.factors((norm / bsz).unsqueeze(-1))[:, 0]        # (K,)
     return ((-a / bsz) / c).unsqueeze(1).expand(k, bsz), c > 1
+
+
+def _sample_norms_scaled(ins, deltas, bs) -> torch.Tensor:
+    """Per-sample gradient norms ``(K, B)`` when the plain squares overflowed: the norm of
+    the blocks' norms ``||x|| ||d||`` and ``||d||``, each scaled (:func:`stable_norm`)."""
+    terms = []
+    for x, d, b in zip(ins, deltas, bs):
+        dn = stable_norm([d])
+        terms.append(stable_norm([x]).expand_as(dn) * dn)
+        if b is not None:
+            terms.append(dn)
+    return stable_norm([torch.stack(terms, -1)])
+
+
+def _batch_norms_scaled(ins, deltas, bs) -> torch.Tensor:
+    """Norms ``(K,)`` of the batch-summed gradient ``sum_b d_b x_b^T`` (and ``sum_b d_b``)
+    when the plain squares overflowed: x and d divided by powers of two first."""
+    terms = []
+    for x, d, b in zip(ins, deltas, bs):
+        k = d.shape[0]
+        sx = norm_scale(x.abs().amax((1, 2))).expand(k).reshape(k, 1, 1)
+        sd = norm_scale(d.abs().amax((1, 2))).reshape(k, 1, 1)
+        xs, ds = x / sx, d / sd
+        w = (_gram(xs) * _gram(ds)).sum((1, 2)).clamp_min(0).sqrt()
+        terms.append(w * sx.reshape(k) * sd.reshape(k))
+        if b is not None:
+            terms.append(stable_norm([ds.sum(1)]) * sd.reshape(k))
+    return stable_norm([torch.stack(terms, -1)])
 
 
 def _apply(Ws, bs, ins, dts) -> None:

@@ -6,15 +6,19 @@ atomically. Its metadata carry
 
 * ``config``: every argument that determines the numbers (see :func:`sa_clip.simulate_sgd`);
 * ``fingerprint``: what the problem is (:func:`problem_fingerprint`: a SHA-256 of ``X`` and ``y``
-  read chunk by chunk through ``problem.data``, the loss, the model's architecture, parameter
-  layout and buffers, dtype and device type);
+  read chunk by chunk through ``problem.data``, the loss's and the model's content (code,
+  closure cells, ``partial`` arguments, attributes, parameters, buffers: see
+  :mod:`sa_clip.sgd.fingerprint`), the parameter layout, dtype, device type and the sa_clip
+  version that wrote it);
 * ``step``, ``sampler`` (``pos``, ``drawn``), ``seed``;
 * ``checkpoint_digest``: a SHA-256 of all arrays (names, dtypes, shapes, bytes) and of the
   metadata above (the file also carries :mod:`sa_clip.io`'s own ``digest``).
 
 On resume (:func:`load_checkpoint`, then :func:`restore`) the digest must match, the
 configuration and the fingerprint must equal this call's (else a ``ValueError`` lists what
-differs), and the invariants of a run must hold: ``0 <= step <= steps``; every array of the
+differs; ``force_resume=True`` turns a changed loss or model, a loss that cannot be
+fingerprinted, or another sa_clip version into a warning, never a changed configuration, data
+or layout), and the invariants of a run must hold: ``0 <= step <= steps``; every array of the
 expected dtype and shape; ``alive[k]`` exactly when ``blowup_step[k] == -1``, and
 ``1 <= blowup_step[k] <= step`` otherwise; ``theta`` finite where alive; the records written up
 to ``step`` and not after; the sampler position inside the buffer its generator state redraws.
@@ -24,7 +28,7 @@ Example
 >>> import sa_clip as sc
 >>> fp = problem_fingerprint(sc.problems.logistic2d(n=10))
 >>> sorted(fp)
-['N', 'P', 'buffers', 'data', 'device', 'dtype', 'layout', 'loss', 'model']
+['N', 'P', 'buffers', 'data', 'device', 'dtype', 'layout', 'loss', 'model', 'opaque', 'sa_clip']
 """
 
 from __future__ import annotations
@@ -32,14 +36,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..io import load_npz, save_npz
 from ..problem import Problem, iter_chunks
+from .fingerprint import describe, object_fingerprint
 from .recorder import Recorder
 from .samplers import Sampler
 from .state import ChainState
@@ -56,17 +64,17 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()[:32]
 
 
-def _loss_label(loss: Any) -> str:
-    """A name for a loss: the string itself, or a callable's qualified name plus a hash of its
-    byte code and constants (two lambdas both named ``<lambda>`` differ)."""
+#: fingerprint entries a user may override with ``force_resume`` (code, not data)
+_CODE_KEYS = ("loss", "model", "sa_clip")
+
+
+def _loss_label(loss: Any) -> tuple[str, list[str]]:
+    """A name for a loss and where it could not be hashed: the string itself, or a callable's
+    name plus a hash of its content (code, closure cells, partial arguments, attributes)."""
     if isinstance(loss, str):
-        return loss
-    code = getattr(loss, "__code__", None)
-    name = getattr(loss, "__qualname__", None) or type(loss).__qualname__
-    if code is None:
-        return name
-    body = code.co_code + repr(code.co_consts).encode()
-    return f"{name}#{hashlib.sha256(body).hexdigest()[:12]}"
+        return loss, []
+    fp = object_fingerprint(loss)
+    return f"{describe(loss)}#{fp.digest[:16]}", fp.opaque
 
 
 def problem_fingerprint(problem: Problem) -> dict[str, Any]:
@@ -74,10 +82,15 @@ def problem_fingerprint(problem: Problem) -> dict[str, Any]:
 
     ``data``: SHA-256 of the samples read in chunks of 65,536 through ``problem.data`` (dtype,
     trailing shape and bytes of ``x`` and ``y``), the same for in-memory and streamed data;
-    ``loss``: the loss name (a callable's name and a hash of its code); ``model``: SHA-256 of
-    ``repr(problem.model)`` (module types and their hyperparameters); ``layout``: parameter
-    names, shapes and offsets in ``theta``; ``buffers``: SHA-256 of the model's buffers and
-    frozen parameters; ``dtype``, ``device`` (type only), ``N``, ``P``.
+    ``loss``: the loss name, or a callable's name and a hash of its content
+    (:func:`sa_clip.sgd.fingerprint.object_fingerprint`: code, closure cells, ``partial``
+    arguments, default arguments, globals it reads, a module's attributes, parameters and
+    buffers); ``model``: SHA-256 of ``repr(problem.model)`` and of the model's content (each
+    submodule's type, ``forward`` code, plain attributes, parameters and buffers);
+    ``layout``: parameter names, shapes and offsets in ``theta``; ``buffers``: SHA-256 of the
+    model's buffers and frozen parameters; ``dtype``, ``device`` (type only), ``N``, ``P``;
+    ``sa_clip``: the version; ``opaque``: the parts of the loss or model that could not be
+    hashed by content (resume refuses them unless forced).
     """
     h = hashlib.sha256()
     for s in iter_chunks(problem.N, _DATA_CHUNK):
@@ -92,12 +105,31 @@ def problem_fingerprint(problem: Problem) -> dict[str, Any]:
     for name, buf in sorted(fixed.items()):
         bh.update(name.encode())
         bh.update(tensor_digest(buf).encode())
-    return {"data": h.hexdigest()[:32], "N": problem.N, "P": problem.P,
-            "loss": _loss_label(problem.loss_spec),
-            "model": hashlib.sha256(repr(problem.model).encode()).hexdigest()[:32],
+    loss, opaque = _loss_label(problem.loss_spec)
+    model = object_fingerprint(problem.model)
+    mh = hashlib.sha256(repr(problem.model).encode())
+    mh.update(model.digest.encode())
+    return {"data": h.hexdigest()[:32], "N": problem.N, "P": problem.P, "loss": loss,
+            "model": mh.hexdigest()[:32],
             "layout": hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:32],
             "buffers": bh.hexdigest()[:32], "dtype": str(problem.dtype).replace("torch.", ""),
-            "device": problem.device.type}
+            "device": problem.device.type, "sa_clip": __version__,
+            "opaque": opaque + [f"the model: {o}" for o in model.opaque]}
+
+
+def check_resume_file(path: str) -> None:
+    """Refuse a checkpoint path that exists but is not a regular file (a FIFO, a device, a
+    socket would block or never end a read)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a folder"
+                if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise ValueError(f"`checkpoint` = {path!r} is {kind}; a checkpoint must be a regular "
+                         "file.")
 
 
 def check_checkpoint_path(path: str | os.PathLike) -> str:
@@ -157,7 +189,9 @@ class Saved:
 
 def load_checkpoint(path: str) -> Saved:
     """Read ``path``; ``ValueError`` naming it when it is not a complete checkpoint or its
-    content does not match its digest (edited or damaged after it was written)."""
+    content does not match its digest (edited or damaged after it was written), or when it is
+    not a regular file (a FIFO would block the read forever)."""
+    check_resume_file(path)
     arrays, meta = load_npz(path, kind=KIND)
     for key in ("config", "fingerprint", "step", "sampler", "checkpoint_digest"):
         if key not in meta:
@@ -173,6 +207,50 @@ def load_checkpoint(path: str) -> Saved:
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{k}: checkpoint {saved.get(k)!r}, this call {now.get(k)!r}"
             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+
+
+_FORCE = "pass force_resume=True (CLI: --force-resume) to resume anyway"
+
+
+def _check_fingerprint(path: str, saved: dict[str, Any], now: dict[str, Any],
+                       force: bool) -> None:
+    """Raise when the problem differs; with ``force`` a difference of code (loss, model,
+    version) or a loss that cannot be fingerprinted is a warning instead."""
+    saved = {k: v for k, v in saved.items() if k != "opaque"}
+    now_all, now = now, {k: v for k, v in now.items() if k != "opaque"}
+    written = saved.get("sa_clip")
+    if written != now["sa_clip"]:
+        by = f"sa_clip {written}" if written else "an older sa_clip (no version recorded)"
+        msg = (f"{path!r} was written by {by}, this is sa_clip {now['sa_clip']}: a checkpoint "
+               "is resumed only by the version that wrote it (its fingerprint and its numbers "
+               "may differ)")
+        if not force:
+            raise ValueError(f"cannot resume: {msg}; {_FORCE}.")
+        warnings.warn(f"force_resume: {msg}; resuming anyway.", UserWarning, stacklevel=4)
+    hard = _differences({k: v for k, v in saved.items() if k not in _CODE_KEYS},
+                        {k: v for k, v in now.items() if k not in _CODE_KEYS})
+    soft = [] if written != now["sa_clip"] else _differences(
+        {k: saved.get(k) for k in ("loss", "model")}, {k: now[k] for k in ("loss", "model")})
+    if hard:
+        raise ValueError(f"cannot resume from {path!r}: the problem differs from the one it "
+                         "was written for (" + "; ".join(sorted(hard + soft)) + ").")
+    if soft:
+        msg = ("the problem differs from the one it was written for (" + "; ".join(soft)
+               + "): the loss or the model changed (code, closure values, partial arguments, "
+               "attributes or parameters)")
+        if not force:
+            raise ValueError(f"cannot resume from {path!r}: {msg}; {_FORCE}.")
+        warnings.warn(f"force_resume: {path!r}: {msg}; resuming anyway.", UserWarning,
+                      stacklevel=4)
+    opaque = now_all.get("opaque") or []
+    if opaque:
+        msg = ("the loss or model cannot be fingerprinted, so resume cannot check that it is "
+               "the one the checkpoint was written with: " + "; ".join(opaque))
+        if not force:
+            raise ValueError(f"cannot resume from {path!r}: {msg}; {_FORCE} if you are sure "
+                             "it is unchanged.")
+        warnings.warn(f"force_resume: {path!r}: {msg}; resuming anyway.", UserWarning,
+                      stacklevel=4)
 
 
 def _array(saved: Saved, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -214,19 +292,17 @@ def _check_records(path: str, recorder: Recorder, state: ChainState, step: int) 
 
 
 def restore(saved: Saved, *, config: dict[str, Any], fingerprint: dict[str, Any],
-            state: ChainState, sampler: Sampler, recorder: Recorder
+            state: ChainState, sampler: Sampler, recorder: Recorder, force: bool = False
             ) -> tuple[ChainState, int]:
     """The run state of ``saved`` for this call: ``(state, step)``; ``sampler`` and
-    ``recorder`` are set in place. ``state`` is the fresh start (shapes and dtypes to match)."""
+    ``recorder`` are set in place. ``state`` is the fresh start (shapes and dtypes to match).
+    ``force``: see :func:`_check_fingerprint`."""
     path, meta = saved.path, saved.meta
     diff = _differences(meta["config"], config)
     if diff:
         raise ValueError(f"cannot resume from {path!r}: its configuration differs from this "
                          "call's (" + "; ".join(diff) + ").")
-    diff = _differences(meta["fingerprint"], fingerprint)
-    if diff:
-        raise ValueError(f"cannot resume from {path!r}: the problem differs from the one it "
-                         "was written for (" + "; ".join(diff) + ").")
+    _check_fingerprint(path, meta["fingerprint"], fingerprint, force)
     step = meta["step"]
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= config["steps"]:
         raise ValueError(f"{path!r} holds an invalid step {step!r} (expected an integer in "
@@ -256,5 +332,5 @@ def _restore_sampler(saved: Saved, sampler: Sampler, step: int) -> None:
         raise ValueError(f"{path!r}: cannot restore the sampler ({exc}).") from exc
 
 
-__all__ = ["KIND", "problem_fingerprint", "tensor_digest", "check_checkpoint_path",
-           "save_checkpoint", "load_checkpoint", "restore", "Saved"]
+__all__ = ["KIND", "problem_fingerprint", "check_resume_file", "tensor_digest",
+           "check_checkpoint_path", "save_checkpoint", "load_checkpoint", "restore", "Saved"]

@@ -31,6 +31,9 @@ from .recorder import Recorder, record_count
 from .samplers import SAMPLING, Sampler, check_indices, make_generator, make_sampler
 from .state import ChainState, sgd_init, sgd_step
 
+#: largest ``steps`` (and chains, batch size, record_every) accepted: int64 step numbers
+MAX_STEPS = 2 ** 62
+
 
 def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | str | Callable,
                  *, steps: int, chains: int = 1, batch_size: int = 1, clip_per: str = "sample",
@@ -40,7 +43,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                  record_indices: bool = False, record_noise: bool = False,
                  field: MeanField | None = None, progress: bool = False,
                  checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1000,
-                 resume: bool = False) -> Trajectory:
+                 resume: bool = False, force_resume: bool = False) -> Trajectory:
     r"""Run ``chains`` independent clipped-SGD chains for ``steps`` steps, all at once.
 
     Main arguments
@@ -111,7 +114,15 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
         and ``y``, the loss, the model's architecture, parameter layout and buffers, dtype and
         device type). The file's content digest and the invariants of a run are checked too
         (see :mod:`sa_clip.sgd.checkpoint` and ``docs/reliability.md``). With ``seed=None`` the
-        checkpoint's seed is used.
+        checkpoint's seed is used. The loss and the model are compared by content (code,
+        closure cells, ``functools.partial`` arguments, attributes, parameters, buffers), and
+        the checkpoint must come from this sa_clip version. A checkpoint path that is not a
+        regular file (a FIFO) is refused.
+    force_resume : bool
+        Resume even when the loss or model changed, cannot be fingerprinted (it holds an
+        object that cannot be hashed by content), or the checkpoint comes from another sa_clip
+        version: each becomes a ``UserWarning`` naming it. The configuration, data and layout
+        must still match.
 
     Returns
     -------
@@ -148,7 +159,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
                      batch_size=batch_size, clip_per=clip_per, record_every=record_every,
                      sampling=sampling, project_radius=project_radius,
                      blowup_radius=blowup_radius, field=field)
-    cp = _Checkpointing.build(checkpoint, checkpoint_every, resume)
+    cp = _Checkpointing.build(checkpoint, checkpoint_every, resume, force_resume)
     saved = cp.load()
     if seed is None and saved is not None:   # the run being resumed drew a fresh seed: keep it
         seed = saved.meta["config"]["seed"]
@@ -209,12 +220,14 @@ class _Run:
         if not isinstance(rule, ClipRule):
             raise TypeError(f"`rule` must be a ClipRule or a rule name, got {rule!r}.")
         schedule = make_schedule(schedule)
-        steps = check_nonneg_int("steps", steps, minimum=1)
-        chains = check_nonneg_int("chains", chains, minimum=1)
-        batch_size = check_nonneg_int("batch_size", batch_size, minimum=1)
+        # step numbers are int64 and the ODE times of all steps are formed: below 2^62
+        steps = check_nonneg_int("steps", steps, minimum=1, maximum=MAX_STEPS)
+        chains = check_nonneg_int("chains", chains, minimum=1, maximum=MAX_STEPS)
+        batch_size = check_nonneg_int("batch_size", batch_size, minimum=1, maximum=MAX_STEPS)
         check_choice("clip_per", clip_per, CLIP_PER)
         check_choice("sampling", sampling, SAMPLING)
-        record_every = check_nonneg_int("record_every", record_every, minimum=1)
+        record_every = check_nonneg_int("record_every", record_every, minimum=1,
+                                        maximum=MAX_STEPS)
         if project_radius is not None:
             project_radius = check_positive("project_radius", project_radius)
         blowup_radius = check_positive("blowup_radius", blowup_radius, allow_inf=True)
@@ -224,13 +237,15 @@ class _Run:
     def check_memory(self, record_noise: bool, record_indices: bool, drawn: bool) -> None:
         """Refuse sizes whose records and buffers cannot fit before allocating them."""
         p, k, b = self.problem, self.chains, self.batch_size
+        item = torch.empty((), dtype=p.dtype).element_size()
         n_rec = record_count(self.steps, self.record_every)
         check_memory(f"`chains` = {k}, `batch_size` = {b}, `steps` = {self.steps} and "
                      f"`record_every` = {self.record_every} (P = {p.P})",
                      k * (n_rec * (p.P + 1) * (1 + 2 * record_noise) + b * (p.P + 1)
                           + (2 * p.N if self.sampling == "epoch" and drawn else 0)
-                          + (self.steps * b if record_indices else 0)),
-                     torch.empty((), dtype=p.dtype).element_size(), p.device)
+                          + (self.steps * b if record_indices else 0))
+                     # the step sizes and ODE times of every step (float64)
+                     + 2 * (self.steps + 1) * 8 // item, item, p.device)
 
     def meta(self, seed: int | None, replay: bool) -> dict[str, Any]:
         """``Trajectory.meta``: the run's configuration."""
@@ -285,10 +300,12 @@ class _Checkpointing:
     resume: bool
     config: dict[str, Any] | None = None
     seed: int | None = None
+    force: bool = False
     _fingerprint: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, checkpoint: Any, every: Any, resume: Any) -> _Checkpointing:
+    def build(cls, checkpoint: Any, every: Any, resume: Any, force: Any = False
+              ) -> _Checkpointing:
         if checkpoint is None:
             if resume:
                 raise ValueError("`resume=True` needs a `checkpoint` path to resume from.")
@@ -297,7 +314,11 @@ class _Checkpointing:
             every = check_nonneg_int("checkpoint_every", every, minimum=1)
         if not isinstance(resume, bool):
             raise TypeError(f"`resume` must be a bool, got {resume!r}.")
-        return cls(checkpoint, every, resume)
+        if not isinstance(force, bool):
+            raise TypeError(f"`force_resume` must be a bool, got {force!r}.")
+        if resume and checkpoint is not None:
+            ckpt.check_resume_file(checkpoint)
+        return cls(checkpoint, every, resume, force=force)
 
     def load(self) -> ckpt.Saved | None:
         """The checkpoint to resume from, if resuming and it exists."""
@@ -317,7 +338,8 @@ class _Checkpointing:
                 recorder: Recorder) -> tuple[ChainState, int]:
         assert self.config is not None
         return ckpt.restore(saved, config=self.config, fingerprint=self.fingerprint(problem),
-                            state=state, sampler=sampler, recorder=recorder)
+                            state=state, sampler=sampler, recorder=recorder,
+                            force=self.force)
 
     def save(self, step: int, state: ChainState, sampler: Sampler, recorder: Recorder,
              problem: Problem) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from .._validate import check_band
 from ..ode import OdeSolution
 from ..plane import Plane, _param_name
 from ..problem import Problem
@@ -64,6 +65,7 @@ def plot_ensemble(t, values, ax=None, *, band: tuple[float, float] = (0.1, 0.9),
     if v.ndim != 2 or v.shape[1] != t.shape[0]:
         raise ValueError(f"`values` must have shape (chains, len(t)) = (chains, {t.shape[0]}), "
                          f"got {v.shape}.")
+    band = check_band(band)
     lo, med, hi = nan_quantiles(v, (band[0], 0.5, band[1]))
     for k in range(min(n_faint, v.shape[0])):
         ax.plot(t, v[k], color=color, lw=0.6, alpha=0.3)
@@ -168,6 +170,7 @@ def plot_ode_vs_sgd(trajectory: Trajectory, ode: OdeSolution | None = None, ax=N
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
     values, name = _component(problem, plane, coord, trajectory.theta)
+    band = check_band(band)
     plot_ensemble(trajectory.tau, values, ax, band=band, n_faint=n_faint)
     if predicted is not None:
         p = trajectory.theta.shape[-1]
@@ -261,6 +264,7 @@ def plot_tracking(result: TrackingResult, ax=None, *, band: tuple[float, float] 
     """
     ax = get_ax(ax, figsize=(6.4, 4.0))
     s, d = to_numpy(result.start), to_numpy(result.distance)
+    band = check_band(band)
     lo, med, hi = nan_quantiles(d, (band[0], 0.5, band[1]))
     name = f"{label}: median" if label else "median"
     ax.fill_between(s, lo, hi, color=color, alpha=0.2, lw=0)

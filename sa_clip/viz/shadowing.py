@@ -23,6 +23,7 @@ from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from .._validate import check_band, check_index
 from ..plane import Plane, _param_name
 from ..problem import Problem
 from ..tracking import TrackingResult
@@ -223,10 +224,9 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     if result.distance.shape[0] != trajectory.chains:
         raise ValueError(f"`result` is for {result.distance.shape[0]} chains, `trajectory` has "
                          f"{trajectory.chains}: pass the run the result was computed from.")
-    if isinstance(chain, bool) or not isinstance(chain, int) or not (
-            0 <= chain < trajectory.chains):
-        raise ValueError(f"`chain` must be a chain index in [0, {trajectory.chains - 1}], got "
-                         f"{chain!r}.")
+    _check_same_run(trajectory, result)
+    band = check_band(band)
+    chain = check_index("chain", chain, trajectory.chains, what="a chain index")
     if isinstance(n_show, bool) or not isinstance(n_show, int) or n_show < 1:
         raise ValueError(f"`n_show` must be an integer >= 1, got {n_show!r}.")
     segs = result.path(chain)                                        # (S, G, P), may raise
@@ -259,6 +259,27 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
         text = "\n".join(textwrap.fill(line, 70) for line in text.split("\n"))
     fig.suptitle(text, fontsize="large")
     return fig
+
+
+def _check_same_run(trajectory: Trajectory, result: TrackingResult) -> None:
+    """Refuse a result of another run (its id, or windows past the end of this run), and a
+    result with no finite distance (every chain blew up) with a message that says so."""
+    if result.run_id is not None and result.run_id != trajectory.run_key():
+        raise ValueError("`result` was computed from another run than `trajectory` (its "
+                         "run_id differs from trajectory.run_key()): pass the run the result "
+                         "was computed from (for a tracking of the first chains only, "
+                         "RuleReport.tracked_trajectory).")
+    end = float(result.start.max()) + float(result.horizon) if result.start.numel() else 0.0
+    last = float(trajectory.tau[-1])
+    if end > last * (1 + 1e-9) + 1e-12:
+        raise ValueError(f"`result`'s windows reach ODE time {end:.6g}, past the end of "
+                         f"`trajectory` ({last:.6g}): the result belongs to another run.")
+    if not bool(torch.isfinite(result.distance).any()):
+        blown = int((trajectory.blowup_step >= 0).sum())
+        raise ValueError(f"`result` has no finite tracking distance to draw: {blown} of "
+                         f"{trajectory.chains} chains blew up and every window of the others "
+                         "(if any) reaches a blow-up or the solver failed; lower the step "
+                         "sizes or use a clipping rule.")
 
 
 def _panel_path(fig, ax_a, trajectory, result, segs, plane, chain, s, h, show, norm, colors,
