@@ -1,0 +1,149 @@
+r"""Long work says what it costs: a cost estimate before a long stage, then a progress bar.
+
+A :class:`Meter` counts the units of work of one stage (evaluations of ``H``, SGD steps). At
+the second unit (the first one pays one-off costs: ``vmap`` set-up, caches) it times that
+unit and multiplies by the expected number of units, then, if the stage will take more than
+:data:`QUIET_SECONDS` (or ``progress=True``), prints one line to stderr, such as
+
+    tracking: 24 flows x about 600 evaluations x 0.1 s: about 25 min
+
+and opens a tqdm bar (on stderr). ``progress=False`` prints nothing; ``progress=None`` (the
+default of the long functions) prints only for long stages, and nothing at all when the
+environment variable ``SA_CLIP_PROGRESS`` is ``0`` (the test suite sets it).
+
+How many evaluations an adaptive ODE solve takes cannot be known before it runs: it depends
+on how ``H`` varies along the path. :func:`ode_evaluations` gives a rough figure from the
+tolerance, the span of times and the method (see its docstring); the bar, which runs over ODE
+time, shows the real progress.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+#: A stage estimated to take longer than this (seconds) says so when ``progress=None``.
+QUIET_SECONDS = 5.0
+
+#: Adaptive torchdiffeq methods: (order of the error estimate's lower method + 1, new
+#: evaluations per step, FSAL counted once).
+_ADAPTIVE = {"dopri5": (5, 6), "dopri8": (8, 12), "bosh3": (3, 3), "fehlberg2": (2, 3),
+             "adaptive_heun": (2, 2)}
+#: Fixed-step methods: evaluations per step.
+_FIXED = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+
+
+def check_progress(progress: Any, name: str = "progress") -> bool | None:
+    """``progress`` if it is True, False or None (or a :class:`Meter`, passed on), else raise."""
+    if progress is None or isinstance(progress, (bool, Meter)):
+        return progress
+    raise TypeError(f"`{name}` must be True, False or None (automatic: a cost estimate and a "
+                    f"bar for stages longer than {QUIET_SECONDS:g} s), got {progress!r}.")
+
+
+def auto_enabled() -> bool:
+    """Whether ``progress=None`` may print (``SA_CLIP_PROGRESS=0`` silences it)."""
+    return os.environ.get("SA_CLIP_PROGRESS", "1").strip().lower() not in ("0", "false", "no")
+
+
+def duration(seconds: float) -> str:
+    """``0.12 s``, ``25 s``, ``4 min``, ``2.5 h``: a rounded duration for estimates."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 0.095:
+        return f"{seconds * 1e3:.2g} ms"
+    if seconds < 60:
+        return f"{seconds:.2g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.2g} min"
+    return f"{seconds / 3600:.2g} h"
+
+
+def ode_evaluations(solver: str, rtol: float, span: float, outputs: int,
+                    options: dict[str, Any] | None = None) -> int:
+    r"""A rough number of evaluations of ``H`` for an ODE solve over ``span`` units of time.
+
+    Fixed-step methods: exact, (evaluations per step) x (steps: ``span / step_size``, or one
+    per output interval). Adaptive methods of order ``q`` take steps ``h`` with local error
+    ``~ h^(q+1)`` held near ``rtol``, so ``h ~ rtol^(1/(q+1))`` times the time scale on which
+    ``H`` changes along the path; that scale grows as the path settles towards an
+    equilibrium (steps lengthen), which a logarithm of the span models:
+
+    .. math:: n_{\rm eval} \approx s\,\Big(\mathrm{rtol}^{-1/(q+1)}\,
+              \log(1 + |\,\mathrm{span}\,|) + 2\Big),
+
+    with ``s`` new evaluations per step (6 for dopri5). On the package's problems (toys,
+    wine, the digits CNN; spans 5 and 20, float64 and float32 defaults) the real count was
+    within a factor of 5 of this either way (mostly 3). It counts no rejected steps: a stiff
+    field or many kinks cost more. Read it as the order of magnitude only.
+    """
+    span = abs(float(span))
+    if solver in _FIXED:
+        step = (options or {}).get("step_size")
+        steps = math.ceil(span / float(step)) if step else max(1, outputs - 1)
+        return _FIXED[solver] * steps
+    order, stages = _ADAPTIVE.get(solver, (5, 6))
+    return int(stages * (rtol ** (-1.0 / (order + 1)) * math.log1p(span) + 2))
+
+
+class Meter:
+    """Cost estimate and progress bar of one long stage.
+
+    ``units``: the expected number of units (evaluations, steps); ``describe(seconds)`` turns
+    the time of one unit into the estimate's words (without the stage name and total), e.g.
+    ``"24 flows x about 600 evaluations x 0.1 s"``. ``total``/``unit``: the bar's scale (ODE
+    time, steps), advanced by :meth:`tick`'s ``position``.
+    """
+
+    def __init__(self, stage: str, progress: bool | None, *, units: float,
+                 describe: Callable[[float], str], total: float, unit: str,
+                 stream: Any = None):
+        self.stage, self.progress, self.units, self.describe = stage, progress, units, describe
+        self.total, self.unit = total, unit
+        self.stream = stream
+        self.count = 0
+        self.bar: Any = None
+        self.estimate: float | None = None
+        self.message: str | None = None
+        self._last = time.perf_counter()
+        self._position = 0.0
+
+    def tick(self, position: float | None = None, n: int = 1) -> None:
+        """``n`` units done; ``position`` (on the bar's scale) reached."""
+        now = time.perf_counter()
+        self.count += n
+        if position is not None:
+            self._position = min(self.total, max(self._position, float(position)))
+        if self.count - n < 2 <= self.count and self.progress is not False:
+            self._announce((now - self._last) / n)
+        if self.bar is not None:
+            self.bar.n = self._position
+            self.bar.refresh()
+        self._last = now
+
+    def _announce(self, per_unit: float) -> None:
+        self.estimate = per_unit * self.units
+        self.message = (f"{self.stage}: {self.describe(per_unit)}: about "
+                        f"{duration(self.estimate)}")
+        if self.progress is None and not (auto_enabled() and self.estimate > QUIET_SECONDS):
+            return
+        stream = self.stream if self.stream is not None else sys.stderr
+        print(self.message, file=stream, flush=True)
+        self.bar = tqdm(total=self.total, unit=self.unit, desc=self.stage, file=stream,
+                        initial=self._position)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self._position
+            self.bar.close()
+            self.bar = None
+
+
+__all__ = ["Meter", "QUIET_SECONDS", "check_progress", "ode_evaluations", "duration",
+           "auto_enabled"]
