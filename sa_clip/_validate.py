@@ -138,3 +138,63 @@ def check_memory(what: str, elements: int, itemsize: int, device: Any) -> None:
         raise ValueError(f"{what} need about {need / 2 ** 30:.4g} GiB, more than the "
                          f"{total / 2 ** 30:.4g} GiB of memory of {torch.device(device or 'cpu')}"
                          "; reduce them.")
+
+
+def _is_integer(value: Any) -> bool:
+    """True for Python and numpy integers and integer 0-d tensors/arrays; False for bools."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.ndim == 0 and (value.dtype in (torch.int8, torch.int16, torch.int32,
+                                                    torch.int64, torch.uint8)
+                                    or getattr(value.dtype, "kind", "") in "iu")
+    return isinstance(value, numbers.Integral)
+
+
+def check_index(name: str, value: Any, size: int, *, negative: bool = False) -> int:
+    """Return ``int(value)`` if it is an integer index into ``size`` items, else raise.
+
+    Python and numpy integers (and integer 0-d arrays/tensors) are accepted; bools, strings
+    and floats (even ``2.0``) are refused with a ``TypeError``. ``negative=True`` also accepts
+    ``-size .. -1`` (counted from the end) and returns the non-negative index.
+
+    >>> check_index("chain", np.int64(2), 4)
+    2
+    """
+    if not _is_integer(value):
+        raise TypeError(f"`{name}` must be an integer index (int or numpy integer), got "
+                        f"{_short(value)} of type {type(value).__name__}.")
+    v = int(value)
+    low = -size if negative else 0
+    if not low <= v < size:
+        span = f"[{low}, {size - 1}]" if size > 0 else "(none: there are 0 items)"
+        raise ValueError(f"`{name}` must be an index in {span}, got {v}.")
+    return v + size if v < 0 else v
+
+
+def check_indices(name: str, value: Any, size: int, *, distinct: bool = True) -> list[int]:
+    """Return a list of ints from a sequence of integer indices into ``size`` items.
+
+    Accepts lists, tuples, ranges, integer numpy arrays and tensors (numpy integers inside
+    are fine); refuses strings (``'12'`` is not ``[1, 2]``), floats, bools and, with
+    ``distinct``, repeated indices.
+
+    >>> check_indices("keep_paths", np.array([0, 2]), 3)
+    [0, 2]
+    """
+    if isinstance(value, (str, bytes)) or _is_integer(value) or not isinstance(
+            value, (list, tuple, range, np.ndarray, torch.Tensor)):
+        raise TypeError(f"`{name}` must be a sequence of integer indices (list, tuple, range "
+                        f"or integer array), got {_short(value)} of type "
+                        f"{type(value).__name__}.")
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        if value.ndim != 1:
+            raise ValueError(f"`{name}` must be one-dimensional, got shape "
+                             f"{tuple(value.shape)}.")
+        items = list(value)
+    else:
+        items = list(value)
+    out = [check_index(f"{name}[{i}]", v, size) for i, v in enumerate(items)]
+    if distinct and len(set(out)) != len(out):
+        raise ValueError(f"`{name}` must hold distinct indices, got {out}.")
+    return out
