@@ -98,13 +98,16 @@ class Meter:
     ``units``: the expected number of units (evaluations, steps); ``describe(seconds)`` turns
     the time of one unit into the estimate's words (without the stage name and total), e.g.
     ``"24 flows x about 600 evaluations x 0.1 s"``. ``total``/``unit``: the bar's scale (ODE
-    time, steps), advanced by :meth:`tick`'s ``position``.
+    time, steps), advanced by :meth:`tick`'s ``position``. ``after``: the unit that is timed
+    (the second by default, the first pays one-off costs; ``1`` for units that are each a
+    whole sub-stage).
     """
 
     def __init__(self, stage: str, progress: bool | None, *, units: float,
                  describe: Callable[[float], str], total: float, unit: str,
-                 stream: Any = None):
+                 after: int = 2, stream: Any = None):
         self.stage, self.progress, self.units, self.describe = stage, progress, units, describe
+        self.after = after
         self.total, self.unit = total, unit
         self.stream = stream
         self.count = 0
@@ -120,11 +123,11 @@ class Meter:
         self.count += n
         if position is not None:
             self._position = min(self.total, max(self._position, float(position)))
-        if self.count - n < 2 <= self.count and self.progress is not False:
+        if self.count - n < self.after <= self.count and self.progress is not False:
             self._announce((now - self._last) / n)
         if self.bar is not None:
             self.bar.n = self._position
-            self.bar.refresh()
+            self.bar.update(0)               # redraws at most every mininterval
         self._last = now
 
     def _announce(self, per_unit: float) -> None:
@@ -135,8 +138,10 @@ class Meter:
             return
         stream = self.stream if self.stream is not None else sys.stderr
         print(self.message, file=stream, flush=True)
+        fmt = None if isinstance(self.total, int) else ("{desc}: {percentage:3.0f}%|{bar}| {n:.3g}/{total:.3g} "
+                                  "{unit} [{elapsed}<{remaining}]")
         self.bar = tqdm(total=self.total, unit=self.unit, desc=self.stage, file=stream,
-                        initial=self._position)
+                        initial=self._position, bar_format=fmt)
 
     def close(self) -> None:
         if self.bar is not None:
