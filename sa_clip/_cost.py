@@ -138,8 +138,8 @@ class Meter:
             return
         stream = self.stream if self.stream is not None else sys.stderr
         print(self.message, file=stream, flush=True)
-        fmt = None if isinstance(self.total, int) else ("{desc}: {percentage:3.0f}%|{bar}| {n:.3g}/{total:.3g} "
-                                  "{unit} [{elapsed}<{remaining}]")
+        fmt = None if isinstance(self.total, int) else (
+            "{desc}: {percentage:3.0f}%|{bar}| {n:.3g}/{total:.3g} {unit} [{elapsed}<{remaining}]")
         self.bar = tqdm(total=self.total, unit=self.unit, desc=self.stage, file=stream,
                         initial=self._position, bar_format=fmt)
 
