@@ -23,9 +23,12 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 #: A stage estimated to take longer than this (seconds) says so when ``progress=None``.
@@ -150,5 +153,30 @@ class Meter:
             self.bar = None
 
 
-__all__ = ["Meter", "QUIET_SECONDS", "check_progress", "ode_evaluations", "duration",
-           "auto_enabled"]
+_SLOW_CONV_WARNED = False
+
+
+def warn_slow_conv(model: nn.Module, dtype: torch.dtype, device: torch.device,
+                   stacklevel: int = 4) -> bool:
+    """Warn, once per session, when a model with convolutions runs in float64 on the CPU:
+    torch has no fast float64 convolution there (no oneDNN/MKL kernels; a slow fallback), so
+    every gradient costs several times its float32 price (docs/own-model.md). Returns whether
+    it warned."""
+    global _SLOW_CONV_WARNED
+    if _SLOW_CONV_WARNED or dtype != torch.float64 or torch.device(device).type != "cpu":
+        return False
+    convs = [type(m).__name__ for m in model.modules()
+             if isinstance(m, nn.modules.conv._ConvNd)]
+    if not convs:
+        return False
+    _SLOW_CONV_WARNED = True
+    warnings.warn(f"this float64 model has convolutions ({', '.join(sorted(set(convs)))}) and "
+                  "runs on the CPU, where torch has no fast float64 convolution: each gradient "
+                  "costs 2-3 times its float32 price or more. For long runs build the problem "
+                  "with dtype=torch.float32 (sa-clip: --dtype float32), keeping float64 for "
+                  "checks. (Said once per session.)", UserWarning, stacklevel=stacklevel)
+    return True
+
+
+__all__ = ["Meter", "warn_slow_conv", "QUIET_SECONDS", "check_progress", "ode_evaluations",
+           "duration", "auto_enabled"]

@@ -171,7 +171,9 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
                 value = merged.get(key)
             setattr(args, key, value)
     check_options(args, parser)
-    args.progress = not args.quiet and sys.stderr.isatty()
+    # bars on a terminal; elsewhere (a log) only the cost estimates of stages longer than a
+    # few seconds (progress=None); --quiet: nothing
+    args.progress = False if args.quiet else (True if sys.stderr.isatty() else None)
     return args
 
 

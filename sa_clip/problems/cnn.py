@@ -53,7 +53,7 @@ def digits_cnn(channels: Sequence[int] = (6, 12), *, seed: int = 0,
 
     >>> p = digits_cnn()
     >>> p.N, p.P, p.dtype
-    (1797, 1008, torch.float32)
+    (1797, 1210, torch.float32)
     """
     dtype = check_float_dtype("dtype", dtype)
     X, y, _ = load_dataset("digits", dtype=dtype, n=n)
