@@ -159,6 +159,11 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
     before anything is computed. Raises :class:`CliError` naming the option as typed."""
     cfg = read_config(args.config, parser) if getattr(args, "config", None) else {}
     merged = {**BASE_DEFAULTS, **defaults}
+    if "problem" in vars(args):      # a problem's own settings (a CNN: float32, fewer chains)
+        from ..problems.registry import RUN_SETTINGS
+        name = args.problem if args.problem is not None else cfg.get("problem", merged.get(
+            "problem"))
+        merged.update(RUN_SETTINGS.get(name, {}))
     is_quick = args.quick if getattr(args, "quick", None) is not None else cfg.get("quick",
                                                                                    False)
     for key, value in vars(args).items():
