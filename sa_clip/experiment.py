@@ -30,6 +30,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,17 +199,25 @@ def _rules(rules: Any) -> dict[str, ClipRule]:
     return out
 
 
-def batched_loss(problem: Problem, theta: torch.Tensor, chunk: int = LOSS_CHUNK
-                 ) -> torch.Tensor:
+def batched_loss(problem: Problem, theta: torch.Tensor, chunk: int = LOSS_CHUNK,
+                 progress: bool | None = False) -> torch.Tensor:
     """``L(theta)`` for ``theta (..., P)`` in chunks of ``chunk`` vectors (bounded memory);
-    non-finite vectors give NaN. Returns float64 of shape ``theta.shape[:-1]``."""
+    non-finite vectors give NaN. Returns float64 of shape ``theta.shape[:-1]``. Each vector
+    costs a forward pass over all ``N`` samples: a long loss stage (every record of every
+    chain of a conv model) says so (``progress`` as in :func:`~sa_clip.solve_ode`)."""
     flat = theta.reshape(-1, theta.shape[-1])
     out = torch.full((flat.shape[0],), float("nan"), dtype=torch.float64)
     ok = finite_rows(flat)
     idx = ok.nonzero().squeeze(1)
-    for i in range(0, idx.numel(), chunk):
-        sel = idx[i:i + chunk]
-        out[sel] = problem.loss(flat[sel]).to(device="cpu", dtype=torch.float64)
+    n = idx.numel()
+    meter = Meter("loss", progress, units=-(-n // chunk), total=n, unit="vector",
+                  describe=lambda sec: (f"{n} parameter vectors x {problem.N} samples x "
+                                        f"{duration(sec / min(chunk, max(n, 1)))}"))
+    with closing(meter):
+        for i in range(0, n, chunk):
+            sel = idx[i:i + chunk]
+            out[sel] = problem.loss(flat[sel]).to(device="cpu", dtype=torch.float64)
+            meter.tick(i + len(sel))
     return out.reshape(theta.shape[:-1])
 
 
@@ -320,8 +329,8 @@ def run_rule(problem: Problem, name: str, rule: ClipRule, sched: Schedule, *, st
     tr = tracking_in_groups(run, fld, horizon=hz, starts=s, chains=tracking_chains,
                             options=tracking_options, progress=progress)
     t = stage("tracking", t)
-    loss_sgd = batched_loss(problem, run.theta)
-    loss_ode = batched_loss(problem, sol.theta)
+    loss_sgd = batched_loss(problem, run.theta, progress=progress)
+    loss_ode = batched_loss(problem, sol.theta, progress=progress)
     stage("loss", t)
     return RuleReport(name, rule, fld, run, sol, tr, loss_sgd, loss_ode, seconds)
 
