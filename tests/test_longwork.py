@@ -274,3 +274,22 @@ def test_sa_clip_run_digits_cnn(tmp_path, capsys):
                      "--rule", "norm", "--quiet", "--out", str(out)]) == 0
     assert (out / "summary.json").exists()
     assert any(out.glob("*.png"))
+
+
+def test_digits_cnn_run_settings_fill_only_unset_options():
+    from sa_clip.cli import run as run_cmd
+    from sa_clip.cli.options import resolve_options
+    from sa_clip.cli.parser import build_parser
+
+    def resolved(*argv):
+        parser = build_parser()
+        args = parser.parse_args(["run", *argv])
+        return resolve_options(args, parser.commands["run"], run_cmd.DEFAULTS, run_cmd.QUICK)
+
+    cnn = resolved("--problem", "digits-cnn")
+    assert (cnn.dtype, cnn.chains, cnn.steps, cnn.tracking_chains, cnn.starts) == \
+        ("float32", 32, 600, 4, 6)
+    mine = resolved("--problem", "digits-cnn", "--dtype", "float64", "--chains", "8")
+    assert (mine.dtype, mine.chains, mine.tracking_chains) == ("float64", 8, 4)
+    wine = resolved()
+    assert (wine.dtype, wine.chains, wine.tracking_chains) == ("float64", 64, None)
