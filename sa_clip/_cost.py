@@ -1,8 +1,9 @@
 r"""Long work says what it costs: a cost estimate before a long stage, then a progress bar.
 
-A :class:`Meter` counts the units of work of one stage (evaluations of ``H``, SGD steps). At
-the second unit (the first one pays one-off costs: ``vmap`` set-up, caches) it times that
-unit and multiplies by the expected number of units, then, if the stage will take more than
+A :class:`Meter` counts the units of work of one stage (evaluations of ``H``, SGD steps). After
+the first unit (which pays one-off costs: ``vmap`` set-up, caches) it times the next ones (up
+to :data:`WINDOW` of them or :data:`WINDOW_SECONDS`) and multiplies their mean by the
+expected number of units, then, if the stage will take more than
 :data:`QUIET_SECONDS` (or ``progress=True``), prints one line to stderr, such as
 
     tracking: 24 flows x about 600 evaluations x 0.1 s: about 25 min
@@ -33,6 +34,11 @@ from tqdm.auto import tqdm
 
 #: A stage estimated to take longer than this (seconds) says so when ``progress=None``.
 QUIET_SECONDS = 5.0
+#: The time of one unit is the mean over a window of up to WINDOW units or WINDOW_SECONDS
+#: (whichever ends first, at least one unit), so that fast units (SGD steps of a few ms) are
+#: not timed one by one against the noise of a busy machine.
+WINDOW = 5
+WINDOW_SECONDS = 0.25
 
 #: Adaptive torchdiffeq methods: (order of the error estimate's lower method + 1, new
 #: evaluations per step, FSAL counted once).
@@ -101,9 +107,9 @@ class Meter:
     ``units``: the expected number of units (evaluations, steps); ``describe(seconds)`` turns
     the time of one unit into the estimate's words (without the stage name and total), e.g.
     ``"24 flows x about 600 evaluations x 0.1 s"``. ``total``/``unit``: the bar's scale (ODE
-    time, steps), advanced by :meth:`tick`'s ``position``. ``after``: the unit that is timed
-    (the second by default, the first pays one-off costs; ``1`` for units that are each a
-    whole sub-stage).
+    time, steps), advanced by :meth:`tick`'s ``position``. ``after``: the first unit that is
+    timed (the second by default: the first pays one-off costs; ``1`` for units that are each
+    a whole sub-stage).
     """
 
     def __init__(self, stage: str, progress: bool | None, *, units: float,
@@ -119,6 +125,9 @@ class Meter:
         self.message: str | None = None
         self._last = time.perf_counter()
         self._position = 0.0
+        # the timed window: from unit `after - 1` on (at once when after is 1)
+        self._since: float | None = self._last if after <= 1 else None
+        self._from = 0
 
     def tick(self, position: float | None = None, n: int = 1) -> None:
         """``n`` units done; ``position`` (on the bar's scale) reached."""
@@ -126,8 +135,13 @@ class Meter:
         self.count += n
         if position is not None:
             self._position = min(self.total, max(self._position, float(position)))
-        if self.count - n < self.after <= self.count and self.progress is not False:
-            self._announce((now - self._last) / n)
+        if self._since is None:
+            if self.count >= self.after - 1:            # the timed window starts here
+                self._since, self._from = now, self.count
+        elif self.message is None and self.progress is not False:
+            done = self.count - self._from
+            if done >= WINDOW or (done >= 1 and now - self._since >= WINDOW_SECONDS):
+                self._announce((now - self._since) / done)
         if self.bar is not None:
             self.bar.n = self._position
             self.bar.update(0)               # redraws at most every mininterval

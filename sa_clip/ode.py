@@ -22,9 +22,10 @@ after many steps) makes ``rtol=1e-7`` unreachable (the solver would shrink its s
 noise), ``rtol=1e-4, atol=1e-6``; in float16/bfloat16 ``1e-2, 1e-4``. Pass ``rtol``/``atol``
 to choose others.
 
-Long solves say what they cost (:mod:`sa_clip._cost`): after the second evaluation of ``H``
-the solve knows the time of one and prints a rough estimate of the whole (``progress=None``,
-the default: only when it exceeds a few seconds), then a progress bar over ODE time.
+Long solves say what they cost (:mod:`sa_clip._cost`): after timing the first evaluations of
+``H`` (not the very first, which pays one-off costs) the solve prints a rough estimate of the
+whole (``progress=None``, the default: only when it exceeds a few seconds), then a progress
+bar over ODE time.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
     options : dict, optional
         Passed to ``torchdiffeq.odeint``.
     progress : bool or None
-        ``True``: print a cost estimate to stderr (after timing the second evaluation of
+        ``True``: print a cost estimate to stderr (after timing the first evaluations of
         ``H``: about ``n`` evaluations x the time of one; ``n`` from the tolerance and the span
         of ``t``, a rough figure, see :func:`sa_clip._cost.ode_evaluations`) and show a tqdm
         bar over ODE time. ``None`` (default): the same only when the estimate exceeds a few

@@ -89,7 +89,7 @@ def simulate_sgd(problem: Problem, rule: ClipRule | str, schedule: Schedule | st
     field : MeanField, optional
         The engine to use (e.g. one built with a chosen ``method``); its rule must be ``rule``.
     progress : bool or None
-        ``True``: after timing the second step, print the cost to stderr ("simulate_sgd: 600
+        ``True``: after timing the first steps, print the cost to stderr ("simulate_sgd: 600
         steps x 32 chains x 0.2 ms: about 4 s") and show a tqdm bar. ``None`` (default): the
         same only when the run will take more than a few seconds (never when the environment
         sets ``SA_CLIP_PROGRESS=0``). ``False``: silent.
