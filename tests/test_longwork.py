@@ -293,3 +293,22 @@ def test_digits_cnn_run_settings_fill_only_unset_options():
     assert (mine.dtype, mine.chains, mine.tracking_chains) == ("float64", 8, 4)
     wine = resolved()
     assert (wine.dtype, wine.chains, wine.tracking_chains) == ("float64", 64, None)
+
+
+def test_loss_stage_of_a_conv_model_takes_one_vector_at_a_time():
+    from sa_clip.experiment import batched_loss
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = digits_cnn(channels=(2, 3), dtype=D, n=30)
+    gen = torch.Generator().manual_seed(1)
+    theta = p.theta0 + 0.1 * torch.randn(3, 4, p.P, generator=gen, dtype=D)
+    theta[1, 2] = float("nan")
+    calls = []
+    real = p.loss
+    p.loss = lambda t: calls.append(t.shape[0]) or real(t)   # noqa: E731
+    out = batched_loss(p, theta)
+    assert set(calls) == {1} and len(calls) == 11              # 12 vectors, one not finite
+    ref = torch.tensor([[float(real(t)) if bool(torch.isfinite(t).all()) else float("nan")
+                         for t in row] for row in theta], dtype=D)
+    assert torch.isnan(out[1, 2])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0, equal_nan=True)
