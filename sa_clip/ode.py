@@ -16,7 +16,16 @@ fails (``status = -1``, e.g. "underflow in dt"):
   whose error is set by the step (a kink costs accuracy only in the step that crosses it),
   and check it by halving the step.
 
-In float32, tolerances below about ``1e-6`` are below round-off: pass ``rtol=1e-5`` or so.
+The default tolerances follow the dtype of the problem (:func:`default_tolerances`): the
+values above in float64; in float32, whose round-off (about ``1e-7`` relative in ``H``, more
+after many steps) makes ``rtol=1e-7`` unreachable (the solver would shrink its steps chasing
+noise), ``rtol=1e-4, atol=1e-6``; in float16/bfloat16 ``1e-2, 1e-4``. Pass ``rtol``/``atol``
+to choose others.
+
+Long solves say what they cost (:mod:`sa_clip._cost`): after timing the first evaluations of
+``H`` (not the very first, which pays one-off costs) the solve prints a rough estimate of the
+whole (``progress=None``, the default: only when it exceeds a few seconds), then a progress
+bar over ODE time.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import torch
 from torchdiffeq import odeint
 
 from . import _torchdiffeq
-from ._tqdm import tqdm
+from ._cost import Meter, check_progress, duration, ode_evaluations
 from ._validate import as_tensor, check_nonneg_int, check_positive
 from .io import check_array, load_npz, save_npz
 from .meanfield import MeanField, check_theta
@@ -116,9 +125,37 @@ def check_times(t: Any, dtype: torch.dtype = torch.float64, device: Any = None,
     return t
 
 
+#: Default ``(rtol, atol)`` of :func:`solve_ode` by dtype (see :func:`default_tolerances`).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-7, 1e-9), torch.float32: (1e-4, 1e-6),
+    torch.float16: (1e-2, 1e-4), torch.bfloat16: (1e-2, 1e-4)}
+
+
+def default_tolerances(dtype: torch.dtype, table: dict[torch.dtype, tuple[float, float]]
+                       | None = None) -> tuple[float, float]:
+    """``(rtol, atol)`` for a solve in ``dtype``: well above its round-off, far below the SGD
+    fluctuations the ODE is compared with. Float64 ``(1e-7, 1e-9)``, float32 ``(1e-4, 1e-6)``
+    (``rtol=1e-7`` is below float32 round-off), float16/bfloat16 ``(1e-2, 1e-4)``.
+
+    >>> default_tolerances(torch.float32)
+    (0.0001, 1e-06)
+    """
+    table = TOLERANCES if table is None else table
+    return table.get(dtype, table[torch.float64])
+
+
+def resolve_tolerances(rtol: Any, atol: Any, dtype: torch.dtype,
+                       table: dict[torch.dtype, tuple[float, float]] | None = None
+                       ) -> tuple[float, float]:
+    """The checked ``rtol``, ``atol``; each None takes :func:`default_tolerances` of ``dtype``."""
+    d_rtol, d_atol = default_tolerances(dtype, table)
+    return (d_rtol if rtol is None else check_positive("rtol", rtol),
+            d_atol if atol is None else check_positive("atol", atol))
+
+
 def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0: Any, t: Any,
-              *, solver: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
-              options: dict[str, Any] | None = None, progress: bool = False,
+              *, solver: str = "dopri5", rtol: float | None = None, atol: float | None = None,
+              options: dict[str, Any] | None = None, progress: bool | None = None,
               max_nfev: int | None = 1_000_000, method: str | None = None) -> OdeSolution:
     r"""Integrate ``d theta / d tau = -H(theta)`` from ``theta0`` and report ``theta(t)``.
 
@@ -139,14 +176,19 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
         A torchdiffeq method: ``"dopri5"`` (default), ``"dopri8"``, ``"bosh3"``, ``"rk4"``,
         ``"euler"``, ``"midpoint"``, ... Fixed-step methods step on the grid ``t`` unless
         ``options={"step_size": h}``. ``method=`` is accepted as its old name.
-    rtol, atol : float
-        Tolerances of adaptive methods. Kinks of ``H`` (``||g_i|| = lam``) are handled by step
-        rejection; if results look wrong, tighten them or use ``solver="rk4"`` with a small
-        ``step_size``.
+    rtol, atol : float or None
+        Tolerances of adaptive methods; None (default): by the dtype of ``theta0``
+        (:func:`default_tolerances`: ``1e-7, 1e-9`` in float64, ``1e-4, 1e-6`` in float32).
+        Kinks of ``H`` (``||g_i|| = lam``) are handled by step rejection; if results look
+        wrong, tighten them or use ``solver="rk4"`` with a small ``step_size``.
     options : dict, optional
         Passed to ``torchdiffeq.odeint``.
-    progress : bool
-        A tqdm bar over ODE time.
+    progress : bool or None
+        ``True``: print a cost estimate to stderr (after timing the first evaluations of
+        ``H``: about ``n`` evaluations x the time of one; ``n`` from the tolerance and the span
+        of ``t``, a rough figure, see :func:`sa_clip._cost.ode_evaluations`) and show a tqdm
+        bar over ODE time. ``None`` (default): the same only when the estimate exceeds a few
+        seconds (never when the environment sets ``SA_CLIP_PROGRESS=0``). ``False``: silent.
     max_nfev : int or None
         Give up (``status = -1``) after this many evaluations of ``H``, so that a field the
         adaptive solver cannot get past (a discontinuity makes it take ever smaller steps)
@@ -199,8 +241,7 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
     names = _torchdiffeq.solver_names()
     if solver not in names:
         raise ValueError(f"`{arg}` must be one of {names}, got {solver!r}.")
-    rtol = check_positive("rtol", rtol)
-    atol = check_positive("atol", atol)
+    progress = check_progress(progress)
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}.")
     if isinstance(field, MeanField):
@@ -215,12 +256,13 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
     if not bool(torch.isfinite(th0).all()):
         raise ValueError("`theta0` must be finite.")
     times = check_times(t, dtype=torch.float64, device=th0.device)
-
-    bar = tqdm(total=float(abs(times[-1] - times[0])), disable=not progress, desc="solve_ode",
-               unit="tau")
+    rtol, atol = resolve_tolerances(rtol, atol, th0.dtype)
     if max_nfev is not None:
         max_nfev = check_nonneg_int("max_nfev", max_nfev, minimum=1)
-    rhs = _Rhs(field, max_nfev, bar if progress else None, float(times[0]), times, solver)
+    meter = progress if isinstance(progress, Meter) else _ode_meter(
+        progress, solver, rtol, times, options, 1 if th0.dim() == 1 else th0.shape[0],
+        max_nfev)
+    rhs = _Rhs(field, max_nfev, meter, float(times[0]), times, solver)
 
     def solve(ts: torch.Tensor, y0: torch.Tensor, segment: bool = False) -> torch.Tensor:
         opts = options
@@ -246,9 +288,26 @@ def solve_ode(field: MeanField | Callable[[torch.Tensor], torch.Tensor], theta0:
                                        f"{float(times[first]):.6g} (output {first} of "
                                        f"{len(times)}); the values before are kept")
     finally:
-        bar.close()
+        if meter is not progress:
+            meter.close()
     return OdeSolution(t=times, theta=theta, nfev=rhs.count, status=status, message=message,
                        max_nfev=max_nfev)
+
+
+def _ode_meter(progress: bool | None, solver: str, rtol: float, times: torch.Tensor,
+               options: dict[str, Any] | None, starts: int, max_nfev: int | None) -> Meter:
+    """The cost estimate and bar of one :func:`solve_ode` call."""
+    span = float(abs(times[-1] - times[0]))
+    n = ode_evaluations(solver, rtol, span, len(times), options)
+    n = n if max_nfev is None else min(n, max_nfev)
+    flows = "" if starts == 1 else f"{starts} starts at once, "
+    rough = "" if solver in ("euler", "midpoint", "heun2", "heun3", "rk4") else \
+        f" (rough: from rtol = {rtol:g} and the span {span:.3g})"
+
+    def describe(sec: float) -> str:
+        return f"{flows}about {n} evaluations{rough} x {duration(sec)}"
+
+    return Meter("solve_ode", progress, units=n, describe=describe, total=span, unit="tau")
 
 
 class _Rhs:
@@ -256,9 +315,9 @@ class _Rhs:
     solvers, the start of the step that straddles each output time (to recover the outputs
     after a failure without integrating from the start again)."""
 
-    def __init__(self, field: Any, max_nfev: int | None, bar: Any, t_start: float,
+    def __init__(self, field: Any, max_nfev: int | None, meter: Meter, t_start: float,
                  times: torch.Tensor, solver: str):
-        self.field, self.max_nfev, self.bar, self.t_start = field, max_nfev, bar, t_start
+        self.field, self.max_nfev, self.meter, self.t_start = field, max_nfev, meter, t_start
         self.times = times
         self.sign = 1.0 if len(times) < 2 or float(times[-1]) >= float(times[0]) else -1.0
         self.count = 0
@@ -278,14 +337,12 @@ class _Rhs:
                 f"the {self.max_nfev - self.limit} kept to recover the outputs)"
             raise _TooManyEvaluations(f"more than max_nfev = {self.max_nfev} evaluations{first}")
         self.count += 1
-        if self.bar is not None:
-            self.bar.n = min(self.bar.total, abs(float(tau) - self.t_start))
-            self.bar.refresh()
         if isinstance(self.field, MeanField):
             h = self.field._evaluate(th if th.dim() == 2 else th[None])
             h = h if th.dim() == 2 else h[0]
         else:
             h = self.field(th)
+        self.meter.tick(abs(float(tau) - self.t_start) + getattr(self.meter, "origin", 0.0))
         if h.shape != th.shape:
             raise ValueError(f"`field` returned shape {tuple(h.shape)} for theta of shape "
                              f"{tuple(th.shape)}.")
@@ -339,4 +396,4 @@ def _recover(solve: Callable[..., torch.Tensor], rhs: _Rhs, times: torch.Tensor,
     return theta, message
 
 
-__all__ = ["solve_ode", "OdeSolution", "check_times"]
+__all__ = ["solve_ode", "OdeSolution", "check_times", "default_tolerances", "TOLERANCES"]

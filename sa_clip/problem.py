@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ._cost import warn_slow_conv
 from ._validate import as_tensor, check_choice, check_nonneg_int
 from .layout import GRANULARITIES, Block, Layout, group_norms
 from .sources import DataSource, NpyData, TensorData, iter_chunks
@@ -263,6 +264,7 @@ class Problem:
                                  f"(in {self.dtype}); theta0 and every fixed parameter must be "
                                  "finite.")
         self._check_output()
+        warn_slow_conv(self.model, self.dtype, self.device)
         if any(isinstance(m, _NOT_A1) for m in self.model.modules()):
             warnings.warn("the model uses a piecewise-linear activation (e.g. ReLU), which "
                           "violates assumption (A1) (twice continuously differentiable): "

@@ -8,6 +8,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
 
+# Long stages print cost estimates and bars only when asked (progress=True) under tests.
+os.environ.setdefault("SA_CLIP_PROGRESS", "0")
+
 import matplotlib  # noqa: E402
 import torch  # noqa: E402
 

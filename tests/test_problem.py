@@ -297,10 +297,11 @@ def test_import_graph_has_no_cycle_and_the_data_layers_point_down():
     graph = helpers.import_graph()
     assert helpers.find_cycle(graph) is None, helpers.find_cycle(graph)
     allowed = {
-        "sa_clip._version": set(), "sa_clip._validate": set(),
+        "sa_clip._version": set(), "sa_clip._validate": set(), "sa_clip._cost": set(),
         "sa_clip.layout": {"sa_clip._validate"},
         "sa_clip.sources": {"sa_clip._validate"},
-        "sa_clip.problem": {"sa_clip._validate", "sa_clip.layout", "sa_clip.sources"},
+        "sa_clip.problem": {"sa_clip._validate", "sa_clip.layout", "sa_clip.sources",
+                            "sa_clip._cost"},
         "sa_clip.streamed": {"sa_clip.problem", "sa_clip.sources"},
         "sa_clip.io": {"sa_clip._version"},
         "sa_clip.trajectory": {"sa_clip.io", "sa_clip._validate"},

@@ -166,6 +166,11 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
     before anything is computed. Raises :class:`CliError` naming the option as typed."""
     cfg = read_config(args.config, parser) if getattr(args, "config", None) else {}
     merged = {**BASE_DEFAULTS, **defaults}
+    if "problem" in vars(args):      # a problem's own settings (a CNN: float32, fewer chains)
+        from ..problems.registry import RUN_SETTINGS
+        name = args.problem if args.problem is not None else cfg.get("problem", merged.get(
+            "problem"))
+        merged.update(RUN_SETTINGS.get(name, {}))
     is_quick = args.quick if getattr(args, "quick", None) is not None else cfg.get("quick",
                                                                                    False)
     from_quick = set()
@@ -185,7 +190,9 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
             and args.tracking_chains is not None and args.chains < args.tracking_chains:
         args.tracking_chains = args.chains
     check_options(args, parser)
-    args.progress = not args.quiet and sys.stderr.isatty()
+    # bars on a terminal; elsewhere (a log) only the cost estimates of stages longer than a
+    # few seconds (progress=None); --quiet: nothing
+    args.progress = False if args.quiet else (True if sys.stderr.isatty() else None)
     return args
 
 

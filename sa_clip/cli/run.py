@@ -227,7 +227,7 @@ def rule_figures(problem: Any, schedule: Any, report: RuleReport, args: argparse
     plane = pca_plane(run.theta, sol.theta)
     context = f"{problem.name}, {label(name)} clipping, {_threshold(report.rule)}"
     try:
-        shadow = plot_shadowing(report.tracked_trajectory(), report.tracking, chain=0,
+        shadow = plot_shadowing(report.trajectory, report.tracking, chain=0,
                                 plane=plane if problem.P > 2 else None, problem=problem,
                                 context=context)
     except ValueError as exc:        # e.g. every chain blew up: the other figures still come

@@ -49,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
             last = float(run.tau[-1])
             horizon = min(args.horizon, 0.5 * last)
             starts = torch.linspace(0.0, last - horizon, args.starts, dtype=torch.float64)
-            res = tracking_in_groups(run, field, horizon=horizon, starts=starts)
+            res = tracking_in_groups(run, field, horizon=horizon, starts=starts,
+                                     progress=args.progress)
             plot_tracking(res, ax, label=label(name), color=color(k))
             rows += [[name, s, m, q] for s, m, q in zip(
                 res.start.tolist(), res.median.tolist(), res.quantile(0.9).tolist())]

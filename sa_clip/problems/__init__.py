@@ -6,6 +6,7 @@ sets that ship inside scikit-learn (no download).
 2
 """
 
+from .cnn import digits_cnn, digits_cnn_network
 from .datasets import DATASETS, load_dataset
 from .networks import logistic_regression, n_classes, paper_network, real_problem
 from .registry import PROBLEMS, make_problem
@@ -22,4 +23,5 @@ from .toys import (
 
 __all__ = ["DATASETS", "load_dataset", "paper_network", "real_problem", "TanhToy", "Logistic2D",
            "Scalar", "tanh_regression", "logistic2d", "location_problem", "PROBLEMS",
-           "make_problem", "quartic", "logistic_regression", "linear1d", "n_classes"]
+           "make_problem", "quartic", "logistic_regression", "linear1d", "n_classes",
+           "digits_cnn", "digits_cnn_network"]

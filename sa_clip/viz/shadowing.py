@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from .._validate import check_band, check_index
 from ..plane import Plane, _param_name
 from ..problem import Problem
-from ..tracking import TrackingResult
+from ..tracking import TrackingResult, select_chains
 from ..trajectory import Trajectory
 from ._style import (
     ODE_COLOR,
@@ -221,10 +221,12 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
     if result.gap is None:
         raise ValueError("`result` has no `gap`: call sa_clip.tracking_distance(..., "
                          "keep_gap=True, keep_paths=[chain]).")
+    _check_same_run(trajectory, result)
+    if result.chains is not None and result.distance.shape[0] != trajectory.chains:
+        trajectory = select_chains(trajectory, result.chains)    # tracking_distance(chains=)
     if result.distance.shape[0] != trajectory.chains:
         raise ValueError(f"`result` is for {result.distance.shape[0]} chains, `trajectory` has "
                          f"{trajectory.chains}: pass the run the result was computed from.")
-    _check_same_run(trajectory, result)
     band = check_band(band)
     chain = check_index("chain", chain, trajectory.chains, what="a chain index")
     if isinstance(n_show, bool) or not isinstance(n_show, int) or n_show < 1:
@@ -267,8 +269,8 @@ def _check_same_run(trajectory: Trajectory, result: TrackingResult) -> None:
     if result.run_id is not None and result.run_id != trajectory.run_key():
         raise ValueError("`result` was computed from another run than `trajectory` (its "
                          "run_id differs from trajectory.run_key()): pass the run the result "
-                         "was computed from (for a tracking of the first chains only, "
-                         "RuleReport.tracked_trajectory).")
+                         "was computed from (the whole run also for a result of "
+                         "tracking_distance(..., chains=...)).")
     end = float(result.start.max()) + float(result.horizon) if result.start.numel() else 0.0
     last = float(trajectory.tau[-1])
     if end > last * (1 + 1e-9) + 1e-12:
