@@ -30,7 +30,7 @@ from .fluctuations import (
     trajectory_scaled_errors,
 )
 from .linear_noise import LinearNoiseResult, linear_noise
-from .meanfield import ClipStats, MeanField, NonFiniteThetaError
+from .meanfield import ClipStats, MeanField, ModelNotSupportedError, NonFiniteThetaError
 from .ode import OdeSolution, solve_ode
 from .plane import Plane, PlaneField, field_on_plane
 from .problem import Block, Layout, Problem
@@ -73,6 +73,7 @@ __all__ = [
     "batch_mean_field", "FixedBatchField", "tracking_distance", "TrackingResult", "io",
     "Plane", "PlaneField", "field_on_plane", "TensorData",
     "linear_noise", "LinearNoiseResult", "Equilibria", "NonFiniteThetaError",
+    "ModelNotSupportedError",
     "ChainState", "StepInfo", "make_generator", "sgd_init", "sgd_step",
     "run_experiment", "Experiment", "RuleReport",
 ]

@@ -32,15 +32,17 @@ from torch.func import jacfwd, vmap
 from . import distributed as _dist
 from ._validate import as_tensor, check_choice, check_finite, check_nonneg_int
 from .clipping import ClipRule, make_rule
-from .engine import Engine, VmapEngine
+from .engine import Engine, ModelNotSupportedError, VmapEngine
 from .fastpath import LinearStackEngine
+from .layers import LayersEngine
 from .problem import Problem, group_norms, iter_chunks
 
 #: The engines, by the name passed as ``MeanField(..., engine=name)``. ``"auto"`` takes the
 #: first that applies, in this order (the general ``"vmap"`` always applies, so an engine
 #: registered after it is used only when asked for by name).
-ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "vmap": VmapEngine}
-ENGINE_CHOICES = ("auto", "vmap", "fast")   # the built-in choices
+ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "layers": LayersEngine,
+                                    "vmap": VmapEngine}
+ENGINE_CHOICES = ("auto", "vmap", "fast", "layers")   # the built-in choices
 METHODS = ENGINE_CHOICES            # the old name, kept for callers that import it
 CLIP_PER = ("sample", "batch")
 #: On a CPU the default chunk also keeps its working set near this many bytes: a chunk's
@@ -270,19 +272,37 @@ class MeanField:
             plan, reason = plans[name]
             reason = cls.rule_reason(self.rule) or reason
             if reason is None:
-                if wanted == name:
-                    why = f"{name}: requested ({arg}={name!r}); {cls.summary}"
-                elif why_not:
-                    why = f"{name}: " + "; ".join(f"the {n} engine does not apply ({w})"
-                                                  for n, w in why_not.items())
-                else:
-                    why = f"{name}: {cls.summary}"
-                return cls(self.problem, self.rule, plan), why
+                why = self._why(name, cls, wanted, arg, why_not)
+                eng = cls(self.problem, self.rule, plan)
+                vm_reason = plans["vmap"][1]
+                if name == "layers":
+                    why += getattr(eng, "detail", "")
+                    why += ("; DH (jacobian), several chains on their own minibatches and every "
+                            "clipped per-sample gradient (update_moments): the vmap engine"
+                            if vm_reason is None else
+                            f"; DH (jacobian) is not available ({vm_reason})")
+                return eng, why
+            if name == "vmap" and plans["vmap"][1] is not None:
+                raise ModelNotSupportedError(
+                    f"no sa_clip engine can serve this model and rule: {plans['vmap'][1]}"
+                    + "".join(f"; the {n} engine does not apply ({w})"
+                              for n, w in why_not.items()) + ".")
             if wanted == name:
                 raise ValueError(f"`{arg}`={name!r} does not apply: {reason}. Use {arg}='auto' "
                                  f"or 'vmap'.")
             why_not[name] = reason
         raise AssertionError("the vmap engine always applies")  # pragma: no cover
+
+    @staticmethod
+    def _why(name: str, cls: type[Engine], wanted: str, arg: str, why_not: dict[str, str]
+             ) -> str:
+        """The one-line reason for choosing engine ``name``."""
+        if wanted == name:
+            return f"{name}: requested ({arg}={name!r}); {cls.summary}"
+        if why_not:
+            return f"{name}: " + "; ".join(f"the {n} engine does not apply ({w})"
+                                           for n, w in why_not.items())
+        return f"{name}: {cls.summary}"
 
     def __repr__(self) -> str:
         return f"MeanField({self.problem.name!r}, {self.rule!r}, method={self.method!r})"
@@ -301,7 +321,8 @@ class MeanField:
         most = max(1, min(n, self.max_elements // max(1, k * per)))
         if p.device.type == "cpu":
             cached = CPU_CHUNK_BYTES // (p.dtype.itemsize * max(1, k * per))
-            most = min(most, max(MIN_CHUNK, cached))
+            floor = getattr(self.engine, "min_chunk", None) or MIN_CHUNK
+            most = min(most, max(floor, cached))
         pieces = -(-n // most)
         return -(-n // pieces)   # balanced: 20,000 in 10,000 + 10,000, not 19,000 + 1,000
 
@@ -486,4 +507,5 @@ class MeanField:
         return u, (c > 1).any(-1).to(theta.dtype)
 
 
-__all__ = ["MeanField", "ClipStats", "ENGINES", "NonFiniteThetaError", "analyse", "check_theta"]
+__all__ = ["MeanField", "ClipStats", "ENGINES", "ModelNotSupportedError", "NonFiniteThetaError",
+           "analyse", "check_theta"]
