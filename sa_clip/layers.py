@@ -130,6 +130,7 @@ class LayersPlan:
     clone_outputs: bool
     per_sample: int                   # numbers kept per sample (activations, gradients)
     notes: list[str] = field(default_factory=list)
+    tune: dict[Any, str] = field(default_factory=dict)   # conv layer and shape -> method
 
 
 def _units(problem: Problem) -> list[_Unit]:
@@ -215,9 +216,15 @@ class _Part:
         assert self._psg is not None
         return self._psg
 
+    @property
+    def block_ones(self) -> torch.Tensor:
+        """Weights ``(B, 1)`` of ones (for timing a part)."""
+        g = self._psg if self._psg is not None else self.D  # type: ignore[attr-defined]
+        return g.new_ones(g.shape[0], 1)
+
     def sq(self, units: int) -> torch.Tensor:
         g = self.psg()
-        return g.reshape(g.shape[0], units, -1).square().sum(-1)
+        return torch.linalg.vector_norm(g.reshape(g.shape[0], units, -1), dim=-1).square()
 
     def weighted(self, w: torch.Tensor) -> torch.Tensor:
         g = self.psg()
@@ -232,13 +239,13 @@ class _Outer(_Part):
     """``G_i = sum_t D_{it}^T A_{it}`` per group of channels: ``D (B, g, T, o)`` carries the
     units (rows of the block), ``A (B, g, T, c)``; the block is ``(g * o, c)`` row-major."""
 
-    def __init__(self, block: Block, D: torch.Tensor, A: torch.Tensor):
+    def __init__(self, block: Block, D: torch.Tensor, A: torch.Tensor,
+                 ghost: bool | None = None):
         super().__init__(block)
         self.D, self.A = D, A
         b, g, t, o = D.shape
         c = A.shape[-1]
-        # operations per sample: per-sample gradients t*o*c; ghost norms t*t*(o + c)
-        self.ghost = t > 1 and t * (o + c) < o * c if FORCE is None else FORCE == "ghost"
+        self.ghost = _ghost(t, o, c) if ghost is None else ghost
         if not self.ghost:
             self._psg = D.transpose(2, 3) @ A if t > 1 else D.transpose(2, 3) * A
             self._psg = self._psg.reshape(b, g * o * c)
@@ -331,14 +338,97 @@ def _unfold(a: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
 
 
 def _patches(a: torch.Tensor, groups: int, kernel: tuple[int, ...], stride: tuple[int, ...],
-             dilation: tuple[int, ...]) -> torch.Tensor:
-    """``(B, g, T, C/g * prod(kernel))`` from padded ``a``, in the weight's row-major order."""
+             dilation: tuple[int, ...], padding: tuple[int, ...] | None = None
+             ) -> torch.Tensor:
+    """``(B, g, T, C/g * prod(kernel))`` from ``a`` (zero-padded by ``padding``, or already
+    padded), in the weight's row-major order (a transposed view of im2col for 1-d and 2-d)."""
     n = len(kernel)
+    pad = (0,) * n if padding is None else tuple(padding)
+    if n <= 2:                    # torch's im2col: (B, C * prod(k), T), no strided gather
+        if n == 1:
+            a = a.unsqueeze(2)
+            kernel, stride, dilation, pad = ((1, *kernel), (1, *stride), (1, *dilation),
+                                             (0, *pad))
+        u = F.unfold(a, kernel, dilation=dilation, padding=pad, stride=stride)
+        b = u.shape[0]
+        return u.reshape(b, groups, -1, u.shape[-1]).transpose(2, 3)
+    if any(pad):
+        a = F.pad(a, [p for q in reversed(pad) for p in (q, q)])
     u = _unfold(a, kernel, stride, dilation)                      # (B, C, *out, *k)
     b, c = u.shape[:2]
     t = math.prod(u.shape[2:2 + n])
     u = u.reshape(b, groups, c // groups, t, math.prod(kernel))
     return u.permute(0, 1, 3, 2, 4).reshape(b, groups, t, -1)
+
+
+def _ghost(t: int, o: int, c: int) -> bool:
+    """Ghost norms (Gram matrices over the ``t`` positions) rather than per-sample gradients
+    ``(o, c)`` of a layer (per group of channels).
+
+    Per sample, per-sample gradients cost ``t*o*c`` operations and hold ``o*c`` numbers, and
+    give the reweighted gradient for ``o*c`` more; ghost norms cost ``t*t*(o + c)`` plus the
+    reweighted gradient's ``t*o*c``, and need the unfolded input (a copy). So per-sample
+    gradients are the faster choice, and ghost norms are taken only to save memory: when a
+    layer's per-sample gradients would hold more than :data:`PSG_LIMIT` numbers per sample and
+    the Gram matrices fewer operations than the gradients (``t (o + c) < o c``). (Forcing ghost
+    norms everywhere cost 46x on LeNet, where the first convolution has ``t = 784``.)
+    """
+    if FORCE is not None:
+        return FORCE == "ghost" and t > 1
+    return t > 1 and o * c > PSG_LIMIT and t * (o + c) < o * c
+
+
+#: Per-sample gradients of one layer are formed when they hold at most this many numbers per
+#: sample (or when ghost norms would cost more operations); see :func:`_ghost`.
+PSG_LIMIT = 2 ** 16
+
+
+def _fastest(tune: dict[Any, str], key: Any, ways: dict[str, Callable[[], _Part]]) -> _Part:
+    """The part from the way that was fastest the first time this layer met this shape.
+
+    Per-sample convolution weight gradients are formed either by im2col and one batched
+    product, or by torch's grouped-convolution weight gradient with the samples as groups;
+    which is faster depends on the shapes and the backend (1->6 channels, 28x28, stride 1:
+    grouped 2.3x faster; 16->32 channels, 8x8, stride 2: im2col 3.7x faster; one thread), so
+    both are timed (twice, the faster counts), with ghost norms as a third way where the Gram
+    matrices are small, on the first chunk of 32 samples or more with that sample shape (norms
+    and the reweighted gradient included). All ways are exact: the choice changes only the
+    order of floating-point sums.
+    """
+    if key in tune:
+        return ways[tune[key]]()
+    if FORCE is not None:
+        return ways["grouped" if FORCE == "psg" else "unfold"]()
+    import time
+    best, part = None, None
+    for _ in range(2):               # the faster of two timings: a loaded machine is noisy
+        for name, way in ways.items():
+            t0 = time.perf_counter()
+            got = way()
+            got.sq(1)
+            got.weighted(got.block_ones)
+            dt = time.perf_counter() - t0
+            if best is None or dt < best[0]:
+                best, part = (dt, name), got
+    assert best is not None and part is not None
+    tune[key] = best[1]
+    return part
+
+
+def _conv_psg(inp: torch.Tensor, gout: torch.Tensor, shape: tuple[int, ...], m: nn.Module,
+              pad: tuple[int, ...]) -> torch.Tensor:
+    """Per-sample weight gradients of a convolution, ``(B, prod(shape))``: the weight gradient
+    of one grouped convolution whose groups are the samples (batch 1, ``B * groups`` groups),
+    so torch's own convolution kernels do the work (no unfolded copy of the input)."""
+    b = inp.shape[0]
+    n = inp.dim() - 2
+    x1 = inp.reshape(1, -1, *inp.shape[2:])
+    d1 = gout.reshape(1, -1, *gout.shape[2:])
+    w = inp.new_empty((b * shape[0], *shape[1:]))
+    gw = torch.ops.aten.convolution_backward(
+        d1, x1, w, None, list(m.stride), list(pad), list(m.dilation), False, [0] * n,
+        b * m.groups, [False, True, False])[1]
+    return gw.reshape(b, -1)
 
 
 def _channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -347,8 +437,8 @@ def _channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(b, groups, c // groups, -1).transpose(2, 3)
 
 
-def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Tensor | None]
-           ) -> dict[str, _Part]:
+def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Tensor | None],
+           tune: dict[Any, str]) -> dict[str, _Part]:
     """The parts of one call of a known layer (batch dimension first everywhere)."""
     m, kind = unit.module, unit.kind
     a = args[0].detach()
@@ -367,21 +457,42 @@ def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Ten
         if "bias" in blocks:
             parts["bias"] = _Part(blocks["bias"], d3.sum(1))
     elif kind in ("conv", "convT"):
-        if kind == "conv":
-            pad = m._reversed_padding_repeated_twice
-            mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-            ap = F.pad(a, pad, mode=mode) if any(pad) else a
-            if "weight" in blocks:
-                A = _patches(ap, m.groups, m.kernel_size, m.stride, m.dilation)
-                D = _channels_last(d, m.groups)
-                parts["weight"] = _Outer(blocks["weight"], D, A)
-        elif "weight" in blocks:
-            # transposed: the adjoint of a convolution of the output gradient
-            pads = [p for q in reversed(m.padding) for p in (q, q)]
-            dp = F.pad(d, pads) if any(pads) else d
-            A = _patches(dp, m.groups, m.kernel_size, m.stride, m.dilation)
-            D = _channels_last(a, m.groups)          # same positions: output_padding < stride
-            parts["weight"] = _Outer(blocks["weight"], D, A)
+        if "weight" in blocks:
+            if kind == "convT":
+                # a transposed convolution's weight gradient is that of a convolution of the
+                # output gradient (its "input") against the layer's input (its "output")
+                inp, gout, pad = d, a, tuple(m.padding)
+            elif m.padding_mode == "zeros" and not isinstance(m.padding, str):
+                inp, gout, pad = a, d, tuple(m.padding)
+            else:
+                p4 = m._reversed_padding_repeated_twice
+                mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+                inp = F.pad(a, p4, mode=mode) if any(p4) else a
+                gout, pad = d, (0,) * (a.dim() - 2)
+            g = m.groups
+            t = math.prod(gout.shape[2:])
+            o, c = gout.shape[1] // g, inp.shape[1] // g * math.prod(m.kernel_size)
+            blk = blocks["weight"]
+            ghost = _ghost(t, o, c)
+
+            def unfolded(gh: bool) -> Callable[[], _Part]:
+                def make() -> _Part:
+                    A = _patches(inp, g, m.kernel_size, m.stride, m.dilation, pad)
+                    return _Outer(blk, _channels_last(gout, g), A, gh)
+                return make
+
+            def grouped() -> _Part:
+                return _Part(blk, _conv_psg(inp, gout, blk.shape, m, pad))
+
+            if ghost:
+                parts["weight"] = unfolded(True)()
+            elif inp.shape[0] < 32:          # too few samples to time: per-sample gradients
+                parts["weight"] = unfolded(False)()
+            else:
+                ways = {"unfold": unfolded(False), "grouped": grouped}
+                if t > 1 and t * t <= PSG_LIMIT and FORCE is None:
+                    ways["ghost"] = unfolded(True)
+                parts["weight"] = _fastest(tune, (id(m), tuple(inp.shape[1:])), ways)
         if "bias" in blocks:
             parts["bias"] = _Part(blocks["bias"], d.reshape(b, d.shape[1], -1).sum(-1))
     elif kind == "embedding":
@@ -567,8 +678,13 @@ class LayersEngine(Engine):
 
     @property
     def elements_per_sample(self) -> int:
-        return self.plan.per_sample
+        """The layers' inputs and outputs per sample, twice (their gradients in the backward
+        pass): on a CPU the chunk then keeps its working set near a last-level cache."""
+        return 2 * self.plan.per_sample
 
+    #: On a CPU, chunks may go down to this many samples to stay near the cache (LeNet on
+    #: 28x28: chunks of 128 instead of 1,024 took no fresh pages from the kernel and 21% less
+    #: CPU time), instead of :data:`sa_clip.meanfield.MIN_CHUNK`.
     min_chunk = 128
 
     # ------------------------------------------------------------------ one row, one chunk
@@ -601,7 +717,7 @@ class LayersEngine(Engine):
                 if dl[0] is None:
                     continue
                 args = [leaves[0].movedim(site.arg_dims[0], 0)]
-                got = _parts(unit, args, oleaves, dl)
+                got = _parts(unit, args, oleaves, dl, plan.tune)
             for part in got.values():
                 parts.setdefault(part.block.name, []).append(part)
         return parts, th
