@@ -80,8 +80,9 @@ from .problem import Problem
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-#: Tests only: ``"ghost"`` or ``"psg"`` forces that mode on every Linear/conv weight (None:
-#: chosen by cost per layer; forcing ghost norms everywhere costs many times more on LeNet).
+#: Tests only: ``"ghost"`` (ghost norms), ``"psg"`` (per-sample gradients; convolutions by
+#: im2col) or ``"grouped"`` (convolutions by a grouped convolution) forces that way on every
+#: Linear/conv weight. None: chosen per layer (:func:`_ghost`, :func:`_fastest`).
 FORCE: str | None = None
 
 
@@ -397,8 +398,6 @@ def _fastest(tune: dict[Any, str], key: Any, ways: dict[str, Callable[[], _Part]
     """
     if key in tune:
         return ways[tune[key]]()
-    if FORCE is not None:
-        return ways["grouped" if FORCE == "psg" else "unfold"]()
     import time
     best, part = None, None
     for _ in range(2):               # the faster of two timings: a loaded machine is noisy
@@ -486,7 +485,9 @@ def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Ten
 
             if ghost:
                 parts["weight"] = unfolded(True)()
-            elif inp.shape[0] < 32:          # too few samples to time: per-sample gradients
+            elif FORCE == "grouped":
+                parts["weight"] = grouped()
+            elif inp.shape[0] < 32 or FORCE is not None:   # too few samples to time
                 parts["weight"] = unfolded(False)()
             else:
                 ways = {"unfold": unfolded(False), "grouped": grouped}
