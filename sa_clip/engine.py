@@ -16,12 +16,19 @@ field) or one batch per row (``shared=False``, ``(K, B, ...)``: SGD minibatches)
 processes, validation and bookkeeping, so a new engine (a convolution-aware one, say) is one
 class with these methods and an entry in :data:`sa_clip.meanfield.ENGINES`.
 
-Two engines exist:
+Three engines exist:
 
 * :class:`VmapEngine` (``"vmap"``): per-sample gradients from ``torch.func``
-  (``vmap(grad(.))``); any model, any rule;
+  (``vmap(grad(.))``); any model ``torch.func`` can transform, any rule;
 * :class:`~sa_clip.fastpath.LinearStackEngine` (``"fast"``): stacks of ``Linear`` layers and
-  element-wise activations, per-sample gradient norms without per-sample gradients.
+  element-wise activations, per-sample gradient norms without per-sample gradients;
+* :class:`~sa_clip.layers.LayersEngine` (``"layers"``): per-layer per-sample norms from each
+  layer's inputs and output gradients (convolutions, embeddings, norm layers, attention,
+  recurrent cells), then one reweighted gradient per layer; norm-based rules.
+
+A model that ``torch.func`` cannot take per-sample gradients of is refused when the
+:class:`~sa_clip.MeanField` is built (:class:`ModelNotSupportedError`, naming the module), not
+on first use (:func:`probe_per_sample`).
 
 The model side of the choice (can an engine serve this model at all?) is analysed once per
 problem by :meth:`Engine.analyse`; the rule side by :meth:`Engine.rule_reason`.

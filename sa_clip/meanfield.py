@@ -10,8 +10,10 @@ The per-sample work is done by an *engine* (:mod:`sa_clip.engine`), chosen once 
 the registry :data:`ENGINES`: ``"vmap"`` computes per-sample gradients with ``torch.func``
 (``vmap(grad(.))``), any model; ``"fast"`` (:mod:`sa_clip.fastpath`) serves stacks of
 ``Linear`` layers and element-wise activations with per-sample gradient norms instead (same
-numbers, to round-off, at about the cost of one plain gradient). :attr:`MeanField.reason` says
-which one was chosen and why. The field chunks the samples (bounded memory), shards them over
+numbers, to round-off, at about the cost of one plain gradient); ``"layers"``
+(:mod:`sa_clip.layers`) does the same layer by layer for convolutions, embeddings, norm layers,
+attention and recurrent models. :attr:`MeanField.reason` says which one was chosen and why
+(and, for ``"layers"``, which engine serves ``DH``). The field chunks the samples (bounded memory), shards them over
 processes, and batches ``K`` parameter vectors (shape ``(K, P)``) into one computation.
 
 Types: everything returns torch tensors on the problem's device and dtype, except scalar
@@ -174,12 +176,15 @@ class MeanField:
 
     Other arguments
     ---------------
-    engine : ``"auto"`` | ``"vmap"`` | ``"fast"``
+    engine : ``"auto"`` | ``"vmap"`` | ``"fast"`` | ``"layers"``
         How per-sample quantities are computed (:mod:`sa_clip.engine`). ``"vmap"``: per-sample
         gradients from ``torch.func``, any model and rule. ``"fast"``: per-sample gradient
         norms without per-sample gradients (:mod:`sa_clip.fastpath`), for a ``Linear`` or a
         ``Sequential`` of ``Linear`` layers and element-wise activations and every rule but
-        ``ValueClip``. ``"auto"`` picks ``"fast"`` when it applies. The attribute ``method``
+        ``ValueClip``. ``"layers"``: per-layer norms from each layer's inputs and output
+        gradients, then one reweighted gradient per layer (:mod:`sa_clip.layers`; the layers
+        of docs/own-model.md, every rule but ``ValueClip``; ``DH`` by ``"vmap"``). ``"auto"``
+        picks the first that applies, in that order: ``"fast"``, ``"layers"``, ``"vmap"``. The attribute ``method``
         holds the name chosen, ``engine`` the engine, ``reason`` why it was chosen.
         ``method=`` is accepted as the old name of this argument.
     chunk_size : int, optional
@@ -208,7 +213,11 @@ class MeanField:
     Raises
     ------
     ValueError
-        For ``engine="fast"`` on a model or rule the fast path does not cover (says why).
+        For ``engine="fast"`` or ``"layers"`` on a model or rule it does not cover (says why).
+    ModelNotSupportedError
+        (a ``ValueError``) when no engine can serve the model and rule: ``torch.func`` cannot
+        take per-sample gradients through one of its modules (named), and neither ``"fast"``
+        nor ``"layers"`` applies.
 
     Calling ``field(theta)`` with ``theta`` of shape ``(P,)`` returns ``(P,)``; with ``(K, P)``
     it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector). ``theta``
