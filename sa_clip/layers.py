@@ -62,6 +62,7 @@ True
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -398,14 +399,16 @@ def _fastest(tune: dict[Any, str], key: Any, ways: dict[str, Callable[[], _Part]
     """
     if key in tune:
         return ways[tune[key]]()
-    import time
     best, part = None, None
     for _ in range(2):               # the faster of two timings: a loaded machine is noisy
         for name, way in ways.items():
             t0 = time.perf_counter()
             got = way()
             got.sq(1)
-            got.weighted(got.block_ones)
+            ones = got.block_ones
+            got.weighted(ones)
+            if ones.is_cuda:
+                torch.cuda.synchronize(ones.device)
             dt = time.perf_counter() - t0
             if best is None or dt < best[0]:
                 best, part = (dt, name), got

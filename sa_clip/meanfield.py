@@ -13,8 +13,9 @@ the registry :data:`ENGINES`: ``"vmap"`` computes per-sample gradients with ``to
 numbers, to round-off, at about the cost of one plain gradient); ``"layers"``
 (:mod:`sa_clip.layers`) does the same layer by layer for convolutions, embeddings, norm layers,
 attention and recurrent models. :attr:`MeanField.reason` says which one was chosen and why
-(and, for ``"layers"``, which engine serves ``DH``). The field chunks the samples (bounded memory), shards them over
-processes, and batches ``K`` parameter vectors (shape ``(K, P)``) into one computation.
+(and, for ``"layers"``, which engine serves ``DH``). The field chunks the samples (bounded
+memory), shards them over processes, and batches ``K`` parameter vectors (shape ``(K, P)``)
+into one computation.
 
 Types: everything returns torch tensors on the problem's device and dtype, except scalar
 summaries of one ``theta`` (``ClipStats.fraction``), which are Python floats.
@@ -184,8 +185,9 @@ class MeanField:
         ``ValueClip``. ``"layers"``: per-layer norms from each layer's inputs and output
         gradients, then one reweighted gradient per layer (:mod:`sa_clip.layers`; the layers
         of docs/own-model.md, every rule but ``ValueClip``; ``DH`` by ``"vmap"``). ``"auto"``
-        picks the first that applies, in that order: ``"fast"``, ``"layers"``, ``"vmap"``. The attribute ``method``
-        holds the name chosen, ``engine`` the engine, ``reason`` why it was chosen.
+        picks the first that applies, in that order: ``"fast"``, ``"layers"``, ``"vmap"``.
+        The attribute ``method`` holds the name chosen, ``engine`` the engine, ``reason`` why
+        it was chosen.
         ``method=`` is accepted as the old name of this argument.
     chunk_size : int, optional
         Samples per chunk. Default: as many as keep a chunk's working set (``K * chunk * P``
