@@ -47,7 +47,7 @@ and is left to ``"vmap"``, with the reason.
 Example
 -------
 >>> import torch, sa_clip as sc
->>> torch.manual_seed(0); X = torch.randn(8, 1, 6, 6, dtype=torch.float64)
+>>> _ = torch.manual_seed(0); X = torch.randn(8, 1, 6, 6, dtype=torch.float64)
 >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
 ...                         torch.nn.Linear(32, 1)).double()
 >>> p = sc.Problem(m, X, X.sum((1, 2, 3)))
