@@ -24,9 +24,9 @@ chunks, ordinary autograd) and by the plain full-batch gradient (``x full``):
   chunk) and BackPACK (``BatchL2Grad`` for the norms, then a weighted backward);
 * with ``--rules all``: sa_clip's H for the adaptive, layer-wise and unit-wise rules too.
 
-``peak MiB`` is the growth of the resident set during one call (Linux: the high-water mark is
-reset through ``/proc/self/clear_refs`` before the call; blank elsewhere); ``faults`` the minor
-page faults of one call (``getrusage``). The last lines check exactness: H against the bare
+``peak MiB`` is the peak of the tensor memory one call allocates (torch.profiler's record of
+allocations and frees on a CPU, ``max_memory_allocated`` on CUDA); ``faults`` the minor page
+faults of one call (``getrusage``). The last lines check exactness: H against the bare
 loop (float32, all N) and against a float64 per-sample loop with ``torch.autograd.grad``
 (first samples). ``--profile`` prints the torch.profiler table of the floor and of H.
 
@@ -252,23 +252,31 @@ def backpack_l2(p: sc.Problem, lam: float, chunk: int):
     return run
 
 
-def peak_mib(fn) -> float | None:
-    """Growth of the resident set during one call of ``fn`` (MiB; None off Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")                    # reset the high-water mark VmHWM
-    except OSError:
-        return None
-
-    def read(key: str) -> float:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-    base = read("VmRSS")
-    fn()
-    return read("VmHWM") - base
+def peak_mib(fn, device: str = "cpu") -> float:
+    """Peak of the tensor memory allocated during one call of ``fn`` and still live, in MiB:
+    on CUDA ``max_memory_allocated``; on a CPU the allocations and frees torch.profiler records
+    (``profile_memory=True``), summed in time order (the C allocator's caching, which makes
+    the resident size of a process a poor measure of one call, plays no part)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    steps = []
+    for e in prof.events():
+        v = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if v:
+            steps.append((e.time_range.start, v))
+    live = peak = 0
+    for _, v in sorted(steps):
+        live += v
+        peak = max(peak, live)
+    return peak / 2 ** 20
 
 
 def loop_reference(p: sc.Problem, lam: float, n: int) -> torch.Tensor:
@@ -335,7 +343,7 @@ def run(n: int, repeats: int, device: str, rules: str, check_n: int, profile: bo
         fns[name] = _call(sc.MeanField(p, r, chunk_size=ch), th)
     med = interleaved_medians(fns, repeats, device=device)
     flt = {k: faults(fn, device) for k, fn in fns.items()}
-    peak = {k: peak_mib(fn) for k, fn in fns.items()}
+    peak = {k: peak_mib(fn, device) for k, fn in fns.items()}
     floor, chunked = med["floor"], med["chunked"]
     kept = "MALLOC_TRIM_THRESHOLD_" in os.environ
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -358,9 +366,8 @@ def run(n: int, repeats: int, device: str, rules: str, check_n: int, profile: bo
               "backpack": "BackPACK BatchL2Grad + weighted backward"}
     labels.update({k: f"sa_clip H, {field.method} engine, {k}" for k in extra})
     for k, t in med.items():
-        pk = "" if peak[k] is None else f"{peak[k]:.0f}"
         lines.append(fmt_row([labels[k], f"{1e3 * t:.1f}", f"{t / chunked:.2f}",
-                              f"{t / floor:.2f}", pk, flt[k]], widths))
+                              f"{t / floor:.2f}", f"{peak[k]:.1f}", flt[k]], widths))
     if skipped:
         lines.append(f"peers not installed (rows skipped): {', '.join(skipped)}")
     h = field(th)
