@@ -270,12 +270,17 @@ def test_a_parameter_used_outside_its_module_leaves_the_engine():
     assert rel_err(f(p.theta0), sc.NormClip(0.3).clip(G, None, p.layout).mean(0)) < 1e-12
 
 
-def test_no_per_sample_gradient_of_the_whole_model_is_allocated():
+@pytest.mark.parametrize("way", [None, "psg", "grouped"])
+def test_no_per_sample_gradient_of_the_whole_model_is_allocated(way, monkeypatch):
     """Every allocation of one H on a LeNet-like CNN is far below one chunk's per-sample
-    gradients (chunk x P numbers); the vmap engine's is not (the check can fail)."""
+    gradients (chunk x P numbers), whichever way the convolution's norms are formed (the
+    largest is the im2col copy of the first layer's input); the vmap engine's is not (so the
+    check can fail)."""
+    monkeypatch.setattr(L, "FORCE", way)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
-                          nn.Flatten(), nn.Linear(4 * 14 * 14, 64), nn.Tanh(), nn.Linear(64, 10))
+                          nn.Flatten(), nn.Linear(4 * 14 * 14, 256), nn.Tanh(),
+                          nn.Linear(256, 10))
     p = sc.Problem(model, torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,)),
                    "cross_entropy", dtype=torch.float32)
     chunk = 128
@@ -287,5 +292,7 @@ def test_no_per_sample_gradient_of_the_whole_model_is_allocated():
             field(p.theta0)
         return max(e.cpu_memory_usage for e in prof.events())
 
-    assert largest(sc.MeanField(p, sc.NormClip(0.5), chunk_size=chunk)) < full / 10
-    assert largest(sc.MeanField(p, sc.NormClip(0.5), engine="vmap", chunk_size=chunk)) >= full
+    assert largest(sc.MeanField(p, sc.NormClip(0.5), chunk_size=chunk)) < full / 5
+    # the vmap engine holds (chunk, n) per-sample gradients per block: the Linear 784x256 is
+    # 99% of P
+    assert largest(sc.MeanField(p, sc.NormClip(0.5), engine="vmap", chunk_size=chunk)) > full / 2
