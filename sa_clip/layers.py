@@ -81,6 +81,12 @@ from .problem import Problem
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Choose each convolution's way by timing it on the first chunk (:func:`_fastest`). The ways
+#: sum in different orders, so which one wins changes ``H`` at round-off level (about 1e-16
+#: relative in float64, 1e-7 in float32), and timings may pick differently in another process:
+#: set ``sa_clip.layers.TIMED = False`` for results that are bit-identical between processes
+#: (per-sample gradients by im2col everywhere, ghost norms only to save memory).
+TIMED = True
 #: Tests only: ``"ghost"`` (ghost norms), ``"psg"`` (per-sample gradients; convolutions by
 #: im2col) or ``"grouped"`` (convolutions by a grouped convolution) forces that way on every
 #: Linear/conv weight. None: chosen per layer (:func:`_ghost`, :func:`_fastest`).
@@ -486,7 +492,7 @@ def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Ten
                 parts["weight"] = unfolded(True)()
             elif FORCE == "grouped":
                 parts["weight"] = grouped()
-            elif inp.shape[0] < 32 or FORCE is not None:   # too few samples to time
+            elif inp.shape[0] < 32 or FORCE is not None or not TIMED:   # too few to time
                 parts["weight"] = unfolded(False)()
             else:
                 ways = {"unfold": unfolded(False), "grouped": grouped}

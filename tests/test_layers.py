@@ -296,3 +296,21 @@ def test_no_per_sample_gradient_of_the_whole_model_is_allocated(way, monkeypatch
     # the vmap engine holds (chunk, n) per-sample gradients per block: the Linear 784x256 is
     # 99% of P
     assert largest(sc.MeanField(p, sc.NormClip(0.5), engine="vmap", chunk_size=chunk)) > full / 2
+
+
+def test_untimed_choice_is_bit_identical_between_fresh_problems(monkeypatch):
+    """With ``TIMED = False`` no layer's way depends on a timing: two problems built afresh
+    give the same bits (with timing they agree to round-off)."""
+    def h():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.Tanh(), nn.Flatten(),
+                              nn.Linear(36, 3))
+        g = torch.Generator().manual_seed(1)
+        p = sc.Problem(model, torch.randn(64, 1, 7, 7, generator=g),
+                       torch.randint(0, 3, (64,), generator=g), "cross_entropy", dtype=D)
+        return sc.MeanField(p, sc.NormClip(0.3))(p.theta0)
+
+    timed = h()
+    monkeypatch.setattr(L, "TIMED", False)
+    a, b = h(), h()
+    assert torch.equal(a, b) and rel_err(a, timed) < 1e-13
