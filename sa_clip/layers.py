@@ -441,7 +441,7 @@ def _channels_last(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(b, groups, c // groups, -1).transpose(2, 3)
 
 
-def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Tensor | None],
+def _parts(unit: _Unit, args: list[Any], deltas: list[torch.Tensor | None],
            tune: dict[Any, str]) -> dict[str, _Part]:
     """The parts of one call of a known layer (batch dimension first everywhere)."""
     m, kind = unit.module, unit.kind
@@ -530,8 +530,8 @@ def _parts(unit: _Unit, args: list[Any], outs: list[Any], deltas: list[torch.Ten
 
 
 def _module_parts(unit: _Unit, site: _Site, leaves: list[Any], spec: Any,
-                  out_leaves: list[Any], deltas: list[torch.Tensor | None],
-                  params: dict[str, torch.Tensor]) -> dict[str, _Part]:
+                  deltas: list[torch.Tensor | None], params: dict[str, torch.Tensor]
+                  ) -> dict[str, _Part]:
     """Per-sample gradients of one call of a module the engine does not know: ``vmap`` of
     ``grad(<module(params, inputs_i), delta_i>)`` over the samples of the call."""
     m = unit.module
@@ -718,17 +718,17 @@ class LayersEngine(Engine):
             if g is not None:
                 deltas[k][j] = g.movedim(plan.sites[k].out_dims[j], 0)
         parts: dict[str, list[_Part]] = {}
-        for (i, leaves, spec, oleaves, _), site, dl in zip(calls, plan.sites, deltas):
+        for (i, leaves, spec, _, _), site, dl in zip(calls, plan.sites, deltas):
             unit = plan.units[i]
             if unit.kind == "module":
                 if not any(d is not None for d in dl):
                     continue
-                got = _module_parts(unit, site, leaves, spec, oleaves, dl, params)
+                got = _module_parts(unit, site, leaves, spec, dl, params)
             else:
                 if dl[0] is None:
                     continue
                 args = [leaves[0].movedim(site.arg_dims[0], 0)]
-                got = _parts(unit, args, oleaves, dl, plan.tune)
+                got = _parts(unit, args, dl, plan.tune)
             for part in got.values():
                 parts.setdefault(part.block.name, []).append(part)
         return parts, th
