@@ -245,7 +245,11 @@ class _Part:
 
 class _Outer(_Part):
     """``G_i = sum_t D_{it}^T A_{it}`` per group of channels: ``D (B, g, T, o)`` carries the
-    units (rows of the block), ``A (B, g, T, c)``; the block is ``(g * o, c)`` row-major."""
+    units (rows of the block), ``A (B, g, T, c)``; the block is ``(g * o, c)`` row-major.
+
+    Products run as 3-d ``bmm`` over ``B * g`` (transposed operands are passed as views: a 4-d
+    ``matmul`` of the same tensors copied them, 3.7 against 0.9 ms for 360 x (32x16 @ 16x144)).
+    """
 
     def __init__(self, block: Block, D: torch.Tensor, A: torch.Tensor,
                  ghost: bool | None = None):
@@ -254,20 +258,22 @@ class _Outer(_Part):
         b, g, t, o = D.shape
         c = A.shape[-1]
         self.ghost = _ghost(t, o, c) if ghost is None else ghost
-        if not self.ghost:
-            self._psg = D.transpose(2, 3) @ A if t > 1 else D.transpose(2, 3) * A
-            self._psg = self._psg.reshape(b, g * o * c)
+        self.Dr, self.Ar = D.reshape(b * g, t, o), A.reshape(b * g, t, c)
+        if not self.ghost:         # one position: an outer product (bmm over 1 is slow)
+            dt = self.Dr.transpose(1, 2)
+            self._psg = (torch.bmm(dt, self.Ar) if t > 1 else dt * self.Ar).reshape(b, -1)
 
     def sq(self, units: int) -> torch.Tensor:
-        D, A = self.D, self.A
-        b, g, t, o = D.shape
         if not self.ghost:
             return super().sq(units)
-        ga = A @ A.transpose(2, 3)                                  # (B, g, T, T)
+        b, g, t, o = self.D.shape
+        Dr, Ar = self.Dr, self.Ar
+        ga = torch.bmm(Ar, Ar.transpose(1, 2))                       # (B g, T, T)
         if units == 1:
-            return (ga * (D @ D.transpose(2, 3))).sum((1, 2, 3)).unsqueeze(1)
+            gd = torch.bmm(Dr, Dr.transpose(1, 2))
+            return (ga * gd).reshape(b, -1).sum(1, keepdim=True)
         # per row j: delta_j^T Ga delta_j
-        return ((ga @ D) * D).sum(2).reshape(b, g * o)
+        return (torch.bmm(ga, Dr) * Dr).sum(1).reshape(b, g * o)
 
     def weighted(self, w: torch.Tensor) -> torch.Tensor:
         if not self.ghost:
@@ -278,8 +284,8 @@ class _Outer(_Part):
             D = D * w.reshape(b, 1, 1, 1)
         else:
             D = D * w.reshape(b, g, 1, o)
-        return torch.matmul(D.permute(1, 3, 0, 2).reshape(g, o, b * t),
-                            A.transpose(0, 1).reshape(g, b * t, -1)).reshape(-1)
+        return torch.bmm(D.permute(1, 3, 0, 2).reshape(g, o, b * t),
+                         A.transpose(0, 1).reshape(g, b * t, -1)).reshape(-1)
 
 
 class _Linear2d(_Part):
