@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         trajectory_scaled_errors,
     )
     from .linear_noise import LinearNoiseResult, linear_noise
-    from .meanfield import ClipStats, MeanField, NonFiniteThetaError
+    from .meanfield import ClipStats, MeanField, ModelNotSupportedError, NonFiniteThetaError
     from .ode import OdeSolution, solve_ode
     from .plane import Plane, PlaneField, field_on_plane
     from .problem import Block, Layout, Problem
@@ -83,6 +83,7 @@ _EXPORTS: dict[str, str] = {
     "trajectory_scaled_errors": ".fluctuations",
     "LinearNoiseResult": ".linear_noise", "linear_noise": ".linear_noise",
     "ClipStats": ".meanfield", "MeanField": ".meanfield", "NonFiniteThetaError": ".meanfield",
+    "ModelNotSupportedError": ".meanfield",
     "OdeSolution": ".ode", "solve_ode": ".ode",
     "Plane": ".plane", "PlaneField": ".plane", "field_on_plane": ".plane",
     "Block": ".problem", "Layout": ".problem", "Problem": ".problem",
@@ -119,6 +120,7 @@ __all__ = [
     "batch_mean_field", "FixedBatchField", "tracking_distance", "TrackingResult", "io",
     "Plane", "PlaneField", "field_on_plane", "TensorData",
     "linear_noise", "LinearNoiseResult", "Equilibria", "NonFiniteThetaError",
+    "ModelNotSupportedError",
     "ChainState", "StepInfo", "make_generator", "sgd_init", "sgd_step",
     "run_experiment", "Experiment", "RuleReport",
 ]

@@ -16,12 +16,19 @@ field) or one batch per row (``shared=False``, ``(K, B, ...)``: SGD minibatches)
 processes, validation and bookkeeping, so a new engine (a convolution-aware one, say) is one
 class with these methods and an entry in :data:`sa_clip.meanfield.ENGINES`.
 
-Two engines exist:
+Three engines exist:
 
 * :class:`VmapEngine` (``"vmap"``): per-sample gradients from ``torch.func``
-  (``vmap(grad(.))``); any model, any rule;
+  (``vmap(grad(.))``); any model ``torch.func`` can transform, any rule;
 * :class:`~sa_clip.fastpath.LinearStackEngine` (``"fast"``): stacks of ``Linear`` layers and
-  element-wise activations, per-sample gradient norms without per-sample gradients.
+  element-wise activations, per-sample gradient norms without per-sample gradients;
+* :class:`~sa_clip.layers.LayersEngine` (``"layers"``): per-layer per-sample norms from each
+  layer's inputs and output gradients (convolutions, embeddings, norm layers, attention,
+  recurrent cells), then one reweighted gradient per layer; norm-based rules.
+
+A model that ``torch.func`` cannot take per-sample gradients of is refused when the
+:class:`~sa_clip.MeanField` is built (:class:`ModelNotSupportedError`, naming the module), not
+on first use (:func:`probe_per_sample`).
 
 The model side of the choice (can an engine serve this model at all?) is analysed once per
 problem by :meth:`Engine.analyse`; the rule side by :meth:`Engine.rule_reason`.
@@ -42,11 +49,53 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from torch.func import grad, vmap
 
 from .clipping import ClipRule, NoClip, ValueClip
 from .layout import stable_norm
 from .problem import Problem, group_norms
+
+
+class ModelNotSupportedError(ValueError):
+    """A model with a module that no engine can differentiate per sample, raised when the
+    :class:`~sa_clip.MeanField` is built (never torch's own error on first use)."""
+
+
+def probe_per_sample(problem: Problem) -> str | None:
+    """Why ``torch.func`` cannot take per-sample gradients of ``problem``'s model (naming the
+    innermost module that raised), or None when it can: ``vmap(grad(.))`` over 2 samples and
+    a ``vmap`` of the losses over 2 parameter vectors."""
+    model = problem.model
+    stack: list[str] = []
+    names = {id(m): n or "the root" for n, m in model.named_modules()}
+    def enter(mod: nn.Module, args: Any) -> None:
+        stack.append(names[id(mod)])
+
+    def leave(mod: nn.Module, args: Any, out: Any) -> None:
+        stack.pop()
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    x, y = problem.take(torch.arange(2) % problem.N)
+    th = problem.theta0
+    try:
+        problem.per_sample_grads(th, x, y)
+        vmap(lambda t: problem.sample_losses(t, x, y).sum())(th.expand(2, -1))
+    except Exception as exc:     # noqa: BLE001 - turned into one sa_clip error
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        where = "the model"
+        if stack:
+            mod = dict(model.named_modules())[stack[-1]] if stack[-1] != "the root" else model
+            where = f"module {stack[-1]!r} ({type(mod).__name__})"
+        return (f"torch.func cannot take per-sample gradients through {where}: "
+                f"{type(exc).__name__}: {msg}")
+    finally:
+        for h in handles:
+            h.remove()
+    return None
 
 
 class Engine(ABC):
@@ -157,6 +206,10 @@ class VmapEngine(Engine):
 
     name = "vmap"
     summary = "per-sample gradients from torch.func.vmap(grad(.)), any model and rule"
+
+    @classmethod
+    def analyse(cls, problem: Problem) -> tuple[Any, str | None]:
+        return None, probe_per_sample(problem)
 
     def __init__(self, problem: Problem, rule: ClipRule, plan: Any = None):
         super().__init__(problem, rule, plan)
@@ -300,4 +353,4 @@ class VmapEngine(Engine):
         return self.rule.clip(g, theta.unsqueeze(1), self.problem.layout)
 
 
-__all__ = ["Engine", "VmapEngine", "LOOP_ELEMENTS"]
+__all__ = ["Engine", "VmapEngine", "LOOP_ELEMENTS", "ModelNotSupportedError", "probe_per_sample"]

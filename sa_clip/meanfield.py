@@ -10,9 +10,12 @@ The per-sample work is done by an *engine* (:mod:`sa_clip.engine`), chosen once 
 the registry :data:`ENGINES`: ``"vmap"`` computes per-sample gradients with ``torch.func``
 (``vmap(grad(.))``), any model; ``"fast"`` (:mod:`sa_clip.fastpath`) serves stacks of
 ``Linear`` layers and element-wise activations with per-sample gradient norms instead (same
-numbers, to round-off, at about the cost of one plain gradient). :attr:`MeanField.reason` says
-which one was chosen and why. The field chunks the samples (bounded memory), shards them over
-processes, and batches ``K`` parameter vectors (shape ``(K, P)``) into one computation.
+numbers, to round-off, at about the cost of one plain gradient); ``"layers"``
+(:mod:`sa_clip.layers`) does the same layer by layer for convolutions, embeddings, norm layers,
+attention and recurrent models. :attr:`MeanField.reason` says which one was chosen and why
+(and, for ``"layers"``, which engine serves ``DH``). The field chunks the samples (bounded
+memory), shards them over processes, and batches ``K`` parameter vectors (shape ``(K, P)``)
+into one computation.
 
 Types: everything returns torch tensors on the problem's device and dtype, except scalar
 summaries of one ``theta`` (``ClipStats.fraction``), which are Python floats.
@@ -32,15 +35,17 @@ from torch.func import jacfwd, vmap
 from . import distributed as _dist
 from ._validate import as_tensor, check_choice, check_finite, check_nonneg_int
 from .clipping import ClipRule, make_rule
-from .engine import Engine, VmapEngine
+from .engine import Engine, ModelNotSupportedError, VmapEngine
 from .fastpath import LinearStackEngine
+from .layers import LayersEngine
 from .problem import Problem, group_norms, iter_chunks
 
 #: The engines, by the name passed as ``MeanField(..., engine=name)``. ``"auto"`` takes the
 #: first that applies, in this order (the general ``"vmap"`` always applies, so an engine
 #: registered after it is used only when asked for by name).
-ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "vmap": VmapEngine}
-ENGINE_CHOICES = ("auto", "vmap", "fast")   # the built-in choices
+ENGINES: dict[str, type[Engine]] = {"fast": LinearStackEngine, "layers": LayersEngine,
+                                    "vmap": VmapEngine}
+ENGINE_CHOICES = ("auto", "vmap", "fast", "layers")   # the built-in choices
 METHODS = ENGINE_CHOICES            # the old name, kept for callers that import it
 CLIP_PER = ("sample", "batch")
 #: On a CPU the default chunk also keeps its working set near this many bytes: a chunk's
@@ -172,13 +177,17 @@ class MeanField:
 
     Other arguments
     ---------------
-    engine : ``"auto"`` | ``"vmap"`` | ``"fast"``
+    engine : ``"auto"`` | ``"vmap"`` | ``"fast"`` | ``"layers"``
         How per-sample quantities are computed (:mod:`sa_clip.engine`). ``"vmap"``: per-sample
         gradients from ``torch.func``, any model and rule. ``"fast"``: per-sample gradient
         norms without per-sample gradients (:mod:`sa_clip.fastpath`), for a ``Linear`` or a
         ``Sequential`` of ``Linear`` layers and element-wise activations and every rule but
-        ``ValueClip``. ``"auto"`` picks ``"fast"`` when it applies. The attribute ``method``
-        holds the name chosen, ``engine`` the engine, ``reason`` why it was chosen.
+        ``ValueClip``. ``"layers"``: per-layer norms from each layer's inputs and output
+        gradients, then one reweighted gradient per layer (:mod:`sa_clip.layers`; the layers
+        of docs/own-model.md, every rule but ``ValueClip``; ``DH`` by ``"vmap"``). ``"auto"``
+        picks the first that applies, in that order: ``"fast"``, ``"layers"``, ``"vmap"``.
+        The attribute ``method`` holds the name chosen, ``engine`` the engine, ``reason`` why
+        it was chosen.
         ``method=`` is accepted as the old name of this argument.
     chunk_size : int, optional
         Samples per chunk. Default: as many as keep a chunk's working set (``K * chunk * P``
@@ -206,7 +215,11 @@ class MeanField:
     Raises
     ------
     ValueError
-        For ``engine="fast"`` on a model or rule the fast path does not cover (says why).
+        For ``engine="fast"`` or ``"layers"`` on a model or rule it does not cover (says why).
+    ModelNotSupportedError
+        (a ``ValueError``) when no engine can serve the model and rule: ``torch.func`` cannot
+        take per-sample gradients through one of its modules (named), and neither ``"fast"``
+        nor ``"layers"`` applies.
 
     Calling ``field(theta)`` with ``theta`` of shape ``(P,)`` returns ``(P,)``; with ``(K, P)``
     it returns ``(K, P)``. ``field.nfev`` counts evaluations (one per theta vector). ``theta``
@@ -270,19 +283,37 @@ class MeanField:
             plan, reason = plans[name]
             reason = cls.rule_reason(self.rule) or reason
             if reason is None:
-                if wanted == name:
-                    why = f"{name}: requested ({arg}={name!r}); {cls.summary}"
-                elif why_not:
-                    why = f"{name}: " + "; ".join(f"the {n} engine does not apply ({w})"
-                                                  for n, w in why_not.items())
-                else:
-                    why = f"{name}: {cls.summary}"
-                return cls(self.problem, self.rule, plan), why
+                why = self._why(name, cls, wanted, arg, why_not)
+                eng = cls(self.problem, self.rule, plan)
+                vm_reason = plans["vmap"][1]
+                if name == "layers":
+                    why += getattr(eng, "detail", "")
+                    why += ("; DH (jacobian), several chains on their own minibatches and every "
+                            "clipped per-sample gradient (update_moments): the vmap engine"
+                            if vm_reason is None else
+                            f"; DH (jacobian) is not available ({vm_reason})")
+                return eng, why
+            if name == "vmap" and plans["vmap"][1] is not None:
+                raise ModelNotSupportedError(
+                    f"no sa_clip engine can serve this model and rule: {plans['vmap'][1]}"
+                    + "".join(f"; the {n} engine does not apply ({w})"
+                              for n, w in why_not.items()) + ".")
             if wanted == name:
                 raise ValueError(f"`{arg}`={name!r} does not apply: {reason}. Use {arg}='auto' "
                                  f"or 'vmap'.")
             why_not[name] = reason
         raise AssertionError("the vmap engine always applies")  # pragma: no cover
+
+    @staticmethod
+    def _why(name: str, cls: type[Engine], wanted: str, arg: str, why_not: dict[str, str]
+             ) -> str:
+        """The one-line reason for choosing engine ``name``."""
+        if wanted == name:
+            return f"{name}: requested ({arg}={name!r}); {cls.summary}"
+        if why_not:
+            return f"{name}: " + "; ".join(f"the {n} engine does not apply ({w})"
+                                           for n, w in why_not.items())
+        return f"{name}: {cls.summary}"
 
     def __repr__(self) -> str:
         return f"MeanField({self.problem.name!r}, {self.rule!r}, method={self.method!r})"
@@ -301,7 +332,8 @@ class MeanField:
         most = max(1, min(n, self.max_elements // max(1, k * per)))
         if p.device.type == "cpu":
             cached = CPU_CHUNK_BYTES // (p.dtype.itemsize * max(1, k * per))
-            most = min(most, max(MIN_CHUNK, cached))
+            floor = getattr(self.engine, "min_chunk", None) or MIN_CHUNK
+            most = min(most, max(floor, cached))
         pieces = -(-n // most)
         return -(-n // pieces)   # balanced: 20,000 in 10,000 + 10,000, not 19,000 + 1,000
 
@@ -486,4 +518,5 @@ class MeanField:
         return u, (c > 1).any(-1).to(theta.dtype)
 
 
-__all__ = ["MeanField", "ClipStats", "ENGINES", "NonFiniteThetaError", "analyse", "check_theta"]
+__all__ = ["MeanField", "ClipStats", "ENGINES", "ModelNotSupportedError", "NonFiniteThetaError",
+           "analyse", "check_theta"]

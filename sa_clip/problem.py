@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from ._cost import warn_slow_conv
 from ._validate import as_tensor, check_choice, check_nonneg_int
 from .layout import GRANULARITIES, Block, Layout, group_norms
+from .recurrent import unroll_recurrent
 from .sources import DataSource, NpyData, TensorData, iter_chunks
 
 LOSSES = ("mse", "cross_entropy")
@@ -229,7 +230,9 @@ class Problem:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string or None, got {name!r}.")
         dev = resolve_device(device) or first.device
-        self.model = copy.deepcopy(model).to(device=dev, dtype=dtype).eval()
+        # nn.LSTM/GRU/RNN run fused kernels that torch.func cannot batch: an unrolled cell on
+        # the same parameters takes their place in this private copy (sa_clip.recurrent)
+        self.model = unroll_recurrent(copy.deepcopy(model)).to(device=dev, dtype=dtype).eval()
         self.dtype, self.device, self.name = dtype, dev, name or type(model).__name__
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "callable")
         self.loss_spec: LossSpec = loss

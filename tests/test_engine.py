@@ -62,7 +62,7 @@ def test_reason_says_which_engine_and_why():
                                        torch.nn.LayerNorm(3, dtype=torch.float64)),
                    p.X, p.y)
     r = sc.MeanField(q, sc.NoClip()).reason
-    assert r.startswith("vmap: the fast engine does not apply (LayerNorm at module 1 ")
+    assert r.startswith("layers: the fast engine does not apply (LayerNorm at module 1 ")
 
 
 def test_engine_keyword_and_its_old_name():
@@ -71,7 +71,8 @@ def test_engine_keyword_and_its_old_name():
     assert sc.MeanField(p, sc.NoClip(), engine="vmap", method="vmap").method == "vmap"
     with pytest.raises(ValueError, match="`method` is the old name of `engine`"):
         sc.MeanField(p, sc.NoClip(), engine="fast", method="vmap")
-    with pytest.raises(ValueError, match=r"`engine` must be one of \['auto', 'fast', 'vmap'\]"):
+    with pytest.raises(ValueError,
+                       match=r"`engine` must be one of \['auto', 'fast', 'layers', 'vmap'\]"):
         sc.MeanField(p, sc.NoClip(), engine="loop")
     with pytest.raises(ValueError, match="`engine`='fast' does not apply: rule ValueClip"):
         sc.MeanField(p, sc.ValueClip(0.1), engine="fast")

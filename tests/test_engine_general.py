@@ -1,5 +1,6 @@
-"""The general (vmap) engine on models the fast path does not serve: a CNN with GroupNorm and
-a model with a tied weight, every rule, against float64 per-sample loops (tests/problems.py).
+"""The general (vmap) engine, asked for by name, on models the fast path does not serve: a CNN
+with GroupNorm and a model with a tied weight, every rule, against float64 per-sample loops
+(tests/problems.py); the layer engine that "auto" picks for them is tested in test_layers.py.
 
 The engine forms norms, factors and clipped sums block by block and differentiates one
 parameter vector without an outer vmap; these tests pin each of those paths (K = 1 and K > 1,
@@ -46,7 +47,7 @@ def thetas(p, k=3, scale=0.3, seed=1):
 @pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.name)
 def test_cnn_matches_brute_force(rule, loss):
     p = cnn_problem(loss)
-    field = sc.MeanField(p, rule, chunk_size=4)          # chunks 4 + 4 + 1
+    field = sc.MeanField(p, rule, engine="vmap", chunk_size=4)          # chunks 4 + 4 + 1
     assert field.method == "vmap"
     th = thetas(p)
     H = field(th)                                         # K = 3: vmap over theta
@@ -61,7 +62,7 @@ def test_cnn_matches_brute_force(rule, loss):
 @pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.name)
 def test_directions_and_factors_match_brute_force(rule):
     p = cnn_problem()
-    field = sc.MeanField(p, rule)
+    field = sc.MeanField(p, rule, engine="vmap")
     th = thetas(p, 2)
     idx = torch.tensor([[0, 3, 3, 7], [5, 1, 2, 8]])
     for k_rows in (slice(0, 2), slice(1, 2)):             # K = 2 and K = 1 minibatches
@@ -81,7 +82,7 @@ def test_directions_and_factors_match_brute_force(rule):
 def test_norms_moments_and_stats(rule):
     p = cnn_problem("mse")
     th = p.theta0 * 0.8
-    field = sc.MeanField(p, rule, chunk_size=5)
+    field = sc.MeanField(p, rule, engine="vmap", chunk_size=5)
     G = brute_grads(p, th)
     U = torch.stack([brute_clip(rule, G[i], th, p) for i in range(p.N)])
     m, s2 = field.update_moments(th)
@@ -105,7 +106,7 @@ def test_tied_weights_model_every_rule_batched():
     p = shared_problem("cross_entropy")                  # a tied weight, 0-d and 3-d tensors
     th = thetas(p, 2, 0.2)
     for rule in ALL_RULES:
-        H = sc.MeanField(p, rule, chunk_size=6)(th)
+        H = sc.MeanField(p, rule, engine="vmap", chunk_size=6)(th)
         for k in range(2):
             assert rel_err(H[k], brute_H(p, rule, th[k])) < 1e-10, rule
 
@@ -120,7 +121,7 @@ def test_rule_with_its_own_factors(base):
     index, n_groups = p.layout.groups(gran)
     tn = sc.layout.group_norms(th, p.layout, gran) if rule.relative else None
     U = G / rule.factors(sc.layout.group_norms(G, p.layout, gran), tn)[:, index]
-    assert rel_err(sc.MeanField(p, rule)(th), U.mean(0)) < 1e-10
+    assert rel_err(sc.MeanField(p, rule, engine="vmap")(th), U.mean(0)) < 1e-10
     assert VmapEngine(p, rule)._mode == "scale"
 
 
@@ -133,7 +134,7 @@ def test_rule_with_its_own_clip_is_served_whole():
     p = cnn_problem()
     assert VmapEngine(p, rule)._mode == "generic"
     th = thetas(p, 2)
-    H = sc.MeanField(p, rule, chunk_size=4)(th)
+    H = sc.MeanField(p, rule, engine="vmap", chunk_size=4)(th)
     for k in range(2):
         assert rel_err(H[k], 0.1 * torch.sign(brute_grads(p, th[k])).mean(0)) < 1e-12
 
@@ -160,7 +161,7 @@ def test_jacobian_through_zero_gradients_is_finite_and_right(rule):
     X[0] = 0.0                                  # sample 0 fitted exactly: its whole gradient
     y[0] = torch.tanh(model.lin.bias.detach())  # is zero (the global norm's kink at 0)
     p = sc.Problem(model, X, y)
-    field = sc.MeanField(p, rule)
+    field = sc.MeanField(p, rule, engine="vmap")
     assert field.method == "vmap"
     th = p.theta0
     J = field.jacobian(th)
@@ -194,7 +195,7 @@ def test_float32_cnn_close_to_float64():
     p = cnn_problem()
     p32 = p.to(dtype=torch.float32)
     for rule in (sc.NormClip(0.3), sc.UnitwiseAGC(0.2)):
-        h64 = sc.MeanField(p, rule)(p.theta0)
+        h64 = sc.MeanField(p, rule, engine="vmap")(p.theta0)
         h32 = sc.MeanField(p32, rule)(p32.theta0)
         assert h32.dtype == torch.float32
         assert rel_err(h32.double(), h64) < 1e-5
@@ -211,7 +212,7 @@ def test_rows_looped_or_batched_give_the_same_numbers(monkeypatch):
     for limit in (0, 10 ** 12):                            # always loop / never loop
         monkeypatch.setattr(engine, "LOOP_ELEMENTS", limit)
         for rule in (sc.NormClip(0.3), sc.UnitwiseAGC(0.2), sc.ValueClip(0.05)):
-            f = sc.MeanField(p, rule, chunk_size=3)
+            f = sc.MeanField(p, rule, engine="vmap", chunk_size=3)
             assert f.engine.loops_rows(3, 3) == (limit == 0)
             m, s2 = f.update_moments(th)
             out[limit, rule.name] = (f(th), f.clip_stats(th).factors, m, s2,
@@ -234,7 +235,7 @@ def test_looping_engine_sizes_chunks_for_one_row():
         warnings.simplefilter("ignore", UserWarning)
         p = sc.Problem(model, torch.randn(4096, 1, 16, 16, generator=g),
                        torch.randint(0, 10, (4096,), generator=g), "cross_entropy")
-    f = sc.MeanField(p, sc.NormClip(1.0))
+    f = sc.MeanField(p, sc.NormClip(1.0), engine="vmap")
     assert f.method == "vmap" and f._chunk(1) == 586 and f._chunk(12) == 586
     assert f.engine.loops_rows(12, 586)
     toy = sc.problems.tanh_regression()

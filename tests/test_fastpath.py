@@ -180,7 +180,7 @@ def test_float32_close_to_float64():
 
 def test_auto_falls_back_and_fast_refuses():
     tied = shared_problem("mse")
-    assert sc.MeanField(tied, sc.NormClip(0.3)).method == "vmap"
+    assert sc.MeanField(tied, sc.NormClip(0.3)).method == "vmap"   # no layer it knows
     with pytest.raises(ValueError, match="`method`='fast' does not apply: the model is a "
                                          "SharedTied"):
         sc.MeanField(tied, sc.NormClip(0.3), method="fast")
@@ -205,13 +205,13 @@ def test_unsupported_models_are_detected():
         p = sc.Problem(model, X, y)
         reason = unsupported_reason(p, sc.NoClip())
         assert reason is not None and why in reason, (why, reason)
-        assert sc.MeanField(p, sc.NoClip()).method == "vmap"
+        assert sc.MeanField(p, sc.NoClip()).method == "layers"
     # 3-d inputs without a Flatten: the Linear maps the last axis, the norm trick does not hold
     p3 = sc.Problem(nn.Linear(4, 2, dtype=D), torch.randn(5, 3, 4, dtype=D),
                     torch.randn(5, 3, 2, dtype=D))
     assert "needs (N, d)" in unsupported_reason(p3, sc.NoClip())
     h = sc.MeanField(p3, sc.NormClip(0.1))
-    assert h.method == "vmap"
+    assert h.method == "layers"     # Gram matrices over the positions
 
 
 def test_chunk_size_follows_layer_widths():
