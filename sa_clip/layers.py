@@ -629,21 +629,26 @@ def _record(problem: Problem, units: list[_Unit], clone: bool, theta: torch.Tens
 
 
 def _self_check(problem: Problem, plan: LayersPlan) -> str | None:
-    """Per-sample layer norms of 3 samples against a per-sample autograd loop."""
+    """Per-sample layer norms of 3 samples against a per-sample autograd loop (both on the
+    loss times a power of two that brings the largest gradient entry near 1, so huge targets
+    do not overflow the squares)."""
     n = min(3, problem.N)
     x, y = problem.take(torch.arange(n))
     th = problem.theta0
-    try:
-        sq = LayersEngine._squares(problem, plan, th, x, y)[0]
-    except Exception as exc:      # noqa: BLE001
-        return f"its per-layer gradients failed ({type(exc).__name__}: {exc})"
-    ref = []
+    gs = []
     for i in range(n):
         t = th.detach().requires_grad_(True)
         with torch.enable_grad():
-            g = torch.autograd.grad(problem.sample_losses(t, x[i:i + 1], y[i:i + 1]).sum(), t)[0]
-        ref.append(torch.stack([g[b.slice].square().sum() for b in problem.blocks]))
-    r = torch.stack(ref)
+            gs.append(torch.autograd.grad(
+                problem.sample_losses(t, x[i:i + 1], y[i:i + 1]).sum(), t)[0])
+    m = float(torch.stack(gs).abs().max()) if gs else 0.0
+    scale = 2.0 ** -math.ceil(math.log2(m)) if math.isfinite(m) and m > 0 else 1.0
+    try:
+        sq = LayersEngine._squares(problem, plan, th, x, y, scale=scale)[0]
+    except Exception as exc:      # noqa: BLE001
+        return f"its per-layer gradients failed ({type(exc).__name__}: {exc})"
+    r = torch.stack([torch.stack([(g[b.slice] * scale).square().sum() for b in problem.blocks])
+                     for g in gs])
     got = torch.cat([s for s in sq], 1)
     tol = 1e3 * torch.finfo(problem.dtype).eps
     err = float((got - r).abs().max() / r.abs().max().clamp_min(1e-300))
@@ -707,8 +712,10 @@ class LayersEngine(Engine):
     # ------------------------------------------------------------------ one row, one chunk
     @staticmethod
     def _parts(problem: Problem, plan: LayersPlan, theta: torch.Tensor, x: torch.Tensor,
-               y: torch.Tensor) -> tuple[dict[str, list[_Part]], torch.Tensor]:
-        """Every block's parts for one ``theta (P,)`` on a chunk, and the leaf theta."""
+               y: torch.Tensor, scale: float = 1.0
+               ) -> tuple[dict[str, list[_Part]], torch.Tensor]:
+        """Every block's parts for one ``theta (P,)`` on a chunk, and the leaf theta; with
+        ``scale``, of the loss times ``scale`` (a power of two: exact)."""
         calls, losses, params, th = _record(problem, plan.units, plan.clone_outputs, theta,
                                             x, y)
         if len(calls) != len(plan.sites) or any(c[0] != s.unit
@@ -718,7 +725,10 @@ class LayersEngine(Engine):
                 if isinstance(o, torch.Tensor) and o.requires_grad
                 and plan.sites[k].out_dims[j] is not None]
         with torch.enable_grad():
-            gs = torch.autograd.grad(losses.sum(), [o for _, _, o in outs], allow_unused=True)
+            total = losses.sum()
+            gs = torch.autograd.grad(total, [o for _, _, o in outs], allow_unused=True,
+                                     grad_outputs=None if scale == 1.0 else
+                                     torch.full_like(total, scale))
         deltas: list[list[torch.Tensor | None]] = [[None] * len(c[3]) for c in calls]
         for (k, j, _), g in zip(outs, gs):
             if g is not None:
@@ -741,11 +751,12 @@ class LayersEngine(Engine):
 
     @classmethod
     def _squares(cls, problem: Problem, plan: LayersPlan, theta: torch.Tensor,
-                 x: torch.Tensor, y: torch.Tensor, units: dict[str, int] | None = None
-                 ) -> tuple[list[torch.Tensor], dict[str, _Part]]:
+                 x: torch.Tensor, y: torch.Tensor, units: dict[str, int] | None = None,
+                 scale: float = 1.0) -> tuple[list[torch.Tensor], dict[str, _Part]]:
         """Per-sample squared norms, one ``(B, units)`` tensor per block in Layout order
-        (zeros for a block no sample reaches), and each block's single part."""
-        parts, _ = cls._parts(problem, plan, theta, x, y)
+        (zeros for a block no sample reaches), and each block's single part (of the loss
+        times ``scale``)."""
+        parts, _ = cls._parts(problem, plan, theta, x, y, scale)
         b = x.shape[0]
         sq, single = [], {}
         for blk in problem.blocks:
@@ -767,11 +778,7 @@ class LayersEngine(Engine):
         b = x.shape[0]
         if gran == "none":
             return self._plain(theta, x, y), theta.new_ones(b, 1)
-        sq, parts = self._squares(p, self.plan, theta, x, y, self._units_of)
-        if gran == "global":
-            norms = torch.stack(sq).sum(0).sqrt() if len(sq) > 1 else sq[0].sqrt()
-        else:
-            norms = torch.cat(sq, 1).sqrt()
+        norms, parts = self._norms(theta, x, y)
         tn = group_norms(theta, p.layout, gran).unsqueeze(0) if rule.relative else None
         c = rule.factors(norms, tn)
         w = 1.0 / c
@@ -792,11 +799,27 @@ class LayersEngine(Engine):
 
     def _norm_row(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
                   ) -> torch.Tensor:
-        gran = self._gran
-        sq = self._squares(self.problem, self.plan, theta, x, y, self._units_of)[0]
-        if gran in ("global", "none"):
-            return torch.stack(sq).sum(0).sqrt()
-        return torch.cat(sq, 1).sqrt()
+        return self._norms(theta, x, y)[0]
+
+    def _norms(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+               ) -> tuple[torch.Tensor, dict[str, _Part]]:
+        """Per-sample norms ``(B, groups)`` and the parts they came from. Where a square
+        overflows (per-sample gradients beyond about 1e154 in float64, 1e19 in float32: MSE
+        targets of 1e200) the norms come from a second pass on the loss times ``2^-e``,
+        times ``2^e``; the plain norms are kept wherever they are finite, so nothing changes
+        where nothing overflows (the parts, linear in the loss, stay unscaled)."""
+        def combine(sq: list[torch.Tensor]) -> torch.Tensor:
+            if self._gran in ("global", "none"):
+                return torch.stack(sq).sum(0).sqrt() if len(sq) > 1 else sq[0].sqrt()
+            return torch.cat(sq, 1).sqrt()
+        sq, parts = self._squares(self.problem, self.plan, theta, x, y, self._units_of)
+        norms = combine(sq)
+        if bool(torch.isfinite(norms).all()):
+            return norms, parts
+        e = math.floor(math.log2(torch.finfo(norms.dtype).max)) // 2 + 24  # 535 in float64
+        small = combine(self._squares(self.problem, self.plan, theta, x, y, self._units_of,
+                                      scale=2.0 ** -e)[0])
+        return torch.where(torch.isfinite(norms), norms, small * 2.0 ** e), parts
 
     # ------------------------------------------------------------------ dispatch
     def _delegate(self, theta: torch.Tensor, x: torch.Tensor, shared: bool) -> bool:

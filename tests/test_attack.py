@@ -253,7 +253,7 @@ def _reference_field(p, rule, theta):
     return torch.stack(out).mean(0)
 
 
-@pytest.mark.parametrize("method", ["vmap", "fast"])
+@pytest.mark.parametrize("method", ["vmap", "fast", "layers"])
 @pytest.mark.parametrize("rule", [sc.NormClip(1.0), sc.make_rule("layerwise", lam=1.0)],
                          ids=["global", "layer"])
 def test_huge_targets_give_the_clipped_field_not_zero(method, rule):
