@@ -31,8 +31,7 @@ import torch
 from torch import nn
 
 import sa_clip as sc
-from sa_clip.viz import add_figure_options, styled
-from sa_clip.viz._style import figsize_for
+from sa_clip.viz import add_figure_options, figsize_for, styled
 
 D = torch.float64
 Z90 = 1.2815515655446004          # the 90% quantile of N(0, 1)

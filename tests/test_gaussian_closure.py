@@ -196,12 +196,13 @@ def test_closure_follows_4000_chains_where_first_order_fails():
     gau = sc.linear_noise(field, sched, p.theta0, run.tau, form="gaussian")
     gc = sc.linear_noise(field, sched, p.theta0, run.tau, form="gaussian-continuous")
     assert gau.success and gc.success
-    idx = range(1, len(run.tau))
+    # every 50th step (the run also records its first steps, log-spaced, before step 50)
+    idx = [i for i in range(1, len(run.tau)) if int(run.steps[i]) % 50 == 0]
     err_first = [_rel(first.cov[i], th[:, i]) for i in idx]
     err_gau = [_rel(gau.cov[i], th[:, i]) for i in idx]
     err_gc = [_rel(gc.cov[i], th[:, i]) for i in idx]
-    for i in (2, 10, 20):            # tau = 1, 5, 10 (early, middle, late)
-        assert err_gau[i - 1] < 0.08 and err_gc[i - 1] < 0.08, (i, err_gau, err_gc)
+    for k in (2, 10, 20):            # steps 100, 500, 1000: tau = 1, 5, 10
+        assert err_gau[k - 1] < 0.08 and err_gc[k - 1] < 0.08, (k, err_gau, err_gc)
     assert max(err_gau) < 0.08 and max(err_first) > 0.08
     assert np.mean(err_gau) < 0.6 * np.mean(err_first)
     # the mean shift has the sign and size of the chains' mean minus the ODE path, late on

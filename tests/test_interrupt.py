@@ -258,7 +258,9 @@ def test_a_refused_argument_keeps_the_previous_complete_manifest(tmp_path, capsy
     assert cli.main([*TINY_PORTRAIT, "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert cli.main(["run", "--quick", "--chains", "2", "--out", str(out)]) == 2
+    # (--quick --chains 2 alone is no longer refused: --quick's tracking chains follow)
+    assert cli.main(["run", "--quick", "--chains", "2", "--tracking-chains", "5",
+                     "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("sa-clip: error:") and "chains" in err
+    assert err.startswith("sa-clip: error:") and "--tracking-chains" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -167,7 +167,7 @@ def resolve_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
     cfg = read_config(args.config, parser) if getattr(args, "config", None) else {}
     merged = {**BASE_DEFAULTS, **defaults}
     if "problem" in vars(args):      # a problem's own settings (a CNN: float32, fewer chains)
-        from ..problems.registry import RUN_SETTINGS
+        from .._run_settings import RUN_SETTINGS
         name = args.problem if args.problem is not None else cfg.get("problem", merged.get(
             "problem"))
         merged.update(RUN_SETTINGS.get(name, {}))

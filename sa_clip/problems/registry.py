@@ -21,16 +21,6 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
 }
 
 
-#: Settings the ``sa-clip`` commands use for a problem where the command line, ``--config`` and
-#: ``--quick`` leave them unset (instead of the command's defaults, sized for the paper's
-#: small network). One H of the digits CNN costs about 100 of the wine MLP's: float32 (torch
-#: has no fast float64 convolution on the CPU), 32 chains x 600 steps, D_T(s) of 4 chains at
-#: 6 starts, every 10th step recorded (the loss stage costs a forward pass over the data per
-#: record and chain), a short noise run and a coarse portrait.
-RUN_SETTINGS: dict[str, dict[str, Any]] = {
-    "digits-cnn": dict(dtype="float32", steps=600, chains=32, record_every=10, starts=6,
-                       tracking_chains=4, noise_chains=2, noise_steps=100, portrait_grid=9),
-}
 
 
 def make_problem(name: str, **kwargs: Any) -> Problem:

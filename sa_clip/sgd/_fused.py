@@ -50,12 +50,16 @@ RESYNC = 64
 
 
 def fused_engine(field: MeanField) -> Any:
-    """The field's Linear-stack engine when the fused step applies, else None: fast path, a
-    global or no-clipping rule that is not relative, and ``directions`` not overridden."""
+    """The field's Linear-stack engine when the fused step applies, else None: fast path with
+    no frozen layer, a global or no-clipping rule that is not relative, and ``directions``
+    not overridden."""
     eng = field.engine if isinstance(field.engine, LinearStackEngine) else None
     rule = field.rule
     if eng is None or type(field).directions is not MeanField.directions \
             or type(field).directions_stats is not MeanField.directions_stats:
+        return None
+    if any(ly.weight is None or (ly.bias is None and ly.frozen_b is not None)
+           for ly in eng.layers):          # a frozen layer: the engine's own step serves it
         return None
     if rule.granularity not in ("none", "global") or rule.relative:
         return None
