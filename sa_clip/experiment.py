@@ -289,6 +289,8 @@ def tracking_in_groups(run: Trajectory, fld: Any, *, horizon: float, starts: tor
     for name in PER_CHAIN_FIELDS:
         if getattr(parts[0], name, None) is not None:
             merged[name] = torch.cat([getattr(p, name) for p in parts])
+    if merged.get("chains") is not None:        # the key of the tracked chains together
+        merged["tracked_id"] = select_chains(run, merged["chains"]).run_key()
     failed = [p for p in parts if p.status != 0]
     if failed:
         merged.update(status=failed[0].status, message=failed[0].message)

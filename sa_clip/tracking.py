@@ -63,6 +63,9 @@ class TrackingResult:
         :meth:`sa_clip.Trajectory.run_key` of the run it was computed from (the whole run,
         also when ``chains`` picks some; None for results of older versions):
         :func:`sa_clip.viz.plot_shadowing` refuses another run.
+    tracked_id : str or None
+        With ``chains``: the run key of ``select_chains(run, chains)`` (also accepted by
+        :func:`sa_clip.viz.plot_shadowing`).
     """
 
     start: torch.Tensor
@@ -77,6 +80,7 @@ class TrackingResult:
     path_chains: torch.Tensor | None = None
     chains: torch.Tensor | None = None
     run_id: str | None = None
+    tracked_id: str | None = None
 
     @property
     def offsets(self) -> torch.Tensor:
@@ -114,7 +118,7 @@ class TrackingResult:
         save_npz(path, arrays,
                  {"kind": "TrackingResult", "horizon": self.horizon, "nfev": self.nfev,
                   "status": self.status, "message": self.message, "config": config or {},
-                  "run_id": self.run_id})
+                  "run_id": self.run_id, "tracked_id": self.tracked_id})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrackingResult:
@@ -153,7 +157,8 @@ class TrackingResult:
         return cls(start=t(start), distance=t(dist), horizon=float(meta["horizon"]), h=t(h),
                    nfev=meta["nfev"], status=meta["status"], message=meta["message"],
                    gap=t(gap), paths=t(paths), path_chains=t(chains), chains=t(tracked),
-                   run_id=meta.get("run_id") if isinstance(meta.get("run_id"), str) else None)
+                   **{k: meta[k] if isinstance(meta.get(k), str) else None
+                      for k in ("run_id", "tracked_id")})
 
     def quantile(self, q: float) -> torch.Tensor:
         """``q``-quantile over chains (NaN ignored), shape ``(S,)``."""
@@ -471,7 +476,8 @@ def tracking_distance(trajectory: Trajectory,
         h=h, nfev=nfev, status=status, message=message,
         gap=None if gather.gap is None else gather.gap.reshape(run.chains, n_s, len(h)),
         paths=gather.paths, path_chains=torch.tensor(kept, dtype=torch.long) if kept else None,
-        chains=picked, run_id=trajectory.run_key())
+        chains=picked, run_id=trajectory.run_key(),
+        tracked_id=None if picked is None else run.run_key())
 
 
 def _checked_run(trajectory: Any, field: Any, chains: Any

@@ -129,6 +129,24 @@ def test_chains_subset_survives_save_and_load(small_run, tmp_path):
     assert back.chains.tolist() == [4, 0] and torch.equal(back.distance, res.distance)
 
 
+def test_shadowing_of_a_chain_subset_takes_the_whole_run_or_the_selection(small_run):
+    """A result of tracking_distance(chains=) is drawn with the whole run (the figure picks
+    the tracked chains) or with select_chains(run, chains); another run of as many chains as
+    were tracked is refused, also after save and load."""
+    import matplotlib.pyplot as plt
+
+    p, rule, run = small_run
+    field = sc.MeanField(p, rule)
+    res = sc.tracking_distance(run, field, horizon=1.0, starts=[0.0, 1.0], chains=[4, 0],
+                               keep_paths=[0], keep_gap=True)
+    assert res.run_id == run.run_key() and res.tracked_id == select_chains(run, [4, 0]).run_key()
+    for traj in (run, select_chains(run, [4, 0])):
+        plt.close(sc.viz.plot_shadowing(traj, res, chain=0))
+    other = select_chains(run, [1, 2])
+    with pytest.raises(ValueError, match="another run"):
+        sc.viz.plot_shadowing(other, res, chain=0)
+
+
 @pytest.mark.parametrize("name,value,error,match", [
     ("keep_paths", "12", TypeError, "`keep_paths` must be a sequence of integer indices"),
     ("keep_paths", [0.7], TypeError, r"`keep_paths\[0\]` must be an integer index"),

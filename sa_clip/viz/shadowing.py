@@ -266,7 +266,9 @@ def plot_shadowing(trajectory: Trajectory, result: TrackingResult, *, chain: int
 def _check_same_run(trajectory: Trajectory, result: TrackingResult) -> None:
     """Refuse a result of another run (its id, or windows past the end of this run), and a
     result with no finite distance (every chain blew up) with a message that says so."""
-    if result.run_id is not None and result.run_id != trajectory.run_key():
+    key = trajectory.run_key()
+    if result.run_id is not None and key not in (result.run_id, result.tracked_id):
+        # (the whole run, or the run restricted to the tracked chains: select_chains)
         raise ValueError("`result` was computed from another run than `trajectory` (its "
                          "run_id differs from trajectory.run_key()): pass the run the result "
                          "was computed from (the whole run also for a result of "
