@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 import warnings
@@ -40,7 +41,7 @@ import torch
 from . import distributed as _dist
 from ._cost import Meter, duration
 from ._memory import check_run_memory, finite_rows, peak_rss_mb, release_memory, run_memory
-from ._validate import file_stem
+from ._validate import check_nonneg_int, file_stem
 from ._workers import WorkerDied, check_workers, fork_available, run_jobs
 from .clipping import ClipRule, make_rule
 from .meanfield import MeanField
@@ -446,6 +447,11 @@ def run_experiment(problem: Problem, rules: Any, schedule: Schedule | str | Call
     (['norm', 'none'], torch.Size([4, 3]))
     """
     named = _rules(rules)
+    if not isinstance(starts, numbers.Integral) or isinstance(starts, bool):
+        raise TypeError(f"`starts` must be the number of start times (an integer >= 1), got "
+                        f"{starts!r}; for start times of your own call "
+                        "sa_clip.tracking_distance(run, field, starts=[...]).")
+    starts = check_nonneg_int("starts", starts, minimum=1, maximum=10 ** 6)
     sched = make_schedule(schedule)
     if tracking_chains is not None and (isinstance(tracking_chains, bool) or not isinstance(
             tracking_chains, int) or not 1 <= tracking_chains <= chains):
