@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 import sa_clip as sc
-from sa_clip.viz import add_figure_options, figsize_for, styled
+from sa_clip.viz import add_figure_options, figsize_for, save_figure, styled
 
 D = torch.float64
 Z90 = 1.2815515655446004          # the 90% quantile of N(0, 1)
@@ -248,12 +248,7 @@ def _main(args: argparse.Namespace):
     ax.grid(alpha=0.25)
     fig.suptitle("Spread of clipped-SGD chains beside clipping switches: first order vs "
                  f"Gaussian moment closure vs {args.chains} chains", fontsize=11)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "linear_noise.png")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=args.dpi)
-    os.replace(tmp, path)
-    plt.close(fig)
+    path = str(save_figure(fig, args.out, "linear_noise.png", dpi=args.dpi))
     print(f"wrote {path}")
     return {"first": err_first, "gauss": err_gauss, "tau": tn, "floor": floor,
             "fails": (sd_chain, sd_first, sd_gauss), "figure": path,
