@@ -42,346 +42,92 @@ From the shell::
     python -m sa_clip.viz.explore --problem tanh --rule adaptive --lam 0.5
     python -m sa_clip.viz.explore --lam 0.5 --snapshot explore.png     # no window, a PNG
     python -m sa_clip.viz.explore --gif explore.gif                    # the animation
+
+The code is split by responsibility: the settings and options live in
+``_explore_options.py``, the computation (run in the worker thread) in
+``_explore_compute.py``, the display check and the pictures written with no window
+in ``_explore_io.py``; this module keeps the window (:class:`Explorer`,
+:class:`Debouncer`) and the entry points, and every name of those modules is importable from
+here as before.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import queue
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import Any
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-import scipy.optimize
 import torch
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.widgets import Button, RadioButtons, Slider
 
-from .. import problems as zoo
-from ..batchfield import FixedBatchField
-from ..clipping import ClipRule, make_rule
-from ..equilibria import Equilibrium, classify, find_equilibria
-from ..meanfield import MeanField
-from ..ode import solve_ode
-from ..plane import Plane, PlaneField
-from ..problem import Problem
-from ..schedules import PowerLaw
-from ..sgd import simulate_sgd
-from ..tracking import tracking_distance
-from ._save import atomic_path, save_animation
+from ._explore_compute import (  # noqa: F401  (re-exported: importable from here as before)
+    BATCH_SAMPLES,
+    EQ_MAX_ITER,
+    FRAMES,
+    GRID_NOTE_CELLS,
+    ODE_POINTS,
+    ChainState,
+    FieldState,
+    _batch_equilibria,
+    _field_key,
+    _in_box,
+    build_problem,
+    build_rule,
+    compute_chains,
+    compute_field,
+    equilibrium_starts,
+    grid_note,
+    tracking_note,
+)
+from ._explore_io import (  # noqa: F401
+    _NON_INTERACTIVE,
+    WAYS_OUT,
+    _interactive_backend,
+    check_picture_path,
+    display_problem,
+    write_pictures,
+)
+from ._explore_options import (  # noqa: F401
+    CLIP_PER_CHOICES,
+    CLIP_PER_LABELS,
+    DATA_SIZE,
+    DEFAULT_EXTENT,
+    DESCRIPTION,
+    DPI,
+    FIGSIZE,
+    HELP,
+    MAX_DPI,
+    MAX_EXTENT,
+    MAX_GRID,
+    MAX_PIXELS,
+    PROBLEMS_2D,
+    PROG,
+    QUICK,
+    RULE_CHOICES,
+    RULE_LABELS,
+    SIZE,
+    SLIDER_RANGES,
+    Settings,
+    add_arguments,
+    figure_size,
+    parse_size,
+    settings_from_args,
+)
 from ._style import KIND_STYLE, ODE_COLOR, SGD_COLOR
 from .phase import plot_phase_portrait
 
-#: ``sa-clip explore --help`` (plain text: no reST markup in the terminal)
-HELP = "interactive explorer of a 2-parameter problem (sliders, animated chains, D_T)"
-DESCRIPTION = ("An interactive window on a 2-parameter problem: streamlines of -H, nullclines, "
-               "equilibria by stability, animated SGD chains against the ODE from their start, "
-               "and D_T(s); sliders for lam, eps, a0, alpha and the batch size, radio buttons "
-               "for the rule and per-sample/per-batch clipping. --snapshot PATH writes one "
-               "frame as a PNG and --gif PATH the animation, with no window.")
-
-PROG = "sa-clip explore"
-#: what ``--quick`` changes (options left at their defaults only)
-QUICK = {"grid": 15, "chains": 12, "steps": 80}
-#: the ready-made 2-parameter problems the explorer accepts
-PROBLEMS_2D = ("tanh", "logistic2d")
-#: the rules on the radio buttons (registry names of :func:`sa_clip.make_rule`)
-RULE_CHOICES = ("norm", "adaptive", "layerwise", "unitwise", "value", "none")
-RULE_LABELS = {"norm": "classic norm", "adaptive": "adaptive", "layerwise": "layer-wise",
-               "unitwise": "unit-wise (AGC)", "value": "value", "none": "none (plain SGD)"}
-CLIP_PER_CHOICES = ("sample", "batch")
-CLIP_PER_LABELS = {"sample": "per-sample", "batch": "per-batch"}
-#: slider ranges (a value given outside is accepted and the range grows to hold it)
-SLIDER_RANGES = {"lam": (0.05, 5.0), "eps": (0.001, 1.0), "a0": (0.05, 2.0),
-                 "alpha": (0.3, 1.0), "batch_size": (1, 32)}
-#: samples in each problem's data set (the largest batch size)
-DATA_SIZE = {"tanh": 64, "logistic2d": 100}
-#: batches of the common-random-numbers estimate of H_M (per-batch clipping)
-BATCH_SAMPLES = 32
-#: records kept per run, the frames of the animation
-FRAMES = 50
-#: root-finding iterations per start (a start that wanders off a kink is given up early)
-EQ_MAX_ITER = 40
-DEFAULT_EXTENT = {"tanh": 3.0, "logistic2d": 5.0}
-#: window / snapshot size in pixels at :data:`DPI` (fits a 1024 x 768 projector)
-SIZE = (1024, 768)
-DPI = 100
-FIGSIZE = (SIZE[0] / DPI, SIZE[1] / DPI)
 #: seconds a control must rest before the explorer recomputes
 DEBOUNCE_S = 0.3
-#: points of the ODE's own time grid (drawn smooth, not at the records' times)
-ODE_POINTS = 400
-#: largest accepted values (beyond them a grid, a view or a picture is not useful, only slow)
-MAX_GRID = 200
-MAX_EXTENT = 1e4
-MAX_DPI = 600
-MAX_PIXELS = 40_000_000
-#: a grid coarser than ``extent / GRID_NOTE_CELLS`` per cell can miss equilibria (tanh: G = 11)
-GRID_NOTE_CELLS = 12
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything the explorer draws depends on these (the controls change the first eight).
-
-    ``a0``, ``alpha``: the power schedule ``a(n) = a0 / (n + 1)^alpha``; ``extent``: the plane
-    shown is ``[-extent, extent]^2`` (default per problem: tanh 3, logistic2d 5); ``grid``:
-    ``G``, points per side of the field grid;
-    ``horizon``: ``T`` of ``D_T(s)`` (shortened to a third of the run's ODE time if the run is
-    shorter than ``1.5 T``); ``starts``: start times ``s`` of ``D_T(s)``.
-    """
-
-    problem: str = "tanh"
-    rule: str = "norm"
-    lam: float = 1.0
-    eps: float = 1e-3
-    a0: float = 1.0
-    alpha: float = 0.7
-    batch_size: int = 1
-    clip_per: str = "sample"
-    chains: int = 24
-    steps: int = 150
-    seed: int = 0
-    extent: float | None = None
-    grid: int = 25
-    horizon: float = 1.0
-    starts: int = 8
-
-    def check(self) -> Settings:
-        """Raise ``ValueError`` naming the first bad option, its value and what is accepted."""
-        if self.problem not in PROBLEMS_2D:
-            extra = ""
-            if self.problem in zoo.PROBLEMS:
-                extra = " (it has more than 2 parameters; the explorer draws the plane itself)"
-            raise ValueError(f"`--problem` must be one of {list(PROBLEMS_2D)}, got "
-                             f"{self.problem!r}{extra}.")
-        if self.rule not in RULE_CHOICES:
-            raise ValueError(f"`--rule` must be one of {list(RULE_CHOICES)}, got {self.rule!r}.")
-        if self.clip_per not in CLIP_PER_CHOICES:
-            raise ValueError(f"`--clip-per` must be one of {list(CLIP_PER_CHOICES)}, got "
-                             f"{self.clip_per!r}.")
-        if self.extent is None:
-            return replace(self, extent=DEFAULT_EXTENT[self.problem]).check()
-        for name in ("lam", "eps", "a0", "alpha", "extent", "horizon"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                    math.isfinite(v) and v > 0):
-                raise ValueError(f"`--{name}` must be a finite number > 0, got {v!r}.")
-        if self.extent > MAX_EXTENT:
-            raise ValueError(f"`--extent` must be at most {MAX_EXTENT:g} (the half-width of the "
-                             f"square drawn), got {self.extent!r}.")
-        for name, low in (("batch_size", 1), ("chains", 1), ("steps", 10), ("grid", 5),
-                          ("starts", 2), ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"`--{name.replace('_', '-')}` must be an integer >= {low}, "
-                                 f"got {v!r}.")
-        if self.grid > MAX_GRID:
-            raise ValueError(f"`--grid` must be at most {MAX_GRID} points per side (the field "
-                             f"is evaluated at grid^2 points), got {self.grid}.")
-        n = DATA_SIZE[self.problem]
-        if self.batch_size > n:
-            raise ValueError(f"`--batch-size` must be at most {n} (the {self.problem} data set "
-                             f"has {n} samples), got {self.batch_size}.")
-        if self.chains > 1000:
-            raise ValueError(f"`--chains` must be at most 1000, got {self.chains}.")
-        if self.steps > 1_000_000:
-            raise ValueError(f"`--steps` must be at most 1000000, got {self.steps}.")
-        return self
-
-
-def build_problem(settings: Settings) -> Problem:
-    """The ready-made 2-parameter problem named by ``settings.problem``."""
-    return zoo.make_problem(settings.problem)
-
-
-def build_rule(settings: Settings) -> ClipRule:
-    """The clipping rule of ``settings`` (``eps`` only where the rule has one)."""
-    if settings.rule == "none":
-        return make_rule("none")
-    return make_rule(settings.rule, lam=settings.lam, eps=settings.eps)
-
-
-def equilibrium_starts(pf: PlaneField, max_starts: int = 5) -> torch.Tensor:
-    """Root-finding starts for the equilibria shown: the grid points where the speed
-    ``||H||`` is a local minimum over its 3 x 3 neighbourhood (not on the border), slowest
-    first, at most ``max_starts``; shape ``(K, 2)`` (plane coordinates = parameters for
-    2-parameter problems). Cheap (the grid is already computed); a zero of ``H`` in a valley
-    that a coarse grid does not resolve can be missed (on the tanh toy the default ``G = 25``
-    finds all three, ``G = 11`` does not): raise ``grid``.
-    """
-    sp = pf.speed.double()
-    pooled = -torch.nn.functional.max_pool2d(-sp[None, None], 3, 1, 1)[0, 0]
-    mask = sp <= pooled
-    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = False
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    order = sp[rows, cols].argsort()[:max_starts]
-    a, b = pf.a[cols[order]], pf.b[rows[order]]
-    return pf.plane.center + a[:, None] * pf.plane.d1 + b[:, None] * pf.plane.d2
-
-
-def _in_box(theta: torch.Tensor, extent: float) -> bool:
-    return bool(theta.abs().max() <= extent)
-
-
-def _batch_equilibria(hm: FixedBatchField, starts: torch.Tensor, *, tol: float = 1e-9,
-                      merge_tol: float = 1e-6) -> list[Equilibrium]:
-    """Zeros of the fixed-batch estimate of ``H_M`` (scipy ``hybr`` from each start), merged
-    and classified by the eigenvalues of its finite-difference Jacobian, as
-    :func:`sa_clip.find_equilibria` does for ``H``."""
-    dt = hm.problem.dtype
-
-    def fun(x: np.ndarray) -> np.ndarray:
-        return hm(torch.as_tensor(x, dtype=dt)).double().numpy()
-
-    found: list[Equilibrium] = []
-    for x0 in starts.double().cpu().numpy():
-        h0 = float(np.linalg.norm(fun(x0)))
-        sol = scipy.optimize.root(fun, x0, method="hybr", options={"maxfev": 200})
-        res = float(np.linalg.norm(fun(sol.x)))
-        if not np.all(np.isfinite(sol.x)) or res > tol * max(1.0, h0):
-            continue
-        theta = torch.as_tensor(sol.x, dtype=dt)
-        if any(float((e.theta - theta).norm()) <= merge_tol * max(1.0, float(theta.norm()))
-               for e in found):
-            continue
-        ev = np.linalg.eigvals(hm.jacobian(theta).double().numpy())
-        kind, shape = classify(ev)
-        found.append(Equilibrium(theta, res, ev, kind, shape, float("nan")))
-    return found
-
-
-# ---------------------------------------------------------------------------- the computation
-@dataclass
-class FieldState:
-    """What the field part computed (``H`` or ``H_M`` on the grid, and its equilibria)."""
-
-    key: tuple
-    rule: ClipRule
-    meanfield: MeanField
-    field: Any
-    batch_field: bool
-    pf: PlaneField
-    eq_starts: torch.Tensor
-    equilibria: list
-    note: str
-
-
-@dataclass
-class ChainState:
-    """What the chain part computed: the run, the ODE on its own fine grid, ``D_T(s)``."""
-
-    schedule: PowerLaw
-    run: Any
-    ode: Any
-    horizon: float
-    tracking: Any
-    note: str
-
-
-def _field_key(s: Settings) -> tuple:
-    batch = s.clip_per == "batch" and s.batch_size > 1 and s.rule != "none"
-    return (s.rule, s.lam if s.rule != "none" else None, s.eps if s.rule != "none" else None,
-            batch, s.batch_size if batch else None, s.extent, s.grid)
-
-
-def grid_note(grid: int, extent: float, found: int) -> str:
-    """The note shown when equilibria may be missed: a grid coarser than
-    ``extent / GRID_NOTE_CELLS`` per cell (the root-finding starts are the grid's slow points,
-    so a zero in a valley narrower than a cell can be missed), or no equilibrium found."""
-    h = 2 * extent / (grid - 1)
-    if h > extent / GRID_NOTE_CELLS:
-        return (f"Equilibria may be missed: the grid is coarse (G = {grid}, cell {h:.2g}); "
-                "raise --grid.")
-    if found == 0:
-        return "No equilibrium found in view: there may be one outside, or in a narrow valley."
-    return ""
-
-
-def compute_field(problem: Problem, s: Settings) -> FieldState:
-    """``H`` (or ``H_M``) on the ``G x G`` grid in one batched call, and its equilibria."""
-    p = problem
-    batch = _field_key(s)[3]
-    rule = build_rule(s)
-    meanfield = MeanField(p, rule)
-    field = (FixedBatchField(meanfield, s.batch_size, samples=BATCH_SAMPLES, seed=s.seed)
-             if batch else meanfield)
-    plane = Plane.coordinates(p)
-    a = torch.linspace(-s.extent, s.extent, s.grid, dtype=p.dtype)
-    flat = plane.points(a, a).reshape(-1, p.P)
-    flow = (-field(flat)).reshape(s.grid, s.grid, 2)          # ONE batched call on the grid
-    pf = PlaneField(plane, a, a, flow, flow.norm(dim=-1),
-                    p.loss(flat).reshape(s.grid, s.grid),
-                    torch.zeros(s.grid, s.grid, dtype=p.dtype))
-    starts = equilibrium_starts(pf)
-    if not len(starts):
-        eq = []
-    elif batch:
-        eq = _batch_equilibria(field, starts)
-    else:
-        eq = find_equilibria(meanfield, starts=starts, max_iter=EQ_MAX_ITER)
-    eq = [e for e in eq if _in_box(e.theta, s.extent)]
-    return FieldState(_field_key(s), rule, meanfield, field, batch, pf, starts, eq,
-                      grid_note(s.grid, s.extent, len(eq)))
-
-
-def tracking_note(tracking, ode, field, theta0: torch.Tensor, rule: str,
-                  horizon: float) -> str:
-    """Why ``D_T(s)`` is not falling, when its median at the last start is not below the one
-    at the first: the chains are far from an equilibrium (``||H||`` at the ODE's end is more
-    than a tenth of its start), the threshold grows with ``||theta||`` (relative rules), or
-    the run is short (it covers fewer than 10 horizons ``T``). Empty when it falls."""
-    d = tracking.distance.double().numpy()
-    ok = np.isfinite(d).any(0)
-    if ok.sum() < 2:
-        return ""
-    with np.errstate(all="ignore"):
-        med = np.nanmedian(d[:, ok], axis=0)
-    if med[-1] < med[0]:
-        return ""
-    why = []
-    h0 = float(field(theta0).norm())
-    h1 = float(field(ode.theta[-1]).norm())
-    if math.isfinite(h1) and h1 > 0.1 * h0:
-        why.append(f"far from equilibrium (‖H‖ at the ODE's end is {h1 / max(h0, 1e-300):.0%}"
-                   " of its start)")
-    if rule in ("adaptive", "layerwise", "unitwise"):
-        why.append("the threshold λ·max(‖θ‖, ε) grows with ‖θ‖")
-    tau_last = float(ode.t[-1])
-    if tau_last < 10 * horizon:
-        why.append(f"the horizon is short (τ ends at {tau_last:.3g} = "
-                   f"{tau_last / horizon:.2g} T): more steps or a larger a0")
-    return "D_T(s) is not falling: " + ("; ".join(why) if why else
-                                        "the chains have not settled yet") + "."
-
-
-def compute_chains(problem: Problem, s: Settings, theta0: torch.Tensor,
-                   fs: FieldState) -> ChainState:
-    """The SGD chains, the ODE from their start on its own fine grid, and ``D_T(s)``."""
-    schedule = PowerLaw(s.a0, s.alpha)
-    run = simulate_sgd(problem, fs.rule, schedule, steps=s.steps, chains=s.chains,
-                       batch_size=s.batch_size, clip_per=s.clip_per, seed=s.seed,
-                       theta0=theta0, field=fs.meanfield,
-                       record_every=max(1, s.steps // FRAMES))
-    tau_last = float(run.tau[-1])
-    t_ode = torch.linspace(0.0, tau_last, ODE_POINTS, dtype=torch.float64)
-    ode = solve_ode(fs.field, theta0, t_ode, rtol=1e-5, atol=1e-7)
-    horizon = s.horizon if tau_last >= 1.5 * s.horizon else tau_last / 3
-    starts = torch.linspace(0.0, tau_last - horizon, s.starts, dtype=torch.float64)
-    tracking = tracking_distance(run, fs.field, horizon=horizon, starts=starts, n_grid=20,
-                                 rtol=1e-4, atol=1e-6)
-    note = tracking_note(tracking, ode, fs.field, theta0, s.rule, horizon)
-    return ChainState(schedule, run, ode, horizon, tracking, note)
 
 
 # ---------------------------------------------------------------------------- the window
@@ -857,139 +603,16 @@ class Explorer:
                              repeat=False)
 
 
+
+
 # ---------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the explorer's options to ``parser`` (what ``sa-clip explore`` takes)."""
-    d = Settings()
-    g = parser.add_argument_group("explorer options (the controls start at these values)")
-    g.add_argument("--problem", default=d.problem,
-                   help=f"2-parameter problem: {', '.join(PROBLEMS_2D)} (default {d.problem})")
-    g.add_argument("--rule", default=d.rule,
-                   help=f"clipping rule: {', '.join(RULE_CHOICES)} (default {d.rule})")
-    g.add_argument("--lam", type=float, default=d.lam, help=f"threshold lambda ({d.lam})")
-    g.add_argument("--eps", type=float, default=d.eps, help=f"epsilon of adaptive rules "
-                                                            f"({d.eps})")
-    g.add_argument("--a0", type=float, default=d.a0,
-                   help=f"step size a(n) = a0 / (n + 1)^alpha: a0 (default {d.a0})")
-    g.add_argument("--alpha", type=float, default=d.alpha, help=f"alpha (default {d.alpha})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"samples per SGD step M (default {d.batch_size})")
-    g.add_argument("--clip-per", default=d.clip_per,
-                   help="sample (clip each gradient, default) or batch (clip the batch mean)")
-    g.add_argument("--chains", type=int, default=d.chains, help=f"SGD chains ({d.chains})")
-    g.add_argument("--steps", type=int, default=d.steps, help=f"SGD steps ({d.steps})")
-    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
-    g.add_argument("--extent", type=float, default=d.extent,
-                   help="half-width of the square drawn (default: tanh 3, logistic2d 5)")
-    g.add_argument("--grid", type=int, default=d.grid, help=f"grid points per side ({d.grid})")
-    g.add_argument("--horizon", type=float, default=d.horizon, help=f"T of D_T(s) "
-                                                                    f"({d.horizon})")
-    g.add_argument("--snapshot", metavar="PATH",
-                   help="render once with no window and write a PNG to PATH")
-    g.add_argument("--gif", metavar="PATH",
-                   help="render the animation of the chains with no window and write a GIF "
-                        "to PATH (for a lecture machine without Python)")
-    g.add_argument("--size", default=f"{SIZE[0]}x{SIZE[1]}", metavar="WxH",
-                   help=f"window / picture size in pixels at --dpi {DPI} "
-                        f"(default {SIZE[0]}x{SIZE[1]}, a projector)")
-    g.add_argument("--dpi", type=int, default=DPI,
-                   help=f"dots per inch: text and lines scale with it, the layout does not; the "
-                        f"picture is WxH * dpi/{DPI} pixels (default {DPI})")
-    g.add_argument("--quick", action="store_true",
-                   help="a coarser grid and fewer, shorter chains, for a slow machine: "
-                        + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
-    return parser
-
-
-_NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
-
-
-def _interactive_backend() -> bool:
-    """Whether pyplot's backend shows figures live (a GUI or ipympl), not as images."""
-    name = matplotlib.get_backend().lower()
-    return "inline" not in name and name.rsplit(".", 1)[-1] not in _NON_INTERACTIVE
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The :class:`Settings` named by parsed options (``ValueError`` for a bad one)."""
-    names = {f.name for f in fields(Settings)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    if getattr(args, "quick", False):          # --quick changes only what was left at default
-        default = Settings()
-        values.update({k: v for k, v in QUICK.items() if values.get(k) == getattr(default, k)})
-    return Settings(**values).check()
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1024x768"`` -> ``(1024, 768)``; ``ValueError`` naming ``--size`` otherwise."""
-    try:
-        w, h = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise ValueError(f"`--size` must be WIDTHxHEIGHT in pixels, e.g. 1024x768, got "
-                         f"{text!r}.") from None
-    if not (320 <= w <= 8192 and 240 <= h <= 8192):
-        raise ValueError(f"`--size` must be between 320x240 and 8192x8192 pixels, got {text!r}.")
-    return w, h
-
-
-def figure_size(args: argparse.Namespace) -> tuple[tuple[float, float], int]:
-    """``(figsize in inches, dpi)`` from ``--size`` and ``--dpi``, checked: the layout is
-    that of ``--size`` at :data:`DPI`, the picture ``size * dpi / DPI`` pixels."""
-    w, h = parse_size(getattr(args, "size", f"{SIZE[0]}x{SIZE[1]}"))
-    dpi = getattr(args, "dpi", DPI)
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or not 20 <= dpi <= MAX_DPI:
-        raise ValueError(f"`--dpi` must be an integer in [20, {MAX_DPI}], got {dpi!r}.")
-    pixels = w * h * (dpi / DPI) ** 2
-    if pixels > MAX_PIXELS:
-        raise ValueError(f"`--dpi` {dpi} with `--size` {w}x{h} makes a picture of "
-                         f"{pixels / 1e6:.0f} million pixels; at most {MAX_PIXELS / 1e6:.0f} "
-                         "million are accepted: lower --dpi or --size.")
-    return (w / DPI, h / DPI), dpi
-
-
-def display_problem() -> str | None:
-    """Why no window can open here, or None. matplotlib falls back to Agg without a word
-    when the backend asked for (``MPLBACKEND=TkAgg``) needs a display that is missing; this
-    names the cause instead of the fallback."""
-    backend = matplotlib.get_backend()
-    asked = os.environ.get("MPLBACKEND", "")
-    name = backend.lower()
-    if "ipympl" in name or "widget" in name or "nbagg" in name:
-        return None
-    headless = (sys.platform.startswith("linux")
-                and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")))
-    if headless:
-        return ("there is no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
-                + (f", which the backend MPLBACKEND={asked!r} needs" if asked else ""))
-    if not _interactive_backend():
-        return (f"matplotlib's backend {backend!r} draws only images"
-                + (f" (MPLBACKEND={asked!r})" if asked else "")
-                + "; set MPLBACKEND to a GUI backend such as TkAgg or QtAgg")
-    return None
-
-
-WAYS_OUT = ("Ways out: (1) --snapshot PATH.png or --gif PATH.gif write the picture or the "
-            "animation with no window; (2) in Jupyter: pip install 'sa-clip[explore]' (ipympl), "
-            "then %matplotlib widget and sa_clip.viz.explore.Explorer(); (3) over SSH: connect "
-            "with ssh -X (X forwarding) so that DISPLAY is set.")
-
-
 def _snapshot(settings: Settings, args: argparse.Namespace) -> int:
     figsize, dpi = figure_size(args)
-    path = args.snapshot or args.gif
-    suffix = ".png" if args.snapshot else ".gif"
-    if not str(path).lower().endswith(suffix):
-        opt = "--snapshot" if args.snapshot else "--gif"
-        raise ValueError(f"`{opt}` must name a {suffix} file, got {path!r}.")
+    check_picture_path(args)
     # a Figure outside pyplot: no window on any backend, nothing left open
     ex = Explorer(settings, animate=False, figure=Figure(figsize=figsize))
     ex.status.set_text("")
-    if args.snapshot:
-        with atomic_path(args.snapshot) as tmp:   # a full disk leaves the old file whole
-            ex.fig.savefig(tmp, dpi=dpi, format="png")
-    if args.gif:
-        save_animation(ex.animation(), args.gif, fps=8, dpi=dpi)
-    written = " and ".join(p for p in (args.snapshot, args.gif) if p)
+    written = write_pictures(ex, args, dpi)
     print(f"wrote {written} (update took {ex.last_update_s:.2f} s)")
     return 0
 
